@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit tests (fake engine, paused time) and the
+# integration tests against the real Docker engine. The README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+docker info >/dev/null 2>&1 || { echo "test.sh: no Docker engine answers (docker info failed)"; exit 1; }
+scripts/build-demo-image.sh
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+# Unit tests run in parallel; the engine tests run one at a time, since each starts a
+# daemon that owns every warmpool container on the engine.
+cargo test --locked --lib --bins
+cargo test --locked --test '*' -- --test-threads=1

@@ -1,0 +1,338 @@
+//! The command line: `serve`, `check`, `run`, `status`. Errors end here as anyhow.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::config::{Config, ConfigError};
+use crate::supervisor::Supervisor;
+
+#[derive(Parser)]
+#[command(
+    name = "warmpool",
+    version,
+    about = "Warm pools of containers, one per agent type"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve {
+        #[arg(long, default_value = "pools.toml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file, print every problem, exit 1 if any.
+    Check {
+        #[arg(default_value = "pools.toml")]
+        file: PathBuf,
+    },
+    /// Submit one task to a running daemon, print its output, exit with its exit code.
+    Run {
+        pool: String,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        timeout: Option<String>,
+        #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
+        addr: String,
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the pools of a running daemon.
+    Status {
+        #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
+        addr: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve { config, log_format } => serve(config, log_format).await,
+            Command::Check { file } => check(&file),
+            Command::Run {
+                pool,
+                session,
+                timeout,
+                addr,
+                cmd,
+            } => run(&addr, &pool, session, timeout, cmd).await,
+            Command::Status { addr } => status(&addr).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warmpool: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load(file) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} pools: {})",
+                file.display(),
+                cfg.pools.len(),
+                cfg.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warmpool=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e @ ConfigError::Invalid(_)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    init_logs(log_format);
+    let token = match &config.server.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read server.token_file {}", path.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "server.token_file {} is empty",
+                path.display()
+            );
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
+    let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
+        .await
+        .context("cannot set up the Docker client (check [docker] host or DOCKER_HOST)")?;
+    let shim_path = crate::shim::install(&crate::shim::default_dir())
+        .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let supervisor = Supervisor::new(Arc::new(runtime), metrics, Some(shim_path));
+    let app = crate::api::router(
+        crate::api::AppState {
+            supervisor: supervisor.clone(),
+            token,
+        },
+        config.server.max_request_body as usize,
+    );
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    if let Some(addr) = config.server.listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (server.listen); is another warmpool running?")
+        })?;
+        tracing::info!(%addr, daemon = %supervisor.daemon_id, "listening");
+        let mut stopped = http_stopped.clone();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    supervisor.start(&config).await?;
+    tracing::info!(pools = config.pools.len(), "pools warming");
+
+    shutdown_signal().await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new tasks; a second signal exits at once");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("warmpool: second signal, exiting now (the next start removes what is left)");
+        std::process::exit(130);
+    });
+    supervisor.shutdown(config.server.shutdown_grace).await;
+    let _ = stop_http.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
+    }
+    tracing::info!("stopped; every container removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn client(addr: &str) -> crate::client::Client {
+    crate::client::Client::new(addr, std::env::var("WARMPOOL_TOKEN").ok())
+}
+
+fn api_error(status: u16, body: &[u8]) -> anyhow::Error {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match v["error"]["message"].as_str() {
+        Some(m) => anyhow::anyhow!(
+            "{m} (HTTP {status}, {})",
+            v["error"]["code"].as_str().unwrap_or("")
+        ),
+        None => anyhow::anyhow!("HTTP {status}: {}", String::from_utf8_lossy(body)),
+    }
+}
+
+async fn run(
+    addr: &str,
+    pool: &str,
+    session: Option<String>,
+    timeout: Option<String>,
+    cmd: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut body = json!({"cmd": cmd});
+    if let Some(s) = session {
+        body["session"] = json!(s);
+    }
+    if let Some(t) = timeout {
+        body["timeout"] = json!(t);
+    }
+    let mut resp = client(addr)
+        .request(
+            "POST",
+            &format!("/v1/pools/{pool}/tasks?stream=true"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    if resp.status != 200 {
+        let status = resp.status;
+        return Err(api_error(status, &resp.bytes().await?));
+    }
+    let mut buf = Vec::new();
+    let mut code = ExitCode::from(1);
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: Value = serde_json::from_slice(&line).context("bad event from the daemon")?;
+            let decode = |s: &str| -> Vec<u8> {
+                if v["encoding"] == "base64" {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .unwrap_or_default()
+                } else {
+                    s.as_bytes().to_vec()
+                }
+            };
+            if let Some(s) = v["stdout"].as_str() {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&decode(s))?;
+                out.flush()?;
+            } else if let Some(s) = v["stderr"].as_str() {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&decode(s))?;
+                err.flush()?;
+            } else if let Some(exit) = v.get("exit") {
+                code = exit_code_of(exit);
+            } else if let Some(e) = v.get("error") {
+                anyhow::bail!("{}", e["message"].as_str().unwrap_or("task failed"));
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// The shell's conventions: the exit code, 128+N for signal N, 124 for a timeout.
+fn exit_code_of(exit: &Value) -> ExitCode {
+    if exit["timed_out"] == true {
+        eprintln!("warmpool: the task timed out");
+        return ExitCode::from(124);
+    }
+    if let Some(e) = exit["error"].as_str() {
+        eprintln!("warmpool: {e}");
+        return ExitCode::from(127);
+    }
+    if let Some(sig) = exit["signal"].as_i64() {
+        return ExitCode::from((128 + sig).clamp(0, 255) as u8);
+    }
+    ExitCode::from(exit["exit_code"].as_i64().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+async fn status(addr: &str) -> anyhow::Result<ExitCode> {
+    let resp = client(addr).request("GET", "/v1/pools", None).await?;
+    let status = resp.status;
+    let body = resp.bytes().await?;
+    if status != 200 {
+        return Err(api_error(status, &body));
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    println!(
+        "{:<16} {:>5} {:>5} {:>5} {:>8} {:>9} {:>4} {:>4} {:>6} {:>6} {:>6}",
+        "POOL",
+        "LIVE",
+        "IDLE",
+        "BUSY",
+        "STARTING",
+        "UNHEALTHY",
+        "MIN",
+        "MAX",
+        "TARGET",
+        "UTIL",
+        "QUEUE"
+    );
+    for p in v["pools"].as_array().into_iter().flatten() {
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<16} {:>5} {:>5} {:>5} {:>8} {:>9} {:>4} {:>4} {:>6} {:>6.2} {:>6}",
+            p["name"].as_str().unwrap_or("?"),
+            n("live"),
+            n("idle"),
+            n("busy"),
+            n("starting"),
+            n("unhealthy"),
+            n("min"),
+            n("max"),
+            n("target"),
+            p["utilization"].as_f64().unwrap_or(0.0),
+            n("queue_length")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

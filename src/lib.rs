@@ -1,0 +1,15 @@
+//! warmpool: warm pools of containers, one per agent type, that run tasks in about a
+//! millisecond. See the README for the tour and docs/ for the contract.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod exec;
+pub mod metrics;
+pub mod pool;
+pub mod runtime;
+pub mod scaling;
+pub mod shim;
+pub mod shim_proto;
+pub mod supervisor;

@@ -1,0 +1,399 @@
+//! An in-memory engine for unit tests of the pool logic under paused tokio time.
+//!
+//! Its containers run a fake shim that speaks the real protocol (so the daemon's shim client
+//! is exercised too) and interprets a tiny command language instead of running processes:
+//! `echo ARGS..`, `sleep SECS`, `exit N`, `hang` (never answers), `die` (the container dies
+//! mid-task). Tests script the engine itself through [`FakeRuntime`]'s knobs: slow or failing
+//! creates, an engine outage, killing a container.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::Notify;
+
+use super::{
+    Attached, ContainerSpec, ContainerSummary, ExecSpec, ExecStarted, Runtime, RuntimeError,
+};
+use crate::shim_proto::{Event, Exit, Request};
+
+#[derive(Default)]
+struct FakeContainer {
+    name: String,
+    labels: BTreeMap<String, String>,
+    state: String,
+    spec: ContainerSpec,
+    /// The shim's end of the attached stream, until start hands it to the fake shim task.
+    shim_end: Option<DuplexStream>,
+    /// Kills the fake shim (the container's main process).
+    kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+pub struct FakeRuntime {
+    containers: Mutex<HashMap<String, FakeContainer>>,
+    networks: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    next: AtomicUsize,
+    /// How long each create takes.
+    pub create_delay: Mutex<Duration>,
+    /// The next N creates fail.
+    pub fail_creates: AtomicUsize,
+    /// While set, every call fails as if the engine were unreachable.
+    pub down: AtomicBool,
+    pub creates: AtomicUsize,
+    pub removes: AtomicUsize,
+    /// Highest number of creates in flight at once.
+    pub max_parallel_creates: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Arc<FakeRuntime> {
+        Arc::new(FakeRuntime::default())
+    }
+
+    fn check_up(&self) -> Result<(), RuntimeError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(RuntimeError::Unreachable("fake engine is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Containers not removed, by id.
+    pub fn live(&self) -> Vec<String> {
+        let c = self.containers.lock();
+        let mut ids: Vec<String> = c
+            .iter()
+            .filter(|(_, c)| c.state != "removed")
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn spec_of(&self, id: &str) -> Option<ContainerSpec> {
+        self.containers.lock().get(id).map(|c| c.spec.clone())
+    }
+
+    /// Kills the container's main process, as `docker kill` would.
+    pub fn kill(&self, id: &str) {
+        let mut c = self.containers.lock();
+        if let Some(c) = c.get_mut(id) {
+            c.state = "exited".into();
+            c.kill.notify_one();
+        }
+    }
+
+    /// Adds a container as a previous daemon run would have left it.
+    pub fn add_leftover(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        state: &str,
+    ) -> String {
+        let id = format!("left{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.containers.lock().insert(
+            id.clone(),
+            FakeContainer {
+                name: name.into(),
+                labels,
+                state: state.into(),
+                ..Default::default()
+            },
+        );
+        id
+    }
+
+    pub fn networks(&self) -> Vec<String> {
+        self.networks.lock().keys().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.check_up()
+    }
+
+    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
+        self.check_up()?;
+        Ok(true)
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        self.networks.lock().insert(name.into(), labels.clone());
+        Ok(())
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        self.check_up()?;
+        Ok(self.networks.lock().contains_key(name))
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        self.networks.lock().remove(name);
+        Ok(())
+    }
+
+    async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError> {
+        self.check_up()?;
+        Ok(self.networks())
+    }
+
+    async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.check_up()?;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_parallel_creates.fetch_max(now, Ordering::SeqCst);
+        let delay = *self.create_delay.lock();
+        tokio::time::sleep(delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self
+            .fail_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(RuntimeError::Other("scripted create failure".into()));
+        }
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        let id = format!("c{:04}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.containers.lock().insert(
+            id.clone(),
+            FakeContainer {
+                name: name.into(),
+                labels: spec.labels.clone(),
+                state: "created".into(),
+                spec: spec.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(id)
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attached, RuntimeError> {
+        self.check_up()?;
+        let (daemon_end, shim_end) = tokio::io::duplex(1 << 20);
+        let mut c = self.containers.lock();
+        let c = c
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        c.shim_end = Some(shim_end);
+        let (r, w) = tokio::io::split(daemon_end);
+        Ok(Attached {
+            stdout: Box::pin(r),
+            stdin: Box::pin(w),
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        let (stream, kill) = {
+            let mut c = self.containers.lock();
+            let c = c
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            c.state = "running".into();
+            (c.shim_end.take(), c.kill.clone())
+        };
+        if let Some(stream) = stream {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = fake_shim(stream) => {}
+                    _ = kill.notified() => {}
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        let mut c = self.containers.lock();
+        if let Some(c) = c.get_mut(id) {
+            if c.state != "removed" {
+                c.state = "removed".into();
+                c.kill.notify_one();
+                self.removes.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .containers
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.state != "removed")
+            .map(|(id, c)| ContainerSummary {
+                id: id.clone(),
+                name: c.name.clone(),
+                labels: c.labels.clone(),
+                state: c.state.clone(),
+            })
+            .collect())
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .containers
+            .lock()
+            .get(id)
+            .is_some_and(|c| c.state == "running"))
+    }
+
+    async fn exec_start(&self, _id: &str, _spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
+        Err(RuntimeError::Refused(
+            "the fake engine runs tasks through its fake shim only".into(),
+        ))
+    }
+
+    async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        Ok(Some(0))
+    }
+
+    async fn put_archive(&self, _id: &str, _dir: &str, _tar: Bytes) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn get_archive(
+        &self,
+        _id: &str,
+        _path: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError> {
+        Err(RuntimeError::NotFound(
+            "the fake engine has no files".into(),
+        ))
+    }
+}
+
+/// The fake container's main process: greets, then serves requests; a task runs beside the
+/// request loop, so pings and kills are answered while it runs, as the real shim does.
+async fn fake_shim(stream: DuplexStream) {
+    let (mut rd, wr) = tokio::io::split(stream);
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let send = move |wr: Arc<tokio::sync::Mutex<tokio::io::WriteHalf<DuplexStream>>>, ev: Event| async move {
+        let mut buf = Vec::new();
+        ev.encode(&mut buf);
+        let _ = wr.lock().await.write_all(&buf).await;
+    };
+    send(
+        wr.clone(),
+        Event::Hello {
+            version: crate::shim_proto::PROTOCOL_VERSION,
+        },
+    )
+    .await;
+    let mut buf = BytesMut::new();
+    let kill = Arc::new(Notify::new());
+    let died = Arc::new(Notify::new());
+    let busy = Arc::new(AtomicBool::new(false));
+    loop {
+        while let Ok(Some((req, used))) = Request::decode(&buf) {
+            let _ = buf.split_to(used);
+            match req {
+                Request::Ping { nonce } => {
+                    let busy = busy.load(Ordering::SeqCst);
+                    send(wr.clone(), Event::Pong { nonce, busy }).await
+                }
+                Request::Reset { .. } => send(wr.clone(), Event::ResetDone { error: None }).await,
+                Request::Kill { .. } => kill.notify_waiters(),
+                Request::Spawn(spawn) => {
+                    busy.store(true, Ordering::SeqCst);
+                    let (wr, kill, died, busy) =
+                        (wr.clone(), kill.clone(), died.clone(), busy.clone());
+                    tokio::spawn(async move {
+                        if let Some(exit) = fake_task(&spawn, &wr, &kill, &died).await {
+                            busy.store(false, Ordering::SeqCst);
+                            send(wr, Event::Exit(exit)).await;
+                        }
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = died.notified() => return,
+        }
+    }
+}
+
+/// Runs one fake command; `None` when it never answers (`hang`, `die`).
+async fn fake_task(
+    spawn: &crate::shim_proto::Spawn,
+    wr: &Arc<tokio::sync::Mutex<tokio::io::WriteHalf<DuplexStream>>>,
+    kill: &Notify,
+    died: &Notify,
+) -> Option<Exit> {
+    let argv: Vec<String> = spawn
+        .argv
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let id = spawn.id;
+    let timeout = Duration::from_millis(spawn.timeout_ms);
+    let mut exit = Exit {
+        id,
+        code: Some(0),
+        signal: None,
+        timed_out: false,
+        stdout_truncated: false,
+        stderr_truncated: false,
+        spawn_error: None,
+    };
+    match argv.first().map(String::as_str) {
+        Some("echo") => {
+            let mut frame = Vec::new();
+            Event::Stdout {
+                id,
+                data: format!("{}\n", argv[1..].join(" ")).into_bytes(),
+            }
+            .encode(&mut frame);
+            let _ = wr.lock().await.write_all(&frame).await;
+        }
+        Some("sleep") => {
+            let secs: f64 = argv.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                _ = tokio::time::sleep(timeout) => {
+                    exit.code = None;
+                    exit.signal = Some(9);
+                    exit.timed_out = true;
+                }
+                _ = kill.notified() => {
+                    exit.code = None;
+                    exit.signal = Some(9);
+                }
+            }
+        }
+        Some("exit") => exit.code = argv.get(1).and_then(|s| s.parse().ok()),
+        Some("hang") => return None,
+        Some("die") => {
+            died.notify_one();
+            return None;
+        }
+        Some(other) if other.starts_with("missing") => {
+            exit.code = None;
+            exit.spawn_error = Some(format!("cannot run {other:?}: No such file or directory"));
+        }
+        _ => {}
+    }
+    Some(exit)
+}

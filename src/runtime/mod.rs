@@ -1,0 +1,182 @@
+//! The container engine, behind a small trait.
+//!
+//! Everything above this module speaks in terms of [`ContainerSpec`] and [`Runtime`], so the
+//! pool logic can be driven by the in-memory [`fake`] engine under paused tokio time, while
+//! [`docker`] (the only module that knows bollard) is exercised by the integration tests.
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Label every warmpool container and network carries; start-up hygiene lists by it.
+pub const LABEL_MANAGED: &str = "warmpool.managed";
+pub const LABEL_POOL: &str = "warmpool.pool";
+pub const LABEL_DAEMON: &str = "warmpool.daemon";
+pub const LABEL_SPEC: &str = "warmpool.spec";
+pub const LABEL_SESSION: &str = "warmpool.session";
+
+/// Errors from the engine, classified by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine did not answer (socket gone, daemon down): pools wait and retry.
+    #[error("container engine unreachable: {0}")]
+    Unreachable(String),
+    /// The thing named does not exist (container removed under us, missing image or path).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The engine refused the request; retrying the same request will not help.
+    #[error("container engine refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything the engine needs to create one pool container. Hashing it (see
+/// [`ContainerSpec::hash`]) tells a reload or a restarted daemon whether an existing container
+/// still matches its pool.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// Entrypoint argv (the shim, or a keep-alive loop for `docker-exec` pools).
+    pub entrypoint: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub memory_bytes: Option<u64>,
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: i64,
+    pub user: String,
+    pub read_only_rootfs: bool,
+    /// Mount point to tmpfs options.
+    pub tmpfs: BTreeMap<String, String>,
+    pub cap_drop: Vec<String>,
+    pub no_new_privileges: bool,
+    pub runtime: Option<String>,
+    /// Engine network mode: `none` or a network name.
+    pub network: String,
+    /// `host:container:ro` bind mounts (the shim binary).
+    pub binds: Vec<String>,
+    pub workdir: String,
+    /// Keep stdin open so the daemon can attach to the shim, and re-attach after a restart.
+    pub open_stdin: bool,
+}
+
+impl ContainerSpec {
+    /// A stable hash of everything that shapes the container except per-container labels,
+    /// so two daemons (or a reload) agree on whether a container is still current.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut labels = self.labels.clone();
+        labels.remove(LABEL_DAEMON);
+        labels.remove(LABEL_SPEC);
+        labels.remove(LABEL_SESSION);
+        let text = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{:?}|{}|{}",
+            self.image,
+            self.entrypoint,
+            self.env,
+            labels,
+            self.memory_bytes,
+            self.nano_cpus,
+            self.pids_limit,
+            self.user,
+            self.read_only_rootfs,
+            self.tmpfs,
+            self.cap_drop,
+            self.no_new_privileges,
+            self.runtime,
+            self.network,
+            self.binds,
+            self.workdir,
+            self.open_stdin,
+        );
+        let digest = Sha256::digest(text.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A container as the engine lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Engine state: created, running, exited, dead, ...
+    pub state: String,
+}
+
+/// The container's stdio after attach: bytes the container wrote to stdout, and its stdin.
+/// What it writes to stderr is logged by the runtime (it is the shim's own diagnostics).
+pub struct Attached {
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// One `docker exec` request (the `docker-exec` way of running a task).
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub with_stdin: bool,
+}
+
+/// One chunk of an exec's output.
+#[derive(Debug, Clone)]
+pub enum ExecChunk {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A started exec: its id (to poll for completion) and its streams.
+pub struct ExecStarted {
+    pub exec_id: String,
+    pub output: BoxStream<'static, Result<ExecChunk, RuntimeError>>,
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// The operations warmpool needs from a container engine, and nothing more.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Cheap liveness probe of the engine itself.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Creates the bridge network unless it exists. `icc = false` keeps the pool's own
+    /// containers from reaching each other as well as other pools.
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError>;
+    async fn network_exists(&self, name: &str) -> Result<bool, RuntimeError>;
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Networks carrying `warmpool.managed=true`.
+    async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError>;
+    async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Attach to stdin/stdout; done before `start` so nothing the entrypoint writes is lost.
+    async fn attach(&self, id: &str) -> Result<Attached, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Force-removes; a container that is already gone is not an error.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Every container (any state) carrying `warmpool.managed=true`.
+    async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
+    /// Whether the container's main process runs (engine view, not a health probe).
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
+    async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
+    /// `None` while the exec runs, its exit code once it ended.
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
+    /// Extracts a tar archive into `dir` of the container.
+    async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) -> Result<(), RuntimeError>;
+    /// A tar archive of `path` in the container.
+    async fn get_archive(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError>;
+}

@@ -1,0 +1,299 @@
+//! The autoscaling decision, as a pure function of a pool's numbers, so every rule is tested
+//! on its own without engines or clocks.
+//!
+//! Growth is immediate and sized to the demand (busy plus queued tasks), so a burst gets the
+//! containers it needs in one step rather than one per tick. Shrinking waits until
+//! utilization has stayed below the low threshold for a whole stabilization window, so a
+//! pause between two bursts does not throw away warm containers.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What the autoscaler looks at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Containers running a task.
+    pub busy: usize,
+    /// Containers that exist or are starting (idle + busy + probing + starting).
+    pub live: usize,
+    /// Tasks waiting for a container.
+    pub queued: usize,
+    pub min: usize,
+    pub max: usize,
+    pub scale_up_threshold: f64,
+    pub scale_down_threshold: f64,
+}
+
+/// What the autoscaler remembers between two looks.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Memory {
+    pub target: usize,
+    /// Since when utilization has been below the low threshold without a break.
+    pub low_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Up,
+    Down,
+}
+
+/// How long utilization must stay low before the pool shrinks: six looks of the autoscaler,
+/// 30 s with the default `scale_interval` of 5 s.
+pub fn stabilization_window(scale_interval: Duration) -> Duration {
+    scale_interval * 6
+}
+
+/// The containers needed for `demand` busy ones to sit at the high threshold.
+fn sized_for(demand: usize, threshold: f64) -> usize {
+    (demand as f64 / threshold).ceil() as usize
+}
+
+/// Decides the pool's target size. Returns the new memory and the step taken, if any.
+pub fn decide(
+    obs: &Observation,
+    mem: Memory,
+    now: Instant,
+    window: Duration,
+) -> (Memory, Option<Step>) {
+    let clamp = |n: usize| n.clamp(obs.min, obs.max.max(obs.min));
+    let current = clamp(mem.target);
+    let demand = obs.busy + obs.queued;
+    let utilization = if obs.live == 0 {
+        if demand > 0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        demand as f64 / obs.live as f64
+    };
+
+    if obs.queued > 0 || utilization > obs.scale_up_threshold {
+        // Headroom for the busy ones, plus one container per queued task.
+        let wanted = clamp(sized_for(obs.busy, obs.scale_up_threshold) + obs.queued);
+        let next = Memory {
+            target: wanted.max(current),
+            low_since: None,
+        };
+        let step = (next.target > current).then_some(Step::Up);
+        return (next, step);
+    }
+
+    if utilization < obs.scale_down_threshold {
+        let since = mem.low_since.unwrap_or(now);
+        if now.duration_since(since) >= window {
+            let wanted = clamp(sized_for(demand, obs.scale_up_threshold));
+            if wanted < current {
+                // Each step needs a fresh window, so a pool steps down gently.
+                return (
+                    Memory {
+                        target: wanted,
+                        low_since: Some(now),
+                    },
+                    Some(Step::Down),
+                );
+            }
+        }
+        return (
+            Memory {
+                target: current,
+                low_since: Some(since),
+            },
+            None,
+        );
+    }
+
+    (
+        Memory {
+            target: current,
+            low_since: None,
+        },
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(busy: usize, live: usize, queued: usize) -> Observation {
+        Observation {
+            busy,
+            live,
+            queued,
+            min: 1,
+            max: 6,
+            scale_up_threshold: 0.8,
+            scale_down_threshold: 0.2,
+        }
+    }
+
+    const W: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_burst_grows_to_its_demand_at_once_capped_at_max() {
+        let now = Instant::now();
+        let (m, step) = decide(
+            &obs(1, 1, 39),
+            Memory {
+                target: 1,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!(m.target, 6);
+        assert_eq!(step, Some(Step::Up));
+    }
+
+    #[test]
+    fn growth_leaves_headroom_under_the_high_threshold() {
+        let now = Instant::now();
+        // 4 busy of 4: 4 / 0.8 = 5 containers keep utilization at the threshold.
+        let (m, _) = decide(
+            &obs(4, 4, 0),
+            Memory {
+                target: 4,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!(m.target, 5);
+    }
+
+    #[test]
+    fn utilization_at_the_threshold_does_not_grow() {
+        let now = Instant::now();
+        let (m, step) = decide(
+            &obs(4, 5, 0),
+            Memory {
+                target: 5,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!((m.target, step), (5, None));
+    }
+
+    #[test]
+    fn a_custom_up_threshold_is_honoured() {
+        let now = Instant::now();
+        let mut o = obs(2, 4, 0);
+        o.scale_up_threshold = 0.4;
+        let (m, step) = decide(
+            &o,
+            Memory {
+                target: 4,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!((m.target, step), (5, Some(Step::Up)));
+    }
+
+    #[test]
+    fn shrinking_waits_for_the_whole_window() {
+        let t0 = Instant::now();
+        let mut mem = Memory {
+            target: 6,
+            low_since: None,
+        };
+        let (m, step) = decide(&obs(0, 6, 0), mem, t0, W);
+        assert_eq!((m.target, step), (6, None));
+        mem = m;
+        let (m, step) = decide(&obs(0, 6, 0), mem, t0 + W - Duration::from_millis(1), W);
+        assert_eq!((m.target, step), (6, None));
+        let (m, step) = decide(&obs(0, 6, 0), m, t0 + W, W);
+        assert_eq!((m.target, step), (1, Some(Step::Down)));
+    }
+
+    #[test]
+    fn a_busy_moment_restarts_the_window() {
+        let t0 = Instant::now();
+        let (m, _) = decide(
+            &obs(0, 6, 0),
+            Memory {
+                target: 6,
+                low_since: None,
+            },
+            t0,
+            W,
+        );
+        // Utilization 0.5: between the thresholds, the low streak is broken.
+        let (m, _) = decide(&obs(3, 6, 0), m, t0 + W / 2, W);
+        assert_eq!(m.low_since, None);
+        let (m, step) = decide(&obs(0, 6, 0), m, t0 + W, W);
+        assert_eq!((m.target, step), (6, None));
+    }
+
+    #[test]
+    fn shrinking_keeps_what_the_busy_ones_need_and_never_goes_below_min() {
+        let t0 = Instant::now();
+        let mut o = obs(1, 10, 0);
+        o.max = 10;
+        o.min = 3;
+        let mem = Memory {
+            target: 10,
+            low_since: Some(t0),
+        };
+        let (m, step) = decide(&o, mem, t0 + W, W);
+        assert_eq!((m.target, step), (3, Some(Step::Down)));
+    }
+
+    #[test]
+    fn target_stays_within_min_and_max() {
+        let now = Instant::now();
+        let mut o = obs(0, 0, 0);
+        o.min = 2;
+        let (m, _) = decide(
+            &o,
+            Memory {
+                target: 0,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!(m.target, 2);
+        let (m, _) = decide(
+            &obs(1, 1, 100),
+            Memory {
+                target: 50,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!(m.target, 6);
+    }
+
+    #[test]
+    fn a_lazy_pool_grows_from_zero_on_its_first_task() {
+        let now = Instant::now();
+        let mut o = obs(0, 0, 1);
+        o.min = 0;
+        let (m, step) = decide(
+            &o,
+            Memory {
+                target: 0,
+                low_since: None,
+            },
+            now,
+            W,
+        );
+        assert_eq!((m.target, step), (1, Some(Step::Up)));
+    }
+
+    #[test]
+    fn the_window_is_six_looks() {
+        assert_eq!(
+            stabilization_window(Duration::from_secs(5)),
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! Owns the pools: cleans up after a previous run, warms each pool, keeps it converged with
+//! one level-triggered reconcile loop per pool, runs tasks, and shuts everything down.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::{Config, ExecMode, NetworkMode, PoolConfig};
+use crate::exec::{ExecError, TaskEvent, TaskExit, TaskSpec};
+use crate::metrics::{HealthResult, Metrics, Outcome, RemoveReason, ScaleDirection};
+use crate::pool::{AcquireError, Counts, Pool};
+use crate::runtime::{ContainerSpec, Runtime, LABEL_DAEMON, LABEL_MANAGED, LABEL_POOL, LABEL_SPEC};
+use crate::scaling;
+
+/// Where the shim binary sits inside every shim container.
+pub const SHIM_IN_CONTAINER: &str = "/.warmpool/shim";
+
+/// A task as submitted, before a pool's defaults fill it in.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRequest {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub stdin: Bytes,
+    pub timeout: Option<Duration>,
+}
+
+/// What the caller gets back for a task that ran.
+#[derive(Debug, Clone)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub pool: String,
+    pub container: String,
+    pub exit: TaskExit,
+    pub queued: Duration,
+    pub run: Duration,
+    pub cold_start: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no pool named {0:?}")]
+    UnknownPool(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+}
+
+pub struct Supervisor {
+    pub daemon_id: String,
+    pub runtime: Arc<dyn Runtime>,
+    pub metrics: Arc<Metrics>,
+    pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    /// Host path of the shim binary, bind-mounted read-only into shim containers.
+    shim_path: Option<PathBuf>,
+    engine_up: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        metrics: Arc<Metrics>,
+        shim_path: Option<PathBuf>,
+    ) -> Arc<Supervisor> {
+        let (stop, _) = watch::channel(false);
+        Arc::new(Supervisor {
+            daemon_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            runtime,
+            metrics,
+            pools: RwLock::new(BTreeMap::new()),
+            shim_path,
+            engine_up: AtomicBool::new(false),
+            stop,
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.read().get(name).cloned()
+    }
+
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.read().values().cloned().collect()
+    }
+
+    pub fn engine_up(&self) -> bool {
+        self.engine_up.load(Ordering::Acquire)
+    }
+
+    /// Ready when the engine answers and every pool has at least `min` containers up.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.engine_up() {
+            return Err("the container engine does not answer".into());
+        }
+        for pool in self.pools() {
+            let c = pool.counts();
+            let min = pool.config().min;
+            if c.idle + c.busy + c.probing < min {
+                return Err(format!(
+                    "pool {} has {} of its min {} containers up",
+                    pool.name,
+                    c.idle + c.busy + c.probing,
+                    min
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The container spec a pool's config asks for.
+    pub fn container_spec(&self, cfg: &PoolConfig) -> ContainerSpec {
+        let mut labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), cfg.name.clone()),
+            (LABEL_DAEMON.to_string(), self.daemon_id.clone()),
+        ]);
+        let user_ids = cfg.security.user.split(':').collect::<Vec<_>>();
+        let owner = match (user_ids.first(), user_ids.get(1)) {
+            (Some(u), Some(g)) if u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok() => {
+                format!(",uid={u},gid={g}")
+            }
+            (Some(u), None) if u.parse::<u32>().is_ok() => format!(",uid={u},gid={u}"),
+            _ => String::new(),
+        };
+        // The tmpfs belong to the task user, so a read-only root still leaves it room to work.
+        let tmpfs = BTreeMap::from([
+            (
+                "/tmp".to_string(),
+                format!("rw,exec,nosuid,size=256m,mode=1777{owner}"),
+            ),
+            (
+                cfg.workdir.clone(),
+                format!("rw,exec,nosuid,size=1g,mode=0755{owner}"),
+            ),
+        ]);
+        let (entrypoint, binds) = match (cfg.exec, &self.shim_path) {
+            (ExecMode::Shim, Some(path)) => (
+                vec![SHIM_IN_CONTAINER.to_string()],
+                vec![format!("{}:{}:ro", path.display(), SHIM_IN_CONTAINER)],
+            ),
+            // docker-exec pools only need a main process that stays up and ends on TERM.
+            _ => (
+                vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".to_string(),
+                ],
+                vec![],
+            ),
+        };
+        let network = match &cfg.network {
+            NetworkMode::None => "none".to_string(),
+            NetworkMode::Isolated => isolated_network(&cfg.name),
+            NetworkMode::Named(n) => n.clone(),
+        };
+        let mut spec = ContainerSpec {
+            image: cfg.image.clone(),
+            entrypoint,
+            env: cfg.env.clone(),
+            labels: BTreeMap::new(),
+            memory_bytes: cfg.memory,
+            nano_cpus: cfg.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: cfg.pids_limit,
+            user: cfg.security.user.clone(),
+            read_only_rootfs: cfg.security.read_only_rootfs,
+            tmpfs,
+            cap_drop: cfg.security.cap_drop.clone(),
+            no_new_privileges: cfg.security.no_new_privileges,
+            runtime: cfg.security.runtime.clone(),
+            network,
+            binds,
+            workdir: cfg.workdir.clone(),
+            open_stdin: cfg.exec == ExecMode::Shim,
+        };
+        spec.labels = labels.clone();
+        labels.insert(LABEL_SPEC.to_string(), spec.hash());
+        spec.labels = labels;
+        spec
+    }
+
+    /// Removes what a previous run left, creates networks, builds the pools and starts their
+    /// loops. Waits for the engine when it is not there yet.
+    pub async fn start(self: &Arc<Self>, config: &Config) -> anyhow::Result<()> {
+        self.wait_for_engine().await;
+        self.remove_leftovers().await;
+        for cfg in config.pools.values() {
+            self.add_pool(cfg.clone()).await?;
+        }
+        let sup = self.clone();
+        tokio::spawn(async move { sup.watch_engine().await });
+        let sup = self.clone();
+        tokio::spawn(async move { sup.reap_loop().await });
+        Ok(())
+    }
+
+    async fn wait_for_engine(&self) {
+        let mut logged = false;
+        loop {
+            match self.runtime.ping().await {
+                Ok(()) => {
+                    self.set_engine_up(true);
+                    return;
+                }
+                Err(e) => {
+                    self.set_engine_up(false);
+                    if !logged {
+                        tracing::error!(error = %e, "container engine unreachable; retrying every 2 s");
+                        logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
+    fn set_engine_up(&self, up: bool) {
+        self.engine_up.store(up, Ordering::Release);
+        self.metrics.engine_up.set(up as i64);
+    }
+
+    /// Every container labelled `warmpool.managed`, in any state, is from a previous run:
+    /// this daemon has created nothing yet. Stuck `created` ones count too.
+    async fn remove_leftovers(&self) {
+        let Ok(list) = self.runtime.list_managed().await else {
+            return;
+        };
+        let removals = list.into_iter().map(|c| {
+            let runtime = self.runtime.clone();
+            let metrics = self.metrics.clone();
+            async move {
+                let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+                tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
+                if runtime.remove(&c.id).await.is_ok() {
+                    metrics
+                        .containers_removed
+                        .with_label_values(&[&pool, RemoveReason::Orphan.as_str()])
+                        .inc();
+                }
+            }
+        });
+        futures_util::future::join_all(removals).await;
+    }
+
+    /// Creates a pool's network when it needs its own, then the pool and its loop.
+    pub async fn add_pool(self: &Arc<Self>, cfg: PoolConfig) -> anyhow::Result<()> {
+        match &cfg.network {
+            NetworkMode::Isolated => {
+                let labels = BTreeMap::from([
+                    (LABEL_MANAGED.to_string(), "true".to_string()),
+                    (LABEL_POOL.to_string(), cfg.name.clone()),
+                ]);
+                self.runtime
+                    .ensure_network(&isolated_network(&cfg.name), &labels)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "pool {}: cannot create its isolated network {}: {e}",
+                            cfg.name,
+                            isolated_network(&cfg.name)
+                        )
+                    })?;
+            }
+            NetworkMode::Named(n) => {
+                if !self.runtime.network_exists(n).await.unwrap_or(true) {
+                    anyhow::bail!(
+                        "pool {}: network {n:?} does not exist; create it (docker network create {n}) or use network = \"isolated\"",
+                        cfg.name
+                    );
+                }
+            }
+            NetworkMode::None => {}
+        }
+        if !self.runtime.image_exists(&cfg.image).await.unwrap_or(true) {
+            tracing::error!(pool = %cfg.name, image = %cfg.image, "image not found on the engine; tasks will fail until it is built or loaded (scripts/build-demo-image.sh builds warmpool/agent:latest)");
+        }
+        let spec = self.container_spec(&cfg);
+        let pool = Pool::new(cfg, spec, self.runtime.clone(), self.metrics.clone());
+        self.pools.write().insert(pool.name.clone(), pool.clone());
+        let sup = self.clone();
+        tokio::spawn(async move { sup.pool_loop(pool).await });
+        Ok(())
+    }
+
+    /// One pool's level-triggered loop: wake on a tick or on demand, look, converge.
+    async fn pool_loop(self: Arc<Self>, pool: Arc<Pool>) {
+        let mut stop = self.stop.subscribe();
+        let mut memory = scaling::Memory {
+            target: pool.counts().target,
+            low_since: None,
+        };
+        let mut next_health = Instant::now() + pool.config().health_check_interval;
+        loop {
+            let cfg = pool.config();
+            if *stop.borrow() || pool.is_closed() {
+                return;
+            }
+            memory = self.reconcile(&pool, &cfg, memory);
+            if Instant::now() >= next_health {
+                next_health = Instant::now() + cfg.health_check_interval;
+                self.health_check(&pool, &cfg);
+            }
+            let tick = cfg.scale_interval.min(cfg.health_check_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = pool.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Compares what is with what should be, and starts or retires containers to converge.
+    fn reconcile(
+        &self,
+        pool: &Arc<Pool>,
+        cfg: &PoolConfig,
+        memory: scaling::Memory,
+    ) -> scaling::Memory {
+        let now = Instant::now();
+        let spec_hash = pool.spec().hash();
+        let mut st = pool.state.lock();
+        let c = crate::pool::counts(&st);
+        let obs = scaling::Observation {
+            busy: c.busy,
+            live: c.live(),
+            queued: c.queued,
+            min: cfg.min,
+            max: cfg.max,
+            scale_up_threshold: cfg.scale_up_threshold,
+            scale_down_threshold: cfg.scale_down_threshold,
+        };
+        let memory = memory_with_target(memory, st.target);
+        let (mut memory, step) = scaling::decide(
+            &obs,
+            memory,
+            now,
+            scaling::stabilization_window(cfg.scale_interval),
+        );
+        if let Some(step) = step {
+            let dir = match step {
+                scaling::Step::Up => ScaleDirection::Up,
+                scaling::Step::Down => ScaleDirection::Down,
+            };
+            self.metrics
+                .scale_events
+                .with_label_values(&[&pool.name, dir.as_str()])
+                .inc();
+            tracing::info!(pool = %pool.name, from = st.target, to = memory.target, "scaling {}", dir.as_str());
+        }
+
+        // Idle containers: stale ones (age, spec changed, dead), surplus, long idle.
+        let mut idle: Vec<(u64, Instant)> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == crate::pool::MemberState::Idle)
+            .map(|(id, m)| (*id, m.last_used))
+            .collect();
+        idle.sort_by_key(|(_, last)| *last);
+        let mut live = c.live();
+        let mut stale = Vec::new();
+        for (id, _) in &idle {
+            let m = &st.members[id];
+            if m.conn.is_dead() {
+                stale.push((*id, RemoveReason::Unhealthy));
+            } else if m.spec_hash != spec_hash {
+                stale.push((*id, RemoveReason::Reload));
+            } else if now.duration_since(m.created) >= m.max_age {
+                stale.push((*id, RemoveReason::Age));
+            }
+        }
+        // Surge first: a stale container goes only once its replacement is up.
+        let fresh_up = live - stale.len() - c.starting;
+        let mut replace_now = fresh_up.saturating_sub(memory.target.max(cfg.min));
+        for (id, reason) in &stale {
+            if *reason == RemoveReason::Unhealthy || replace_now > 0 || live > memory.target {
+                pool.retire_locked(&mut st, *id, *reason);
+                live -= 1;
+                replace_now = replace_now.saturating_sub(1);
+            }
+        }
+        let stale_ids: HashSet<u64> = stale.iter().map(|(id, _)| *id).collect();
+        for (id, last_used) in &idle {
+            if stale_ids.contains(id) || !st.members.contains_key(id) {
+                continue;
+            }
+            if live > memory.target && live > cfg.min {
+                pool.retire_locked(&mut st, *id, RemoveReason::ScaleDown);
+                live -= 1;
+            } else if live > cfg.min && now.duration_since(*last_used) >= cfg.idle_timeout {
+                pool.retire_locked(&mut st, *id, RemoveReason::Idle);
+                live -= 1;
+                // The pool chose to be smaller: do not start its replacement.
+                memory.target = memory.target.min(live).max(cfg.min);
+            }
+        }
+
+        // Start what is missing, counting stale ones still serving as missing (surge).
+        let still_stale = stale_ids
+            .iter()
+            .filter(|id| st.members.contains_key(id))
+            .count();
+        let want = memory.target.max(cfg.min).min(cfg.max);
+        let have = live - still_stale;
+        let backing_off = st.backoff_until.is_some_and(|t| now < t);
+        if want > have && !backing_off && self.engine_up() {
+            let room = cfg
+                .max
+                .saturating_sub(live)
+                .max(still_stale.min(want - have));
+            for _ in 0..(want - have).min(room) {
+                st.starting += 1;
+                pool.spawn_start(false);
+            }
+        }
+        st.target = memory.target;
+        pool.publish(&st);
+        memory
+    }
+
+    /// Probes idle containers in the background; the verdict puts each back or replaces it.
+    fn health_check(&self, pool: &Arc<Pool>, cfg: &PoolConfig) {
+        let probes = pool.take_for_probe(Duration::ZERO);
+        for (id, conn) in probes {
+            let pool = pool.clone();
+            let cmd = cfg.health_cmd.clone();
+            tokio::spawn(async move {
+                let result = conn.probe(cmd.as_deref(), Duration::from_secs(5)).await;
+                let healthy = result.is_ok();
+                if let Err(e) = &result {
+                    tracing::warn!(pool = %pool.name, error = %e, "health check failed; replacing the container");
+                }
+                let r = if healthy {
+                    HealthResult::Healthy
+                } else {
+                    HealthResult::Unhealthy
+                };
+                pool.metrics
+                    .health_checks
+                    .with_label_values(&[&pool.name, r.as_str()])
+                    .inc();
+                pool.probed(id, healthy);
+            });
+        }
+    }
+
+    /// Pings the engine; on an outage marks it down (readyz fails, starts pause) and wakes
+    /// every pool when it is back so they rebuild.
+    async fn watch_engine(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let up = tokio::time::timeout(Duration::from_secs(5), self.runtime.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let was = self.engine_up();
+            self.set_engine_up(up);
+            if up != was {
+                if up {
+                    tracing::info!("container engine reachable again");
+                } else {
+                    tracing::error!("container engine unreachable");
+                }
+                for pool in self.pools() {
+                    pool.wake.notify_one();
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(if up { 5 } else { 1 })) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Removes containers of this daemon that no pool knows (a failed start, a crash
+    /// between create and start).
+    async fn reap_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let interval = self
+                .pools()
+                .iter()
+                .map(|p| p.config().health_check_interval)
+                .min()
+                .unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            self.reap_once().await;
+        }
+    }
+
+    pub async fn reap_once(&self) {
+        let Ok(list) = self.runtime.list_managed().await else {
+            return;
+        };
+        let mut known = HashSet::new();
+        for pool in self.pools() {
+            let st = pool.state.lock();
+            known.extend(st.members.values().map(|m| m.container.clone()));
+            known.extend(st.creating.iter().cloned());
+        }
+        known.extend(self.extra_known());
+        for c in list {
+            let ours = c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id);
+            if known.contains(&c.id) || known.contains(&c.name) {
+                continue;
+            }
+            let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+            if ours || c.state != "running" {
+                tracing::info!(container = %c.name, state = %c.state, "reaping a container no pool knows");
+                if self.runtime.remove(&c.id).await.is_ok() {
+                    self.metrics
+                        .containers_removed
+                        .with_label_values(&[&pool, RemoveReason::Orphan.as_str()])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Containers held outside the pools (sessions); none yet.
+    fn extra_known(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Runs one task on a pool: queue, claim, run, and give the container back or retire it.
+    pub async fn submit(
+        &self,
+        pool_name: &str,
+        request: TaskRequest,
+        out: mpsc::UnboundedSender<TaskEvent>,
+    ) -> Result<TaskReport, SubmitError> {
+        let pool = self
+            .pool(pool_name)
+            .ok_or_else(|| SubmitError::UnknownPool(pool_name.to_string()))?;
+        let cfg = pool.config();
+        let task = build_task(&cfg, request)?;
+        let task_id = format!("t-{}", ulid::Ulid::new());
+        let span = tracing::info_span!("task", pool = %pool.name, task_id = %task_id, container = tracing::field::Empty);
+        let _enter = span.clone();
+        let queued_at = Instant::now();
+        let mut lease = match pool.acquire().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                self.count(&pool.name, Outcome::Rejected, None);
+                return Err(e.into());
+            }
+        };
+        let queued = queued_at.elapsed();
+        self.metrics
+            .queue_wait
+            .with_label_values(&[&pool.name])
+            .observe(queued.as_secs_f64());
+        span.record("container", short(&lease.container));
+        lease.begin();
+        let began = Instant::now();
+        let result = lease.conn.run(&task, &out).await;
+        let run = began.elapsed();
+        let container = lease.container.clone();
+        let lease_cold = lease.cold;
+        match result {
+            Ok(exit) => {
+                let outcome = if exit.timed_out {
+                    Outcome::Timeout
+                } else if exit.exit_code == Some(0) {
+                    Outcome::Ok
+                } else if exit.spawn_error.is_some() {
+                    Outcome::Error
+                } else {
+                    Outcome::NonzeroExit
+                };
+                if exit.timed_out {
+                    // The process group was killed, but a timed-out container is never
+                    // trusted again: whatever it was doing may have left it in a bad state.
+                    lease.retire(RemoveReason::Unhealthy);
+                } else {
+                    lease.finish();
+                }
+                self.count(&pool.name, outcome, Some(run));
+                tracing::debug!(parent: &span, exit_code = ?exit.exit_code, run_ms = run.as_secs_f64() * 1e3, "task done");
+                Ok(TaskReport {
+                    task_id,
+                    pool: pool.name.clone(),
+                    container,
+                    exit,
+                    queued,
+                    run,
+                    cold_start: lease_cold,
+                })
+            }
+            Err(e) => {
+                lease.retire(RemoveReason::Unhealthy);
+                pool.wake.notify_one();
+                self.count(&pool.name, Outcome::Error, Some(run));
+                tracing::warn!(parent: &span, error = %e, "task failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    fn count(&self, pool: &str, outcome: Outcome, run: Option<Duration>) {
+        self.metrics
+            .tasks_total
+            .with_label_values(&[pool, outcome.as_str()])
+            .inc();
+        if let Some(run) = run {
+            self.metrics
+                .task_duration
+                .with_label_values(&[pool])
+                .observe(run.as_secs_f64());
+        }
+    }
+
+    /// Stops taking tasks, lets running ones finish up to `grace`, then removes every
+    /// container and network this daemon made.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for pool in self.pools() {
+            pool.close();
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let busy: usize = self.pools().iter().map(|p| p.counts().busy).sum();
+            if busy == 0 || Instant::now() >= deadline {
+                if busy > 0 {
+                    tracing::warn!(
+                        busy,
+                        "shutdown grace over; removing containers with tasks still running"
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ids = Vec::new();
+        for pool in self.pools() {
+            let mut st = pool.state.lock();
+            let members: Vec<u64> = st.members.keys().copied().collect();
+            for id in members {
+                if let Some(m) = st.members.get(&id) {
+                    ids.push((pool.name.clone(), m.container.clone()));
+                }
+            }
+            st.members.clear();
+        }
+        let removals = ids.into_iter().map(|(pool, id)| {
+            let runtime = self.runtime.clone();
+            let metrics = self.metrics.clone();
+            async move {
+                if runtime.remove(&id).await.is_ok() {
+                    metrics
+                        .containers_removed
+                        .with_label_values(&[&pool, RemoveReason::Shutdown.as_str()])
+                        .inc();
+                }
+            }
+        });
+        futures_util::future::join_all(removals).await;
+        // Whatever else carries our daemon id (a start that raced the shutdown).
+        if let Ok(list) = self.runtime.list_managed().await {
+            for c in list {
+                if c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id) {
+                    let _ = self.runtime.remove(&c.id).await;
+                }
+            }
+        }
+        if let Ok(nets) = self.runtime.list_managed_networks().await {
+            for n in nets {
+                if let Err(e) = self.runtime.remove_network(&n).await {
+                    tracing::warn!(network = %n, error = %e, "could not remove network");
+                }
+            }
+        }
+    }
+
+    /// Pool status for the API.
+    pub fn status(&self) -> Vec<(Arc<PoolConfig>, Counts)> {
+        self.pools()
+            .iter()
+            .map(|p| (p.config(), p.counts()))
+            .collect()
+    }
+}
+
+fn memory_with_target(memory: scaling::Memory, target: usize) -> scaling::Memory {
+    scaling::Memory { target, ..memory }
+}
+
+/// `warmpool-<pool>`: the bridge of an `isolated` pool.
+pub fn isolated_network(pool: &str) -> String {
+    format!("warmpool-{pool}")
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Fills a request in from the pool's defaults and checks what the pool cannot know.
+fn build_task(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitError> {
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(SubmitError::Invalid(
+            "the command is empty: give cmd as a non-empty argv array or shell as a string".into(),
+        ));
+    }
+    if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(SubmitError::Invalid(format!(
+            "env key {k:?} is not a valid variable name (empty or contains '=')"
+        )));
+    }
+    let timeout = match req.timeout {
+        Some(t) if t.is_zero() => {
+            return Err(SubmitError::Invalid("timeout must be more than 0s".into()))
+        }
+        Some(t) if t > cfg.task_timeout => {
+            return Err(SubmitError::Invalid(format!(
+                "timeout {} is longer than the pool's task_timeout {}; ask for less or raise task_timeout",
+                humantime::format_duration(t),
+                humantime::format_duration(cfg.task_timeout)
+            )))
+        }
+        Some(t) => t,
+        None => cfg.task_timeout,
+    };
+    let workdir = req.workdir.unwrap_or_else(|| cfg.workdir.clone());
+    if !workdir.starts_with('/') {
+        return Err(SubmitError::Invalid(format!(
+            "workdir {workdir:?} must be an absolute path"
+        )));
+    }
+    Ok(TaskSpec {
+        argv: req.argv,
+        env: req.env,
+        workdir,
+        stdin: req.stdin,
+        timeout,
+        max_output: cfg.max_output,
+    })
+}
