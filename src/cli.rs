@@ -152,7 +152,16 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     let shim_path = crate::shim::install(&crate::shim::default_dir())
         .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let supervisor = Supervisor::new(Arc::new(runtime), metrics, Some(shim_path));
+    let instance = std::env::var("WARMPOOL_INSTANCE").unwrap_or_else(|_| "default".into());
+    anyhow::ensure!(
+        !instance.is_empty()
+            && instance.len() <= 32
+            && instance
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
+        "WARMPOOL_INSTANCE {instance:?} must be 1 to 32 characters of a-z, 0-9, - and _"
+    );
+    let supervisor = Supervisor::new(Arc::new(runtime), metrics, Some(shim_path), &instance);
     let app = crate::api::router(
         crate::api::AppState {
             supervisor: supervisor.clone(),

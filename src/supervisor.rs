@@ -16,7 +16,10 @@ use crate::config::{Config, ExecMode, NetworkMode, PoolConfig};
 use crate::exec::{ExecError, TaskEvent, TaskExit, TaskSpec};
 use crate::metrics::{HealthResult, Metrics, Outcome, RemoveReason, ScaleDirection};
 use crate::pool::{AcquireError, Counts, Pool};
-use crate::runtime::{ContainerSpec, Runtime, LABEL_DAEMON, LABEL_MANAGED, LABEL_POOL, LABEL_SPEC};
+use crate::runtime::{
+    ContainerSpec, ContainerSummary, Runtime, LABEL_DAEMON, LABEL_INSTANCE, LABEL_MANAGED,
+    LABEL_POOL, LABEL_SPEC,
+};
 use crate::scaling;
 
 /// Where the shim binary sits inside every shim container.
@@ -58,6 +61,8 @@ pub enum SubmitError {
 
 pub struct Supervisor {
     pub daemon_id: String,
+    /// The installation this daemon belongs to (`WARMPOOL_INSTANCE`, default "default").
+    pub instance: String,
     pub runtime: Arc<dyn Runtime>,
     pub metrics: Arc<Metrics>,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
@@ -72,10 +77,12 @@ impl Supervisor {
         runtime: Arc<dyn Runtime>,
         metrics: Arc<Metrics>,
         shim_path: Option<PathBuf>,
+        instance: &str,
     ) -> Arc<Supervisor> {
         let (stop, _) = watch::channel(false);
         Arc::new(Supervisor {
             daemon_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            instance: instance.to_string(),
             runtime,
             metrics,
             pools: RwLock::new(BTreeMap::new()),
@@ -123,6 +130,7 @@ impl Supervisor {
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_POOL.to_string(), cfg.name.clone()),
             (LABEL_DAEMON.to_string(), self.daemon_id.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
         ]);
         let user_ids = cfg.security.user.split(':').collect::<Vec<_>>();
         let owner = match (user_ids.first(), user_ids.get(1)) {
@@ -160,7 +168,7 @@ impl Supervisor {
         };
         let network = match &cfg.network {
             NetworkMode::None => "none".to_string(),
-            NetworkMode::Isolated => isolated_network(&cfg.name),
+            NetworkMode::Isolated => self.isolated_network(&cfg.name),
             NetworkMode::Named(n) => n.clone(),
         };
         let mut spec = ContainerSpec {
@@ -231,7 +239,7 @@ impl Supervisor {
     /// Every container labelled `warmpool.managed`, in any state, is from a previous run:
     /// this daemon has created nothing yet. Stuck `created` ones count too.
     async fn remove_leftovers(&self) {
-        let Ok(list) = self.runtime.list_managed().await else {
+        let Ok(list) = self.list_ours().await else {
             return;
         };
         let removals = list.into_iter().map(|c| {
@@ -258,15 +266,16 @@ impl Supervisor {
                 let labels = BTreeMap::from([
                     (LABEL_MANAGED.to_string(), "true".to_string()),
                     (LABEL_POOL.to_string(), cfg.name.clone()),
+                    (LABEL_INSTANCE.to_string(), self.instance.clone()),
                 ]);
                 self.runtime
-                    .ensure_network(&isolated_network(&cfg.name), &labels)
+                    .ensure_network(&self.isolated_network(&cfg.name), &labels)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!(
                             "pool {}: cannot create its isolated network {}: {e}",
                             cfg.name,
-                            isolated_network(&cfg.name)
+                            self.isolated_network(&cfg.name)
                         )
                     })?;
             }
@@ -499,7 +508,7 @@ impl Supervisor {
     }
 
     pub async fn reap_once(&self) {
-        let Ok(list) = self.runtime.list_managed().await else {
+        let Ok(list) = self.list_ours().await else {
             return;
         };
         let mut known = HashSet::new();
@@ -666,17 +675,18 @@ impl Supervisor {
         });
         futures_util::future::join_all(removals).await;
         // Whatever else carries our daemon id (a start that raced the shutdown).
-        if let Ok(list) = self.runtime.list_managed().await {
+        if let Ok(list) = self.list_ours().await {
             for c in list {
                 if c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id) {
                     let _ = self.runtime.remove(&c.id).await;
                 }
             }
         }
-        if let Ok(nets) = self.runtime.list_managed_networks().await {
-            for n in nets {
-                if let Err(e) = self.runtime.remove_network(&n).await {
-                    tracing::warn!(network = %n, error = %e, "could not remove network");
+        for pool in self.pools() {
+            if pool.config().network == NetworkMode::Isolated {
+                let net = self.isolated_network(&pool.name);
+                if let Err(e) = self.runtime.remove_network(&net).await {
+                    tracing::warn!(network = %net, error = %e, "could not remove network");
                 }
             }
         }
@@ -691,13 +701,31 @@ impl Supervisor {
     }
 }
 
-fn memory_with_target(memory: scaling::Memory, target: usize) -> scaling::Memory {
-    scaling::Memory { target, ..memory }
+impl Supervisor {
+    /// `warmpool-<pool>`, or `warmpool-<instance>-<pool>` beside other installations: the
+    /// bridge of an `isolated` pool.
+    pub fn isolated_network(&self, pool: &str) -> String {
+        if self.instance == "default" {
+            format!("warmpool-{pool}")
+        } else {
+            format!("warmpool-{}-{pool}", self.instance)
+        }
+    }
+
+    /// Managed containers of this installation (any daemon run of it).
+    async fn list_ours(&self) -> Result<Vec<ContainerSummary>, crate::runtime::RuntimeError> {
+        let all = self.runtime.list_managed().await?;
+        Ok(all
+            .into_iter()
+            .filter(|c| {
+                c.labels.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance.as_str())
+            })
+            .collect())
+    }
 }
 
-/// `warmpool-<pool>`: the bridge of an `isolated` pool.
-pub fn isolated_network(pool: &str) -> String {
-    format!("warmpool-{pool}")
+fn memory_with_target(memory: scaling::Memory, target: usize) -> scaling::Memory {
+    scaling::Memory { target, ..memory }
 }
 
 fn short(id: &str) -> String {

@@ -21,6 +21,9 @@ pub const LABEL_POOL: &str = "warmpool.pool";
 pub const LABEL_DAEMON: &str = "warmpool.daemon";
 pub const LABEL_SPEC: &str = "warmpool.spec";
 pub const LABEL_SESSION: &str = "warmpool.session";
+/// Which warmpool installation owns the container, so several daemons can share an engine
+/// (tests, benchmarks, staging next to production) without removing each other's.
+pub const LABEL_INSTANCE: &str = "warmpool.instance";
 
 /// Errors from the engine, classified by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ impl ContainerSpec {
         labels.remove(LABEL_DAEMON);
         labels.remove(LABEL_SPEC);
         labels.remove(LABEL_SESSION);
+        labels.remove(LABEL_INSTANCE);
         let text = format!(
             "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{:?}|{}|{}",
             self.image,
