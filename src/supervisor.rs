@@ -69,6 +69,8 @@ pub struct Supervisor {
     /// Host path of the shim binary, bind-mounted read-only into shim containers.
     shim_path: Option<PathBuf>,
     engine_up: AtomicBool,
+    /// Set once every configured pool exists; before that the daemon is not ready.
+    started: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -88,6 +90,7 @@ impl Supervisor {
             pools: RwLock::new(BTreeMap::new()),
             shim_path,
             engine_up: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             stop,
         })
     }
@@ -106,6 +109,9 @@ impl Supervisor {
 
     /// Ready when the engine answers and every pool has at least `min` containers up.
     pub fn ready(&self) -> Result<(), String> {
+        if !self.started.load(Ordering::Acquire) {
+            return Err("the daemon is still starting (cleaning up, creating pools)".into());
+        }
         if !self.engine_up() {
             return Err("the container engine does not answer".into());
         }
@@ -204,6 +210,7 @@ impl Supervisor {
         for cfg in config.pools.values() {
             self.add_pool(cfg.clone()).await?;
         }
+        self.started.store(true, Ordering::Release);
         let sup = self.clone();
         tokio::spawn(async move { sup.watch_engine().await });
         let sup = self.clone();
