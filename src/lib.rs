@@ -6,6 +6,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod exec;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;

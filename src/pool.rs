@@ -23,7 +23,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
 const PARALLEL_CREATES: usize = 3;
 /// How long a workdir reset may take before the container is considered wedged.
-const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+pub const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a task got no container.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,6 +67,8 @@ pub struct Member {
     pub spec_hash: String,
     /// Started beyond `max` by `on_exhausted = "cold"`: retired after its one task.
     pub extra: bool,
+    /// A task ran since the workdir was last wiped; the next lease wipes it first.
+    pub dirty: bool,
 }
 
 struct Waiter {
@@ -302,6 +304,7 @@ impl Pool {
             member: id,
             container: m.container.clone(),
             conn: m.conn.clone(),
+            dirty: m.dirty,
             task_started: false,
             outcome: None,
             armed: true,
@@ -329,8 +332,9 @@ impl Pool {
         st.idle.push(id);
     }
 
-    /// Where a lease ends: back to idle (after a workdir reset), or retired.
-    fn release(self: &Arc<Self>, id: u64, used: bool, retire: Option<RemoveReason>) {
+    /// Where a lease ends: back to idle, or retired. The workdir is wiped when the container
+    /// is next leased, not here, so a client's next task finds its container idle at once.
+    fn release(self: &Arc<Self>, id: u64, used: bool, dirty: bool, retire: Option<RemoveReason>) {
         let cfg = self.config();
         let mut st = self.state.lock();
         let closed = st.closed;
@@ -341,6 +345,7 @@ impl Pool {
             m.uses += 1;
             m.last_used = Instant::now();
         }
+        m.dirty = dirty || (used && cfg.reset_workdir && matches!(m.conn, Conn::Shim(_)));
         let reason = retire.or_else(|| {
             if m.extra {
                 Some(RemoveReason::ScaleDown)
@@ -348,45 +353,25 @@ impl Pool {
                 Some(RemoveReason::Uses)
             } else if m.created.elapsed() >= m.max_age {
                 Some(RemoveReason::Age)
-            } else if m.conn.is_dead() || closed {
-                Some(if closed {
-                    RemoveReason::Shutdown
-                } else {
-                    RemoveReason::Unhealthy
-                })
+            } else if closed {
+                Some(RemoveReason::Shutdown)
+            } else if m.conn.is_dead() {
+                Some(RemoveReason::Unhealthy)
             } else {
                 None
             }
         });
-        if let Some(reason) = reason {
-            self.retire_locked(&mut st, id, reason);
-            self.publish(&st);
-            drop(st);
-            self.wake.notify_one();
-            return;
-        }
-        let needs_reset = used && cfg.reset_workdir && matches!(m.conn, Conn::Shim(_));
-        if needs_reset {
-            // Stays Busy until the wipe is done: a container is only idle when clean.
-            let conn = m.conn.clone();
-            drop(st);
-            let pool = self.clone();
-            let paths = vec![cfg.workdir.clone(), "/tmp".to_string()];
-            tokio::spawn(async move {
-                let result = conn.reset(&paths, RESET_TIMEOUT).await;
-                let mut st = pool.state.lock();
-                match result {
-                    Ok(()) => pool.offer(&mut st, id),
-                    Err(e) => {
-                        tracing::warn!(pool = %pool.name, error = %e, "workdir reset failed; replacing the container");
-                        pool.retire_locked(&mut st, id, RemoveReason::Unhealthy);
-                    }
-                }
-                pool.publish(&st);
-            });
-        } else {
-            self.offer(&mut st, id);
-            self.publish(&st);
+        match reason {
+            Some(reason) => {
+                self.retire_locked(&mut st, id, reason);
+                self.publish(&st);
+                drop(st);
+                self.wake.notify_one();
+            }
+            None => {
+                self.offer(&mut st, id);
+                self.publish(&st);
+            }
         }
     }
 
@@ -455,6 +440,7 @@ impl Pool {
                             max_age: jitter(cfg.max_age),
                             spec_hash: spec.hash(),
                             extra,
+                            dirty: false,
                         },
                     );
                     if st.closed {
@@ -588,6 +574,7 @@ impl Pool {
                 max_age: jitter(cfg.max_age),
                 spec_hash,
                 extra: false,
+                dirty: false,
             },
         );
         self.offer(&mut st, id);
@@ -667,6 +654,8 @@ pub struct Lease {
     pub conn: Conn,
     /// The task had to wait for a container to start or free up (no warm one was idle).
     pub cold: bool,
+    /// The previous task's files are still in the workdir and /tmp: wipe before use.
+    pub dirty: bool,
     task_started: bool,
     outcome: Option<RemoveReason>,
     armed: bool,
@@ -708,11 +697,25 @@ impl Lease {
     }
 }
 
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("pool", &self.pool.name)
+            .field("container", &self.container)
+            .field("cold", &self.cold)
+            .finish()
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            self.pool
-                .release(self.member, self.task_started, self.outcome.take());
+            self.pool.release(
+                self.member,
+                self.task_started,
+                self.dirty,
+                self.outcome.take(),
+            );
         }
     }
 }

@@ -39,10 +39,11 @@ pub enum Step {
     Down,
 }
 
-/// How long utilization must stay low before the pool shrinks: six looks of the autoscaler,
-/// 30 s with the default `scale_interval` of 5 s.
+/// How long utilization must stay low before the pool shrinks: twelve looks of the
+/// autoscaler, 60 s with the default `scale_interval` of 5 s. Warm containers are cheap and
+/// cold starts are not, so the pool is slow to shrink and quick to grow.
 pub fn stabilization_window(scale_interval: Duration) -> Duration {
-    scale_interval * 6
+    scale_interval * 12
 }
 
 /// The containers needed for `demand` busy ones to sit at the high threshold.
@@ -290,10 +291,10 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_six_looks() {
+    fn the_window_is_twelve_looks() {
         assert_eq!(
             stabilization_window(Duration::from_secs(5)),
-            Duration::from_secs(30)
+            Duration::from_secs(60)
         );
     }
 }

@@ -315,12 +315,18 @@ impl Supervisor {
             low_since: None,
         };
         let mut next_health = Instant::now() + pool.config().health_check_interval;
+        let mut next_scale = Instant::now();
         loop {
             let cfg = pool.config();
             if *stop.borrow() || pool.is_closed() {
                 return;
             }
-            memory = self.reconcile(&pool, &cfg, memory);
+            // Utilization is judged every scale_interval; queued tasks are acted on at once.
+            let look = Instant::now() >= next_scale;
+            if look {
+                next_scale = Instant::now() + cfg.scale_interval;
+            }
+            memory = self.reconcile(&pool, &cfg, memory, look);
             if Instant::now() >= next_health {
                 next_health = Instant::now() + cfg.health_check_interval;
                 self.health_check(&pool, &cfg);
@@ -340,6 +346,7 @@ impl Supervisor {
         pool: &Arc<Pool>,
         cfg: &PoolConfig,
         memory: scaling::Memory,
+        look: bool,
     ) -> scaling::Memory {
         let now = Instant::now();
         let spec_hash = pool.spec().hash();
@@ -355,12 +362,16 @@ impl Supervisor {
             scale_down_threshold: cfg.scale_down_threshold,
         };
         let memory = memory_with_target(memory, st.target);
-        let (mut memory, step) = scaling::decide(
-            &obs,
-            memory,
-            now,
-            scaling::stabilization_window(cfg.scale_interval),
-        );
+        let (mut memory, step) = if look || c.queued > 0 {
+            scaling::decide(
+                &obs,
+                memory,
+                now,
+                scaling::stabilization_window(cfg.scale_interval),
+            )
+        } else {
+            (memory, None)
+        };
         if let Some(step) = step {
             let dir = match step {
                 scaling::Step::Up => ScaleDirection::Up,
@@ -373,66 +384,64 @@ impl Supervisor {
             tracing::info!(pool = %pool.name, from = st.target, to = memory.target, "scaling {}", dir.as_str());
         }
 
-        // Idle containers: stale ones (age, spec changed, dead), surplus, long idle.
-        let mut idle: Vec<(u64, Instant)> = st
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == crate::pool::MemberState::Idle)
-            .map(|(id, m)| (*id, m.last_used))
-            .collect();
-        idle.sort_by_key(|(_, last)| *last);
-        let mut live = c.live();
-        let mut stale = Vec::new();
-        for (id, _) in &idle {
-            let m = &st.members[id];
-            if m.conn.is_dead() {
-                stale.push((*id, RemoveReason::Unhealthy));
+        // Stale containers (dead, of an old spec, past their age) are replaced surge first:
+        // one goes only when enough fresh ones are up without it. Busy stale ones retire when
+        // their task ends, but count as stale now so their replacements start early.
+        let desired = memory.target.max(cfg.min).min(cfg.max);
+        let mut idle: Vec<(u64, Instant)> = Vec::new();
+        let mut stale_idle: Vec<(u64, RemoveReason)> = Vec::new();
+        let mut up = 0;
+        let mut stale_busy = 0;
+        for (id, m) in &st.members {
+            up += 1;
+            let reason = if m.conn.is_dead() {
+                Some(RemoveReason::Unhealthy)
             } else if m.spec_hash != spec_hash {
-                stale.push((*id, RemoveReason::Reload));
+                Some(RemoveReason::Reload)
             } else if now.duration_since(m.created) >= m.max_age {
-                stale.push((*id, RemoveReason::Age));
+                Some(RemoveReason::Age)
+            } else {
+                None
+            };
+            match (m.state, reason) {
+                (crate::pool::MemberState::Idle, Some(r)) => stale_idle.push((*id, r)),
+                (crate::pool::MemberState::Idle, None) => idle.push((*id, m.last_used)),
+                (_, Some(_)) => stale_busy += 1,
+                (_, None) => {}
             }
         }
-        // Surge first: a stale container goes only once its replacement is up.
-        let fresh_up = live - stale.len() - c.starting;
-        let mut replace_now = fresh_up.saturating_sub(memory.target.max(cfg.min));
-        for (id, reason) in &stale {
-            if *reason == RemoveReason::Unhealthy || replace_now > 0 || live > memory.target {
-                pool.retire_locked(&mut st, *id, *reason);
-                live -= 1;
-                replace_now = replace_now.saturating_sub(1);
-            }
-        }
-        let stale_ids: HashSet<u64> = stale.iter().map(|(id, _)| *id).collect();
-        for (id, last_used) in &idle {
-            if stale_ids.contains(id) || !st.members.contains_key(id) {
+        let mut fresh_up = up - stale_idle.len() - stale_busy;
+        // Stale ones kept serving until their replacements are up.
+        let mut keep = desired.saturating_sub(fresh_up + stale_busy);
+        for (id, reason) in stale_idle {
+            if reason != RemoveReason::Unhealthy && keep > 0 {
+                keep -= 1;
                 continue;
             }
-            if live > memory.target && live > cfg.min {
-                pool.retire_locked(&mut st, *id, RemoveReason::ScaleDown);
-                live -= 1;
-            } else if live > cfg.min && now.duration_since(*last_used) >= cfg.idle_timeout {
-                pool.retire_locked(&mut st, *id, RemoveReason::Idle);
-                live -= 1;
-                // The pool chose to be smaller: do not start its replacement.
-                memory.target = memory.target.min(live).max(cfg.min);
+            pool.retire_locked(&mut st, id, reason);
+        }
+
+        // Surplus fresh idle ones, least recently used first: scale-down, then idle timeout.
+        idle.sort_by_key(|(_, last)| *last);
+        for (id, last_used) in idle {
+            if fresh_up > desired {
+                pool.retire_locked(&mut st, id, RemoveReason::ScaleDown);
+                fresh_up -= 1;
+            } else if fresh_up > cfg.min && now.duration_since(last_used) >= cfg.idle_timeout {
+                pool.retire_locked(&mut st, id, RemoveReason::Idle);
+                fresh_up -= 1;
+                // The pool chose to be smaller: do not start a replacement.
+                memory.target = memory.target.min(fresh_up).max(cfg.min);
             }
         }
 
-        // Start what is missing, counting stale ones still serving as missing (surge).
-        let still_stale = stale_ids
-            .iter()
-            .filter(|id| st.members.contains_key(id))
-            .count();
-        let want = memory.target.max(cfg.min).min(cfg.max);
-        let have = live - still_stale;
+        // Start what is missing. Stale ones being replaced do not count toward max, so a
+        // pool at max can still renew itself.
+        let desired = memory.target.max(cfg.min).min(cfg.max);
+        let have = fresh_up + st.starting;
         let backing_off = st.backoff_until.is_some_and(|t| now < t);
-        if want > have && !backing_off && self.engine_up() {
-            let room = cfg
-                .max
-                .saturating_sub(live)
-                .max(still_stale.min(want - have));
-            for _ in 0..(want - have).min(room) {
+        if desired > have && !backing_off && self.engine_up() {
+            for _ in 0..(desired - have) {
                 st.starting += 1;
                 pool.spawn_start(false);
             }
@@ -579,6 +588,16 @@ impl Supervisor {
         span.record("container", short(&lease.container));
         lease.begin();
         let began = Instant::now();
+        if lease.dirty {
+            let paths = [cfg.workdir.clone(), "/tmp".to_string()];
+            if let Err(e) = lease.conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
+                lease.retire(RemoveReason::Unhealthy);
+                pool.wake.notify_one();
+                self.count(&pool.name, Outcome::Error, None);
+                return Err(e.into());
+            }
+            lease.dirty = false;
+        }
         let result = lease.conn.run(&task, &out).await;
         let run = began.elapsed();
         let container = lease.container.clone();

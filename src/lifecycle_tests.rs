@@ -1,0 +1,579 @@
+//! Every lifecycle rule of a pool, against the in-memory engine with paused tokio time:
+//! claims, queueing, cancellation, refresh, health, scaling, start-up hygiene and shutdown.
+//! Each test fails when the rule it names is ignored.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, OnExhausted, PoolConfig};
+use crate::exec::ExecError;
+use crate::metrics::Metrics;
+use crate::pool::{AcquireError, Counts};
+use crate::runtime::fake::FakeRuntime;
+use crate::runtime::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL};
+use crate::supervisor::{SubmitError, Supervisor, TaskReport, TaskRequest};
+
+fn pool_cfg(min: usize, warm: usize, max: usize) -> PoolConfig {
+    let mut c = PoolConfig::new("p", "img");
+    c.min = min;
+    c.warm = warm;
+    c.max = max;
+    c
+}
+
+async fn setup(cfg: PoolConfig) -> (Arc<Supervisor>, Arc<FakeRuntime>) {
+    let fake = FakeRuntime::new();
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([(cfg.name.clone(), cfg)]),
+    };
+    sup.start(&config).await.unwrap();
+    (sup, fake)
+}
+
+fn counts(sup: &Supervisor) -> Counts {
+    sup.pool("p").unwrap().counts()
+}
+
+/// Waits (in paused time, so instantly) until the pool's counts satisfy `pred`, for at
+/// most 20 minutes of paused time.
+async fn settle(sup: &Supervisor, what: &str, pred: impl Fn(&Counts) -> bool) {
+    for _ in 0..120_000 {
+        if pred(&counts(sup)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("pool never reached: {what}; counts {:?}", counts(sup));
+}
+
+fn task(argv: &[&str]) -> TaskRequest {
+    TaskRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn run(sup: &Supervisor, argv: &[&str]) -> Result<TaskReport, SubmitError> {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    sup.submit("p", task(argv), tx).await
+}
+
+fn metric(sup: &Supervisor, needle: &str) -> f64 {
+    sup.metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric line starting with {needle}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_containers_are_created_at_start_and_serve_tasks() {
+    let (sup, fake) = setup(pool_cfg(1, 3, 5)).await;
+    settle(&sup, "3 idle", |c| c.idle == 3).await;
+    assert_eq!(fake.live().len(), 3);
+    let r = run(&sup, &["echo", "hi"]).await.unwrap();
+    assert_eq!(r.exit.exit_code, Some(0));
+    assert!(!r.cold_start);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_is_exclusive_and_the_second_task_waits_for_the_release() {
+    let (sup, _fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let first = pool.acquire().await.unwrap();
+    let p2 = pool.clone();
+    let second = tokio::spawn(async move { p2.acquire().await.map(|l| l.container.clone()) });
+    settle(&sup, "second queued", |c| c.queued == 1).await;
+    let container = first.container.clone();
+    drop(first);
+    assert_eq!(second.await.unwrap().unwrap(), container);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_task_gives_up_at_acquire_timeout_and_leaves_the_queue() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.acquire_timeout = Duration::from_secs(2);
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let _held = pool.acquire().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(matches!(err, AcquireError::Timeout { .. }), "{err}");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(counts(&sup).queued, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_leaks_no_lease() {
+    let (sup, _fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let held = pool.acquire().await.unwrap();
+    let p2 = pool.clone();
+    let waiter = tokio::spawn(async move { p2.acquire().await.map(|_| ()) });
+    settle(&sup, "waiter queued", |c| c.queued == 1).await;
+    waiter.abort();
+    let _ = waiter.await;
+    drop(held);
+    // The container went back to idle, not to the cancelled waiter's dropped channel.
+    settle(&sup, "container idle again", |c| c.idle == 1 && c.busy == 0).await;
+    let again = tokio::time::timeout(Duration::from_secs(1), pool.acquire()).await;
+    assert!(again.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_dropped_mid_task_retires_its_container() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let mut lease = pool.acquire().await.unwrap();
+    let id = lease.container.clone();
+    lease.begin();
+    drop(lease);
+    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    assert!(
+        !fake.live().contains(&id),
+        "the container that ran the task must be gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_mid_task_retires_the_container_and_a_new_one_serves() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let first = fake.live()[0].clone();
+    let s2 = sup.clone();
+    let running = tokio::spawn(async move { run(&s2, &["sleep", "100"]).await });
+    settle(&sup, "task running", |c| c.busy == 1).await;
+    running.abort();
+    let _ = running.await;
+    settle(&sup, "pool healed", |c| {
+        c.idle == 1 && c.busy == 0 && c.retiring == 0
+    })
+    .await;
+    assert!(!fake.live().contains(&first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_uses_replaces_a_container_after_that_many_tasks() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.max_uses = 3;
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let r = run(&sup, &["echo", "x"]).await.unwrap();
+        seen.push(r.container);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1], seen[2]);
+    assert_ne!(
+        seen[2], seen[3],
+        "the fourth task must get a fresh container"
+    );
+    assert_eq!(seen[3], seen[5]);
+    assert!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"uses\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_uses_one_gives_every_task_a_fresh_container() {
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.max_uses = 1;
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(run(&sup, &["echo", "x"]).await.unwrap().container);
+    }
+    assert_eq!(seen.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_at_once() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.max_queue = 1;
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let _held = pool.acquire().await.unwrap();
+    let p2 = pool.clone();
+    let _queued = tokio::spawn(async move { p2.acquire().await.map(|_| ()) });
+    settle(&sup, "one queued", |c| c.queued == 1).await;
+    let err = pool.acquire().await.unwrap_err();
+    assert!(matches!(err, AcquireError::QueueFull { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_exhausted_fail_refuses_at_once_at_max() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.on_exhausted = OnExhausted::Fail;
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let _held = pool.acquire().await.unwrap();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(matches!(err, AcquireError::Exhausted { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_exhausted_cold_starts_one_beyond_max_and_retires_it_after() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.on_exhausted = OnExhausted::Cold;
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let pool = sup.pool("p").unwrap();
+    let _held = pool.acquire().await.unwrap();
+    let r = run(&sup, &["echo", "x"]).await.unwrap();
+    assert!(r.cold_start);
+    assert_eq!(fake.creates.load(Ordering::SeqCst), 2);
+    settle(&sup, "extra retired", |c| {
+        c.idle == 0 && c.busy == 1 && c.retiring == 0
+    })
+    .await;
+    assert_eq!(fake.live().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_task_is_reported_and_its_container_retired() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let mut req = task(&["sleep", "60"]);
+    req.timeout = Some(Duration::from_secs(1));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let r = sup.submit("p", req, tx).await.unwrap();
+    assert!(r.exit.timed_out);
+    assert_eq!(r.run, Duration::from_secs(1));
+    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    assert!(!fake.live().contains(&r.container));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shim_that_never_answers_is_given_up_on_after_the_backstop() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let first = fake.live()[0].clone();
+    let mut req = task(&["hang"]);
+    req.timeout = Some(Duration::from_secs(1));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = sup.submit("p", req, tx).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Exec(ExecError::Hung(_))),
+        "{err}"
+    );
+    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    assert!(!fake.live().contains(&first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_dying_mid_task_fails_the_task_clearly_and_is_replaced() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let first = fake.live()[0].clone();
+    let err = run(&sup, &["die"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Exec(ExecError::Dead(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replaced"), "{err}");
+    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    assert!(!fake.live().contains(&first));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_killed_idle_container_is_replaced() {
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.health_check_interval = Duration::from_secs(30);
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let first = fake.live()[0].clone();
+    let t0 = tokio::time::Instant::now();
+    fake.kill(&first);
+    settle(&sup, "replacement idle", |c| c.idle == 1).await;
+    settle(&sup, "old one gone", |_| !fake.live().contains(&first)).await;
+    assert!(
+        t0.elapsed() <= Duration::from_secs(30),
+        "replaced within one interval"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_run_every_interval() {
+    let mut cfg = pool_cfg(2, 2, 2);
+    cfg.health_check_interval = Duration::from_secs(10);
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "2 idle", |c| c.idle == 2).await;
+    let line = "warmpool_health_checks_total{pool=\"p\",result=\"healthy\"}";
+    assert_eq!(metric(&sup, line), 0.0);
+    tokio::time::sleep(Duration::from_secs(10) + Duration::from_millis(100)).await;
+    settle(&sup, "probes done", |c| c.idle == 2).await;
+    assert_eq!(metric(&sup, line), 2.0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle(&sup, "probes done", |c| c.idle == 2).await;
+    assert_eq!(metric(&sup, line), 4.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lazy_pool_starts_nothing_until_its_first_task() {
+    let (sup, fake) = setup(pool_cfg(0, 0, 3)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fake.creates.load(Ordering::SeqCst), 0);
+    let r = run(&sup, &["echo", "x"]).await.unwrap();
+    assert!(r.cold_start);
+    let r2 = run(&sup, &["echo", "x"]).await.unwrap();
+    assert!(!r2.cold_start);
+    assert_eq!(
+        r.container, r2.container,
+        "later tasks reuse the first container"
+    );
+    assert_eq!(fake.creates.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_grows_the_pool_to_max_at_once_and_quiet_shrinks_it_to_min() {
+    let mut cfg = pool_cfg(1, 1, 6);
+    cfg.scale_interval = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(3600);
+    *FakeRuntime::new().create_delay.lock() = Duration::ZERO;
+    let (sup, fake) = setup(cfg).await;
+    *fake.create_delay.lock() = Duration::from_millis(300);
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let s = sup.clone();
+        tasks.push(tokio::spawn(async move { run(&s, &["sleep", "2"]).await }));
+    }
+    settle(&sup, "target 6", |c| c.target == 6).await;
+    settle(&sup, "6 live", |c| c.busy + c.idle == 6).await;
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+    assert!(
+        fake.max_parallel_creates.load(Ordering::SeqCst) <= 3,
+        "creates are capped"
+    );
+    // Quiet: after the stabilization window (6 looks) the pool steps back to min.
+    settle(&sup, "back to 1", |c| c.idle + c.busy == 1 && c.target == 1).await;
+    assert!(
+        metric(
+            &sup,
+            "warmpool_scale_events_total{direction=\"down\",pool=\"p\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &sup,
+            "warmpool_scale_events_total{direction=\"up\",pool=\"p\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_containers_above_min_are_removed_after_idle_timeout() {
+    let mut cfg = pool_cfg(1, 3, 5);
+    cfg.idle_timeout = Duration::from_secs(60);
+    // A stabilization window far longer than idle_timeout: only idle_timeout can act.
+    cfg.scale_interval = Duration::from_secs(600);
+    cfg.health_check_interval = Duration::from_secs(10);
+    let (sup, _fake) = setup(cfg).await;
+    settle(&sup, "3 idle", |c| c.idle == 3).await;
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(counts(&sup).idle, 3, "not before idle_timeout");
+    settle(&sup, "down to min", |c| c.idle == 1).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(counts(&sup).idle, 1, "never below min, and not re-created");
+    assert!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"idle\"}"
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_renews_containers_surge_first() {
+    let mut cfg = pool_cfg(2, 2, 4);
+    cfg.max_age = Duration::from_secs(100);
+    cfg.scale_interval = Duration::from_secs(1);
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "2 idle", |c| c.idle == 2).await;
+    let originals = fake.live();
+    *fake.create_delay.lock() = Duration::from_secs(2);
+    // Watch capacity through the renewal: it must never dip below min.
+    let s2 = sup.clone();
+    let watcher = tokio::spawn(async move {
+        let mut lowest = usize::MAX;
+        for _ in 0..2000 {
+            let c = counts(&s2);
+            lowest = lowest.min(c.idle + c.busy + c.probing);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lowest
+    });
+    settle(&sup, "originals renewed", |_| {
+        let live = fake.live();
+        originals.iter().all(|o| !live.contains(o))
+    })
+    .await;
+    assert!(
+        watcher.await.unwrap() >= 2,
+        "capacity dipped below min during renewal"
+    );
+    assert!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"age\"}"
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_creates_back_off_then_recover() {
+    let fake = FakeRuntime::new();
+    fake.fail_creates.store(4, Ordering::SeqCst);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let cfg = pool_cfg(1, 1, 1);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), cfg)]),
+    };
+    let t0 = tokio::time::Instant::now();
+    sup.start(&config).await.unwrap();
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    // Four failures with back-off 0.5 s, 1 s, 2 s, 4 s before the fifth try succeeds.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(7500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(fake.fail_creates.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leftovers_of_this_instance_are_removed_at_start_in_any_state() {
+    let fake = FakeRuntime::new();
+    let labels = |instance: &str| {
+        BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), "p".to_string()),
+            (LABEL_INSTANCE.to_string(), instance.to_string()),
+        ])
+    };
+    let running = fake.add_leftover("warmpool-p-1", labels("test"), "running");
+    let created = fake.add_leftover("warmpool-p-2", labels("test"), "created");
+    let exited = fake.add_leftover("warmpool-p-3", labels("test"), "exited");
+    let other = fake.add_leftover("warmpool-p-4", labels("other"), "running");
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(0, 0, 1))]),
+    };
+    sup.start(&config).await.unwrap();
+    let live = fake.live();
+    for gone in [&running, &created, &exited] {
+        assert!(!live.contains(gone), "{gone} should be removed");
+    }
+    assert!(
+        live.contains(&other),
+        "another instance's container must stay"
+    );
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"orphan\"}"
+        ),
+        3.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_running_tasks_then_removes_everything() {
+    let mut cfg = pool_cfg(2, 2, 2);
+    cfg.network = crate::config::NetworkMode::Isolated;
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "2 idle", |c| c.idle == 2).await;
+    assert_eq!(fake.networks(), vec!["warmpool-test-p".to_string()]);
+    let s2 = sup.clone();
+    let running = tokio::spawn(async move { run(&s2, &["sleep", "5"]).await });
+    settle(&sup, "task running", |c| c.busy == 1).await;
+    let t0 = tokio::time::Instant::now();
+    sup.shutdown(Duration::from_secs(30)).await;
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "shutdown must wait for the running task"
+    );
+    assert!(running.await.unwrap().is_ok(), "the running task finishes");
+    assert!(fake.live().is_empty());
+    assert!(fake.networks().is_empty());
+    let err = run(&sup, &["echo"]).await.unwrap_err();
+    assert!(matches!(err, SubmitError::Acquire(AcquireError::Closed(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_grace_bounds_the_wait() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let s2 = sup.clone();
+    let _running = tokio::spawn(async move { run(&s2, &["sleep", "1000"]).await });
+    settle(&sup, "task running", |c| c.busy == 1).await;
+    let t0 = tokio::time::Instant::now();
+    sup.shutdown(Duration::from_secs(3)).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert!(fake.live().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_removes_containers_no_pool_knows() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let stray = fake.add_leftover(
+        "warmpool-p-stray",
+        BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), "p".to_string()),
+            (LABEL_INSTANCE.to_string(), "test".to_string()),
+            (
+                crate::runtime::LABEL_DAEMON.to_string(),
+                sup.daemon_id.clone(),
+            ),
+        ]),
+        "created",
+    );
+    sup.reap_once().await;
+    assert!(!fake.live().contains(&stray));
+    assert_eq!(fake.live().len(), 1, "the pool's own container stays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_task_env_and_stdin_do_not_cost_a_cold_start() {
+    let (sup, _fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let a = run(&sup, &["echo", "a"]).await.unwrap();
+    let mut req = task(&["echo", "b"]);
+    req.env.insert("K".into(), "V".into());
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let b = sup.submit("p", req, tx).await.unwrap();
+    assert_eq!(a.container, b.container);
+    assert!(!b.cold_start);
+}
