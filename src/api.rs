@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::exec::{ExecError, TaskEvent};
 use crate::pool::AcquireError;
+use crate::session::{SessionError, SessionInfo};
 use crate::supervisor::{SubmitError, Supervisor, TaskReport, TaskRequest};
 
 #[derive(Clone)]
@@ -28,13 +29,26 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
     pub token: Option<Arc<String>>,
+    /// `server.max_request_body`, which also bounds files read back.
+    pub max_body: usize,
 }
 
-pub fn router(state: AppState, max_body: usize) -> Router {
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
     let v1 = Router::new()
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{pool}", get(get_pool))
         .route("/v1/pools/{pool}/tasks", post(submit_task))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(crate::files::get_file).put(crate::files::put_file),
+        )
+        .route(
+            "/v1/sessions/{id}/archive/{*dir}",
+            get(crate::files::get_archive).put(crate::files::put_archive),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -72,6 +86,10 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     fn retry_after(mut self, secs: u64) -> Self {
@@ -122,6 +140,24 @@ impl From<SubmitError> for ApiError {
                     .retry_after(5)
             }
             SubmitError::Exec(_) => ApiError::new(StatusCode::BAD_GATEWAY, "container_failed", msg),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SessionError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_session", msg)
+            }
+            SessionError::PoolMismatch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "session_pool_mismatch", msg)
+            }
+            SessionError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", msg)
+            }
+            SessionError::Submit(e) => e.into(),
         }
     }
 }
@@ -250,7 +286,12 @@ pub struct TaskBody {
 }
 
 impl TaskBody {
-    pub fn into_request(self) -> Result<TaskRequest, ApiError> {
+    pub fn into_request(self) -> Result<(TaskRequest, Option<String>), ApiError> {
+        let session = self.session.clone();
+        self.into_task().map(|t| (t, session))
+    }
+
+    fn into_task(self) -> Result<TaskRequest, ApiError> {
         let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
         let argv = match (self.cmd, self.shell) {
             (Some(cmd), None) => cmd,
@@ -288,13 +329,6 @@ impl TaskBody {
                 })
             })
             .transpose()?;
-        if self.session.is_some() {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "sessions_unsupported",
-                "sessions are not available in this version of warmpool",
-            ));
-        }
         Ok(TaskRequest {
             argv,
             env: self.env,
@@ -382,14 +416,35 @@ async fn submit_task(
     if state.supervisor.pool(&pool).is_none() {
         return Err(SubmitError::UnknownPool(pool).into());
     }
-    let request = parse_body::<TaskBody>(body)?.into_request()?;
+    let (request, session) = parse_body::<TaskBody>(body)?.into_request()?;
+    if let Some(id) = &session {
+        let s = state
+            .supervisor
+            .sessions
+            .get(id)
+            .ok_or_else(|| SessionError::NotFound(id.clone()))?;
+        if s.pool != pool {
+            return Err(SessionError::PoolMismatch {
+                id: id.clone(),
+                existing: s.pool.clone(),
+                asked: pool,
+            }
+            .into());
+        }
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     let sup = state.supervisor.clone();
     // The task runs to its end (or timeout) even if the client goes away, so its container
     // comes back clean instead of being retired mid-task.
     tokio::spawn(async move {
-        let result = sup.submit(&pool, request, tx).await;
+        let result = match session {
+            Some(id) => sup
+                .session_task(&pool, &id, request, tx)
+                .await
+                .map_err(ApiError::from),
+            None => sup.submit(&pool, request, tx).await.map_err(ApiError::from),
+        };
         let _ = done_tx.send(result);
     });
     if !query.stream {
@@ -466,7 +521,7 @@ fn event_line(ev: TaskEvent) -> Bytes {
 fn async_stream(
     first: Option<TaskEvent>,
     rx: mpsc::UnboundedReceiver<TaskEvent>,
-    done: oneshot::Receiver<Result<TaskReport, SubmitError>>,
+    done: oneshot::Receiver<Result<TaskReport, ApiError>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     use futures_util::StreamExt;
     let head = futures_util::stream::iter(first.map(event_line));
@@ -475,7 +530,6 @@ fn async_stream(
         match done.await {
             Ok(Ok(report)) => json!({"exit": Value::Object(report_json(&report))}).to_string() + "\n",
             Ok(Err(e)) => {
-                let e = ApiError::from(e);
                 json!({"error": {"code": e.code, "message": e.message}}).to_string() + "\n"
             }
             Err(_) => json!({"error": {"code": "internal", "message": "the task's worker ended without an answer"}}).to_string() + "\n",
@@ -489,6 +543,88 @@ fn tokio_stream_from(
     mut rx: mpsc::UnboundedReceiver<TaskEvent>,
 ) -> impl futures_util::Stream<Item = TaskEvent> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionBody {
+    pool: String,
+    id: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+fn session_json(info: &SessionInfo) -> Value {
+    json!({
+        "id": info.id,
+        "pool": info.pool,
+        "state": info.state.as_str(),
+        "container": info.container.as_ref().map(|c| c.chars().take(12).collect::<String>()),
+        "tasks": info.tasks,
+        "idle_seconds": (info.idle.as_secs_f64() * 10.0).round() / 10.0,
+        "idle_timeout": humantime::format_duration(info.idle_timeout).to_string(),
+        "busy": info.busy,
+    })
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: SessionBody = parse_body(body)?;
+    let idle_timeout = body
+        .idle_timeout
+        .map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("idle_timeout {t:?} is not a duration ({e}); write e.g. \"5m\""),
+                )
+            })
+        })
+        .transpose()?;
+    let (session, created) = state
+        .supervisor
+        .create_session(&body.pool, body.id, idle_timeout)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(session_json(&session.info()))).into_response())
+}
+
+async fn list_sessions(State(state): State<AppState>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .supervisor
+        .sessions
+        .list()
+        .iter()
+        .map(|s| session_json(&s.info()))
+        .collect();
+    Json(json!({ "sessions": list }))
+}
+
+async fn get_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let s = state
+        .supervisor
+        .sessions
+        .get(&id)
+        .ok_or(SessionError::NotFound(id))?;
+    Ok(Json(session_json(&s.info())))
+}
+
+async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = state.supervisor.end_session(&id).await?;
+    let mut v = session_json(&info);
+    v["state"] = json!("ended");
+    Ok(Json(v))
 }
 
 #[cfg(test)]
@@ -516,7 +652,7 @@ mod tests {
             .contains("missing command"));
         let shell: TaskBody = serde_json::from_str(r#"{"shell": "echo hi"}"#).unwrap();
         assert_eq!(
-            shell.into_request().unwrap().argv,
+            shell.into_request().unwrap().0.argv,
             ["/bin/sh", "-c", "echo hi"]
         );
     }

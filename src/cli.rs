@@ -161,14 +161,18 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
         "WARMPOOL_INSTANCE {instance:?} must be 1 to 32 characters of a-z, 0-9, - and _"
     );
-    let supervisor = Supervisor::new(Arc::new(runtime), metrics, Some(shim_path), &instance);
-    let app = crate::api::router(
-        crate::api::AppState {
-            supervisor: supervisor.clone(),
-            token,
-        },
-        config.server.max_request_body as usize,
+    let supervisor = Supervisor::new(
+        Arc::new(runtime),
+        metrics,
+        Some(shim_path),
+        &instance,
+        config.server.max_sessions,
     );
+    let app = crate::api::router(crate::api::AppState {
+        supervisor: supervisor.clone(),
+        token,
+        max_body: config.server.max_request_body as usize,
+    });
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     if let Some(addr) = config.server.listen {

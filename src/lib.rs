@@ -6,12 +6,14 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod files;
 #[cfg(test)]
 mod lifecycle_tests;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod scaling;
+pub mod session;
 pub mod shim;
 pub mod shim_proto;
 pub mod supervisor;

@@ -27,7 +27,7 @@ fn pool_cfg(min: usize, warm: usize, max: usize) -> PoolConfig {
 
 async fn setup(cfg: PoolConfig) -> (Arc<Supervisor>, Arc<FakeRuntime>) {
     let fake = FakeRuntime::new();
-    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
     let config = Config {
         server: Default::default(),
         docker: Default::default(),
@@ -446,7 +446,7 @@ async fn max_age_renews_containers_surge_first() {
 async fn failing_creates_back_off_then_recover() {
     let fake = FakeRuntime::new();
     fake.fail_creates.store(4, Ordering::SeqCst);
-    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
     let cfg = pool_cfg(1, 1, 1);
     let config = Config {
         server: Default::default(),
@@ -479,7 +479,7 @@ async fn leftovers_of_this_instance_are_removed_at_start_in_any_state() {
     let created = fake.add_leftover("warmpool-p-2", labels("test"), "created");
     let exited = fake.add_leftover("warmpool-p-3", labels("test"), "exited");
     let other = fake.add_leftover("warmpool-p-4", labels("other"), "running");
-    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test");
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
     let config = Config {
         server: Default::default(),
         docker: Default::default(),

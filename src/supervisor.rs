@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,6 +72,9 @@ pub struct Supervisor {
     /// Set once every configured pool exists; before that the daemon is not ready.
     started: AtomicBool,
     stop: watch::Sender<bool>,
+    pub sessions: crate::session::Sessions,
+    /// A handle on ourselves, for background work started from `&self`.
+    me: Weak<Supervisor>,
 }
 
 impl Supervisor {
@@ -80,9 +83,10 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         shim_path: Option<PathBuf>,
         instance: &str,
+        max_sessions: usize,
     ) -> Arc<Supervisor> {
         let (stop, _) = watch::channel(false);
-        Arc::new(Supervisor {
+        Arc::new_cyclic(|me| Supervisor {
             daemon_id: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             instance: instance.to_string(),
             runtime,
@@ -92,7 +96,19 @@ impl Supervisor {
             engine_up: AtomicBool::new(false),
             started: AtomicBool::new(false),
             stop,
+            sessions: crate::session::Sessions::new(max_sessions),
+            me: me.clone(),
         })
+    }
+
+    pub(crate) fn self_arc(&self) -> Arc<Supervisor> {
+        self.me
+            .upgrade()
+            .expect("the supervisor outlives its own calls")
+    }
+
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
@@ -202,19 +218,27 @@ impl Supervisor {
         spec
     }
 
-    /// Removes what a previous run left, creates networks, builds the pools and starts their
-    /// loops. Waits for the engine when it is not there yet.
+    /// Creates networks and pools, takes back what a previous run left that still fits
+    /// (idle containers of the same spec, live sessions) and removes the rest, then starts
+    /// the loops. Waits for the engine when it is not there yet.
     pub async fn start(self: &Arc<Self>, config: &Config) -> anyhow::Result<()> {
         self.wait_for_engine().await;
-        self.remove_leftovers().await;
+        let leftovers = self.list_ours().await.unwrap_or_default();
         for cfg in config.pools.values() {
-            self.add_pool(cfg.clone()).await?;
+            self.create_pool(cfg.clone()).await?;
+        }
+        self.adopt_or_remove(leftovers).await;
+        for pool in self.pools() {
+            let sup = self.clone();
+            tokio::spawn(async move { sup.pool_loop(pool).await });
         }
         self.started.store(true, Ordering::Release);
         let sup = self.clone();
         tokio::spawn(async move { sup.watch_engine().await });
         let sup = self.clone();
         tokio::spawn(async move { sup.reap_loop().await });
+        let sup = self.clone();
+        tokio::spawn(async move { sup.session_reaper().await });
         Ok(())
     }
 
@@ -243,31 +267,66 @@ impl Supervisor {
         self.metrics.engine_up.set(up as i64);
     }
 
-    /// Every container labelled `warmpool.managed`, in any state, is from a previous run:
-    /// this daemon has created nothing yet. Stuck `created` ones count too.
-    async fn remove_leftovers(&self) {
-        let Ok(list) = self.list_ours().await else {
-            return;
-        };
-        let removals = list.into_iter().map(|c| {
-            let runtime = self.runtime.clone();
-            let metrics = self.metrics.clone();
-            async move {
-                let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-                tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
-                if runtime.remove(&c.id).await.is_ok() {
-                    metrics
-                        .containers_removed
-                        .with_label_values(&[&pool, RemoveReason::Orphan.as_str()])
-                        .inc();
-                }
+    /// Every container of this instance is from a previous run (this daemon has created
+    /// nothing yet). Running shim containers that still fit are re-attached and adopted:
+    /// idle ones of the current spec back into their pool, session ones into their session.
+    /// The rest, stuck `created` and `exited` ones included, are removed.
+    async fn adopt_or_remove(&self, list: Vec<ContainerSummary>) {
+        let work = list.into_iter().map(|c| async move {
+            let pool_name = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+            if let Some(what) = self.try_adopt(&c, &pool_name).await {
+                tracing::info!(container = %c.name, "adopted {what} left by a previous run");
+                return;
+            }
+            tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
+            if self.runtime.remove(&c.id).await.is_ok() {
+                self.metrics
+                    .containers_removed
+                    .with_label_values(&[&pool_name, RemoveReason::Orphan.as_str()])
+                    .inc();
             }
         });
-        futures_util::future::join_all(removals).await;
+        futures_util::future::join_all(work).await;
+    }
+
+    async fn try_adopt(&self, c: &ContainerSummary, pool_name: &str) -> Option<&'static str> {
+        let pool = self.pool(pool_name)?;
+        let cfg = pool.config();
+        if c.state != "running" || cfg.exec != ExecMode::Shim {
+            return None;
+        }
+        let session = crate::session::session_of_name(pool_name, &c.name);
+        let current = c.labels.get(LABEL_SPEC) == Some(&pool.spec().hash());
+        if session.is_none() && !current {
+            return None;
+        }
+        let attached = self.runtime.attach(&c.id).await.ok()?;
+        let conn = crate::exec::ShimConn::connect(attached, None).await.ok()?;
+        let busy = conn.ping(Duration::from_secs(2)).await.ok()?;
+        let conn = crate::exec::Conn::Shim(conn);
+        match session {
+            Some(id) => {
+                self.adopt_session(&id, pool_name, c.id.clone(), conn);
+                Some("a session's container")
+            }
+            None if !busy => {
+                pool.adopt(c.id.clone(), c.name.clone(), conn, pool.spec().hash());
+                Some("an idle container")
+            }
+            None => None,
+        }
     }
 
     /// Creates a pool's network when it needs its own, then the pool and its loop.
     pub async fn add_pool(self: &Arc<Self>, cfg: PoolConfig) -> anyhow::Result<()> {
+        let pool = self.create_pool(cfg).await?;
+        let sup = self.clone();
+        tokio::spawn(async move { sup.pool_loop(pool).await });
+        Ok(())
+    }
+
+    /// Creates a pool's network when it needs its own, then the pool, without its loop.
+    async fn create_pool(&self, cfg: PoolConfig) -> anyhow::Result<Arc<Pool>> {
         match &cfg.network {
             NetworkMode::Isolated => {
                 let labels = BTreeMap::from([
@@ -301,10 +360,12 @@ impl Supervisor {
         }
         let spec = self.container_spec(&cfg);
         let pool = Pool::new(cfg, spec, self.runtime.clone(), self.metrics.clone());
+        self.metrics
+            .sessions
+            .with_label_values(&[&pool.name])
+            .set(0);
         self.pools.write().insert(pool.name.clone(), pool.clone());
-        let sup = self.clone();
-        tokio::spawn(async move { sup.pool_loop(pool).await });
-        Ok(())
+        Ok(pool)
     }
 
     /// One pool's level-triggered loop: wake on a tick or on demand, look, converge.
@@ -552,9 +613,9 @@ impl Supervisor {
         }
     }
 
-    /// Containers held outside the pools (sessions); none yet.
+    /// Containers held outside the pools: sessions'.
     fn extra_known(&self) -> Vec<String> {
-        Vec::new()
+        self.sessions.containers()
     }
 
     /// Runs one task on a pool: queue, claim, run, and give the container back or retire it.
@@ -576,7 +637,7 @@ impl Supervisor {
         let mut lease = match pool.acquire().await {
             Ok(lease) => lease,
             Err(e) => {
-                self.count(&pool.name, Outcome::Rejected, None);
+                self.count_task(&pool.name, Outcome::Rejected, None);
                 return Err(e.into());
             }
         };
@@ -593,7 +654,7 @@ impl Supervisor {
             if let Err(e) = lease.conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
                 lease.retire(RemoveReason::Unhealthy);
                 pool.wake.notify_one();
-                self.count(&pool.name, Outcome::Error, None);
+                self.count_task(&pool.name, Outcome::Error, None);
                 return Err(e.into());
             }
             lease.dirty = false;
@@ -604,15 +665,7 @@ impl Supervisor {
         let lease_cold = lease.cold;
         match result {
             Ok(exit) => {
-                let outcome = if exit.timed_out {
-                    Outcome::Timeout
-                } else if exit.exit_code == Some(0) {
-                    Outcome::Ok
-                } else if exit.spawn_error.is_some() {
-                    Outcome::Error
-                } else {
-                    Outcome::NonzeroExit
-                };
+                let outcome = outcome_of(&exit);
                 if exit.timed_out {
                     // The process group was killed, but a timed-out container is never
                     // trusted again: whatever it was doing may have left it in a bad state.
@@ -620,7 +673,7 @@ impl Supervisor {
                 } else {
                     lease.finish();
                 }
-                self.count(&pool.name, outcome, Some(run));
+                self.count_task(&pool.name, outcome, Some(run));
                 tracing::debug!(parent: &span, exit_code = ?exit.exit_code, run_ms = run.as_secs_f64() * 1e3, "task done");
                 Ok(TaskReport {
                     task_id,
@@ -635,14 +688,14 @@ impl Supervisor {
             Err(e) => {
                 lease.retire(RemoveReason::Unhealthy);
                 pool.wake.notify_one();
-                self.count(&pool.name, Outcome::Error, Some(run));
+                self.count_task(&pool.name, Outcome::Error, Some(run));
                 tracing::warn!(parent: &span, error = %e, "task failed");
                 Err(e.into())
             }
         }
     }
 
-    fn count(&self, pool: &str, outcome: Outcome, run: Option<Duration>) {
+    pub(crate) fn count_task(&self, pool: &str, outcome: Outcome, run: Option<Duration>) {
         self.metrics
             .tasks_total
             .with_label_values(&[pool, outcome.as_str()])
@@ -663,6 +716,8 @@ impl Supervisor {
             pool.close();
         }
         let deadline = Instant::now() + grace;
+        // Sessions end like on DELETE (end command included), within the same grace.
+        let _ = tokio::time::timeout(grace, self.end_all_sessions()).await;
         loop {
             let busy: usize = self.pools().iter().map(|p| p.counts().busy).sum();
             if busy == 0 || Instant::now() >= deadline {
@@ -758,8 +813,21 @@ fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
+/// How a task that ran is counted.
+pub(crate) fn outcome_of(exit: &TaskExit) -> Outcome {
+    if exit.timed_out {
+        Outcome::Timeout
+    } else if exit.exit_code == Some(0) {
+        Outcome::Ok
+    } else if exit.spawn_error.is_some() {
+        Outcome::Error
+    } else {
+        Outcome::NonzeroExit
+    }
+}
+
 /// Fills a request in from the pool's defaults and checks what the pool cannot know.
-fn build_task(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitError> {
+pub(crate) fn build_task(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitError> {
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(SubmitError::Invalid(
             "the command is empty: give cmd as a non-empty argv array or shell as a string".into(),

@@ -252,6 +252,18 @@ impl Runtime for DockerRuntime {
             .map_err(map_err)
     }
 
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .rename_container(
+                id,
+                bollard::query_parameters::RenameContainerOptions {
+                    name: name.to_string(),
+                },
+            )
+            .await
+            .map_err(map_err)
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptions {
             force: true,

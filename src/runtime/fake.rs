@@ -78,6 +78,10 @@ impl FakeRuntime {
         ids
     }
 
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.containers.lock().get(id).map(|c| c.name.clone())
+    }
+
     pub fn spec_of(&self, id: &str) -> Option<ContainerSpec> {
         self.containers.lock().get(id).map(|c| c.spec.clone())
     }
@@ -215,6 +219,16 @@ impl Runtime for FakeRuntime {
                 }
             });
         }
+        Ok(())
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        let mut c = self.containers.lock();
+        let c = c
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        c.name = name.to_string();
         Ok(())
     }
 

@@ -166,6 +166,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Attach to stdin/stdout; done before `start` so nothing the entrypoint writes is lost.
     async fn attach(&self, id: &str) -> Result<Attached, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Renames a container; a session's claim renames its warm container so the session id
+    /// survives a daemon restart (the engine cannot relabel a running container).
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
     /// Force-removes; a container that is already gone is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every container (any state) carrying `warmpool.managed=true`.
