@@ -27,8 +27,12 @@ use crate::supervisor::{SubmitError, Supervisor, TaskReport, TaskRequest};
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Arc<Supervisor>,
-    /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
-    pub token: Option<Arc<String>>,
+    /// When set, `/v1/*` needs `Authorization: Bearer <token>`; a reload re-reads it.
+    pub token: Arc<parking_lot::RwLock<Option<Arc<String>>>>,
+    /// The pools.toml a reload reads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The server settings in force, to tell what a reload cannot change.
+    pub server: Arc<parking_lot::RwLock<crate::config::ServerConfig>>,
     /// `server.max_request_body`, which also bounds files read back.
     pub max_body: usize,
 }
@@ -39,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{pool}", get(get_pool))
         .route("/v1/pools/{pool}/tasks", post(submit_task))
+        .route("/v1/admin/reload", post(admin_reload))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route(
@@ -163,7 +168,7 @@ impl From<SessionError> for ApiError {
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = &state.token else {
+    let Some(expected) = state.token.read().clone() else {
         return next.run(req).await;
     };
     let given = req
@@ -186,6 +191,71 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 /// Compares without an early exit, so timing does not reveal how much of a token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Reads `server.token_file`: the token is its content, trimmed; an empty file is refused
+/// so a daemon is never left open by mistake.
+pub fn read_token(server: &crate::config::ServerConfig) -> Result<Option<Arc<String>>, String> {
+    let Some(path) = &server.token_file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read server.token_file {}: {e}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!(
+            "server.token_file {} is empty: put the token in it",
+            path.display()
+        ));
+    }
+    Ok(Some(Arc::new(t.to_string())))
+}
+
+/// Reloads pools.toml: validated first; a bad file changes nothing and its problems are
+/// returned. Shared by SIGHUP and `POST /v1/admin/reload`.
+pub async fn reload(state: &AppState) -> Result<crate::supervisor::ReloadSummary, String> {
+    use crate::metrics::ReloadResult;
+    let sup = &state.supervisor;
+    let Some(path) = &state.config_path else {
+        return Err("this daemon was not started from a file".into());
+    };
+    let result = async {
+        let config = crate::config::Config::load(path).map_err(|e| e.to_string())?;
+        let token = read_token(&config.server)?;
+        {
+            let old = state.server.read();
+            if old.listen != config.server.listen || old.unix_socket != config.server.unix_socket {
+                tracing::warn!("server.listen and server.unix_socket apply at the next restart");
+            }
+        }
+        let summary = sup.reload(&config).await?;
+        *state.token.write() = token;
+        *state.server.write() = config.server.clone();
+        Ok::<_, String>(summary)
+    }
+    .await;
+    match &result {
+        Ok(summary) => {
+            sup.metrics.reloaded(ReloadResult::Ok);
+            tracing::info!(?summary, "configuration reloaded");
+        }
+        Err(problems) => {
+            sup.metrics.reloaded(ReloadResult::Error);
+            tracing::error!("reload refused, the running configuration stays:\n{problems}");
+        }
+    }
+    result
+}
+
+async fn admin_reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match reload(&state).await {
+        Ok(summary) => Ok(Json(json!({"result": "ok", "changes": summary}))),
+        Err(problems) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            format!("the new configuration was refused and the running one stays: {problems}"),
+        )),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -132,20 +132,7 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         Err(e) => return Err(e.into()),
     };
     init_logs(log_format);
-    let token = match &config.server.token_file {
-        Some(path) => {
-            let t = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read server.token_file {}", path.display()))?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "server.token_file {} is empty",
-                path.display()
-            );
-            Some(Arc::new(t))
-        }
-        None => None,
-    };
+    let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
         .await
         .context("cannot set up the Docker client (check [docker] host or DOCKER_HOST)")?;
@@ -168,11 +155,14 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         &instance,
         config.server.max_sessions,
     );
-    let app = crate::api::router(crate::api::AppState {
+    let state = crate::api::AppState {
         supervisor: supervisor.clone(),
-        token,
+        token: Arc::new(parking_lot::RwLock::new(token)),
+        config_path: Some(config_path.clone()),
+        server: Arc::new(parking_lot::RwLock::new(config.server.clone())),
         max_body: config.server.max_request_body as usize,
-    });
+    };
+    let app = crate::api::router(state.clone());
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     if let Some(addr) = config.server.listen {
@@ -190,8 +180,19 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
                 .await
         }));
     }
+    if let Some(path) = &config.server.unix_socket {
+        servers.push(serve_unix(path, app.clone(), http_stopped.clone())?);
+    }
     supervisor.start(&config).await?;
     tracing::info!(pools = config.pools.len(), "pools warming");
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = crate::api::reload(&state).await;
+        }
+    });
 
     shutdown_signal().await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new tasks; a second signal exits at once");
@@ -207,6 +208,34 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     }
     tracing::info!("stopped; every container removed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the API on a unix socket too, mode 0660, replacing a stale socket file.
+fn serve_unix(
+    path: &std::path::Path,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "server.unix_socket {} exists and is not a socket; remove it or choose another path",
+            path.display()
+        );
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on server.unix_socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %path.display(), "listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    }))
 }
 
 async fn shutdown_signal() {

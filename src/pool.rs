@@ -134,6 +134,8 @@ pub struct Pool {
     pub name: String,
     cfg: RwLock<Arc<PoolConfig>>,
     spec: RwLock<Arc<ContainerSpec>>,
+    /// The spec's hash, computed once per config rather than on every release.
+    spec_hash: RwLock<Arc<str>>,
     pub state: Mutex<State>,
     pub runtime: Arc<dyn Runtime>,
     pub metrics: Arc<Metrics>,
@@ -157,6 +159,7 @@ impl Pool {
                 ..Default::default()
             }),
             cfg: RwLock::new(Arc::new(cfg)),
+            spec_hash: RwLock::new(spec.hash().into()),
             spec: RwLock::new(Arc::new(spec)),
             runtime,
             metrics,
@@ -175,9 +178,14 @@ impl Pool {
         self.spec.read().clone()
     }
 
+    pub fn spec_hash(&self) -> Arc<str> {
+        self.spec_hash.read().clone()
+    }
+
     /// Applies a new config (and spec); members of another spec are replaced by the loop.
     pub fn set_config(&self, cfg: PoolConfig, spec: ContainerSpec) {
         *self.cfg.write() = Arc::new(cfg);
+        *self.spec_hash.write() = spec.hash().into();
         *self.spec.write() = Arc::new(spec);
         self.wake.notify_one();
     }
@@ -353,6 +361,8 @@ impl Pool {
                 Some(RemoveReason::Uses)
             } else if m.created.elapsed() >= m.max_age {
                 Some(RemoveReason::Age)
+            } else if *m.spec_hash != *self.spec_hash() {
+                Some(RemoveReason::Reload)
             } else if closed {
                 Some(RemoveReason::Shutdown)
             } else if m.conn.is_dead() {
@@ -407,6 +417,7 @@ impl Pool {
             let _permit = pool.creates.acquire().await;
             let begun = Instant::now();
             let spec = pool.spec();
+            let spec_hash = spec.hash();
             let cfg = pool.config();
             let result = pool.start_container(&spec, &cfg).await;
             let mut st = pool.state.lock();
@@ -438,7 +449,7 @@ impl Pool {
                             last_used: now,
                             uses: 0,
                             max_age: jitter(cfg.max_age),
-                            spec_hash: spec.hash(),
+                            spec_hash: spec_hash.to_string(),
                             extra,
                             dirty: false,
                         },

@@ -134,15 +134,24 @@ pub enum SessionError {
 /// The live sessions of a daemon, bounded by `max_sessions`.
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
-    pub max: usize,
+    max: std::sync::atomic::AtomicUsize,
 }
 
 impl Sessions {
     pub fn new(max: usize) -> Sessions {
         Sessions {
             map: Mutex::new(HashMap::new()),
-            max,
+            max: std::sync::atomic::AtomicUsize::new(max),
         }
+    }
+
+    /// A reload may change `max_sessions`; live sessions above it stay until they end.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -235,7 +244,7 @@ impl Supervisor {
                 return Ok((existing.clone(), false));
             }
             // Make room: the least recently used session goes first.
-            let evict = if map.len() >= self.sessions.max {
+            let evict = if map.len() >= self.sessions.max() {
                 map.values()
                     .filter(|s| s.meta.lock().active == 0)
                     .min_by_key(|s| s.meta.lock().last_used)

@@ -73,6 +73,7 @@ pub struct Supervisor {
     started: AtomicBool,
     stop: watch::Sender<bool>,
     pub sessions: crate::session::Sessions,
+    reload_lock: tokio::sync::Mutex<()>,
     /// A handle on ourselves, for background work started from `&self`.
     me: Weak<Supervisor>,
 }
@@ -97,6 +98,7 @@ impl Supervisor {
             started: AtomicBool::new(false),
             stop,
             sessions: crate::session::Sessions::new(max_sessions),
+            reload_lock: tokio::sync::Mutex::new(()),
             me: me.clone(),
         })
     }
@@ -296,7 +298,7 @@ impl Supervisor {
             return None;
         }
         let session = crate::session::session_of_name(pool_name, &c.name);
-        let current = c.labels.get(LABEL_SPEC) == Some(&pool.spec().hash());
+        let current = c.labels.get(LABEL_SPEC).map(String::as_str) == Some(&*pool.spec_hash());
         if session.is_none() && !current {
             return None;
         }
@@ -310,7 +312,12 @@ impl Supervisor {
                 Some("a session's container")
             }
             None if !busy => {
-                pool.adopt(c.id.clone(), c.name.clone(), conn, pool.spec().hash());
+                pool.adopt(
+                    c.id.clone(),
+                    c.name.clone(),
+                    conn,
+                    pool.spec_hash().to_string(),
+                );
                 Some("an idle container")
             }
             None => None,
@@ -325,26 +332,25 @@ impl Supervisor {
         Ok(())
     }
 
+    async fn ensure_isolated_network(&self, pool: &str) -> anyhow::Result<()> {
+        let labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), pool.to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+        ]);
+        let net = self.isolated_network(pool);
+        self.runtime
+            .ensure_network(&net, &labels)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("pool {pool}: cannot create its isolated network {net}: {e}")
+            })
+    }
+
     /// Creates a pool's network when it needs its own, then the pool, without its loop.
     async fn create_pool(&self, cfg: PoolConfig) -> anyhow::Result<Arc<Pool>> {
         match &cfg.network {
-            NetworkMode::Isolated => {
-                let labels = BTreeMap::from([
-                    (LABEL_MANAGED.to_string(), "true".to_string()),
-                    (LABEL_POOL.to_string(), cfg.name.clone()),
-                    (LABEL_INSTANCE.to_string(), self.instance.clone()),
-                ]);
-                self.runtime
-                    .ensure_network(&self.isolated_network(&cfg.name), &labels)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "pool {}: cannot create its isolated network {}: {e}",
-                            cfg.name,
-                            self.isolated_network(&cfg.name)
-                        )
-                    })?;
-            }
+            NetworkMode::Isolated => self.ensure_isolated_network(&cfg.name).await?,
             NetworkMode::Named(n) => {
                 if !self.runtime.network_exists(n).await.unwrap_or(true) {
                     anyhow::bail!(
@@ -410,7 +416,7 @@ impl Supervisor {
         look: bool,
     ) -> scaling::Memory {
         let now = Instant::now();
-        let spec_hash = pool.spec().hash();
+        let spec_hash = pool.spec_hash();
         let mut st = pool.state.lock();
         let c = crate::pool::counts(&st);
         let obs = scaling::Observation {
@@ -457,7 +463,7 @@ impl Supervisor {
             up += 1;
             let reason = if m.conn.is_dead() {
                 Some(RemoveReason::Unhealthy)
-            } else if m.spec_hash != spec_hash {
+            } else if *m.spec_hash != *spec_hash {
                 Some(RemoveReason::Reload)
             } else if now.duration_since(m.created) >= m.max_age {
                 Some(RemoveReason::Age)
@@ -773,6 +779,94 @@ impl Supervisor {
         }
     }
 
+    /// Applies a new configuration: validated by the caller, applied as a difference. A new
+    /// pool warms; a removed one stops taking tasks, lets its running ones finish, and goes;
+    /// a changed container spec replaces containers one by one, surge first (the reconcile
+    /// loop sees their old spec hash); sizing and timing changes touch no container.
+    pub async fn reload(self: &Arc<Self>, new: &Config) -> Result<ReloadSummary, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let mut summary = ReloadSummary::default();
+        let current: Vec<String> = self.pools.read().keys().cloned().collect();
+        for name in &current {
+            if !new.pools.contains_key(name) {
+                self.remove_pool(name).await;
+                summary.removed.push(name.clone());
+            }
+        }
+        for (name, cfg) in &new.pools {
+            match self.pool(name) {
+                None => {
+                    self.add_pool(cfg.clone())
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    summary.added.push(name.clone());
+                }
+                Some(pool) => {
+                    let old = pool.config();
+                    if *old == *cfg {
+                        continue;
+                    }
+                    if cfg.network == NetworkMode::Isolated && old.network != NetworkMode::Isolated
+                    {
+                        self.ensure_isolated_network(&cfg.name)
+                            .await
+                            .map_err(|e| format!("{e:#}"))?;
+                    }
+                    let spec = self.container_spec(cfg);
+                    if *spec.hash() != *pool.spec_hash() {
+                        summary.replaced.push(name.clone());
+                    } else {
+                        summary.retuned.push(name.clone());
+                    }
+                    pool.set_config(cfg.clone(), spec);
+                    let mut st = pool.state.lock();
+                    st.target = st.target.clamp(cfg.min, cfg.max.max(cfg.min));
+                    pool.publish(&st);
+                }
+            }
+        }
+        self.sessions.set_max(new.server.max_sessions);
+        Ok(summary)
+    }
+
+    /// Takes a pool out: no new tasks, queued ones refused, running ones finish (bounded by
+    /// the pool's task timeout), then its containers, sessions and network go.
+    async fn remove_pool(&self, name: &str) {
+        let Some(pool) = self.pool(name) else {
+            return;
+        };
+        pool.close();
+        let deadline = Instant::now() + pool.config().task_timeout + Duration::from_secs(5);
+        while pool.counts().busy > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.pools.write().remove(name);
+        for s in self.sessions.list() {
+            if s.pool == name {
+                let _ = self.end_session(&s.id).await;
+            }
+        }
+        let ids: Vec<u64> = pool.state.lock().members.keys().copied().collect();
+        {
+            let mut st = pool.state.lock();
+            for id in ids {
+                pool.retire_locked(&mut st, id, RemoveReason::Reload);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pool.counts().retiring > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if pool.config().network == NetworkMode::Isolated {
+            let net = self.isolated_network(name);
+            if let Err(e) = self.runtime.remove_network(&net).await {
+                tracing::warn!(network = %net, error = %e, "could not remove the removed pool's network");
+            }
+        }
+        self.metrics.forget_pool(name);
+        tracing::info!(pool = %name, "pool removed by reload");
+    }
+
     /// Pool status for the API.
     pub fn status(&self) -> Vec<(Arc<PoolConfig>, Counts)> {
         self.pools()
@@ -811,6 +905,17 @@ fn memory_with_target(memory: scaling::Memory, target: usize) -> scaling::Memory
 
 fn short(id: &str) -> String {
     id.chars().take(12).collect()
+}
+
+/// What a reload changed, pool by pool.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Container spec changed: containers are being replaced, surge first.
+    pub replaced: Vec<String>,
+    /// Sizing or timing only: no container touched.
+    pub retuned: Vec<String>,
 }
 
 /// How a task that ran is counted.
