@@ -13,6 +13,9 @@
 //! This file is shared: the daemon uses it as `crate::shim_proto`, the shim includes it with
 //! `#[path]`, so it depends on std only.
 
+// Each side uses one half: the daemon encodes requests and decodes events, the shim the reverse.
+#![allow(dead_code)]
+
 use std::fmt;
 
 /// Version announced in [`Event::Hello`]; bump on any incompatible change of this file.
@@ -59,7 +62,8 @@ pub struct Spawn {
     pub argv: Vec<Vec<u8>>,
     /// Added to the shim's own environment; these win on conflicts.
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Working directory, created if missing; empty = the shim's own.
+    /// Working directory, created if missing; empty (or relative) = the container's working
+    /// directory (or relative to it).
     pub workdir: Vec<u8>,
     /// Written to the task's stdin, which is then closed.
     pub stdin: Vec<u8>,
@@ -143,13 +147,17 @@ impl Request {
             Request::Ping { nonce } => frame(out, REQ_PING, |b| put_u64(b, *nonce)),
             Request::Kill { id } => frame(out, REQ_KILL, |b| put_u64(b, *id)),
             Request::Reset { paths } => frame(out, REQ_RESET, |b| {
-                put_list(b, paths, |b, p| put_bytes(b, p))
+                put_list(b, paths, |b, p| put_bytes(b, p));
             }),
         }
     }
 
     /// Decode the first frame of `buf`: `Ok(None)` if more bytes are needed, otherwise the
     /// request and the number of bytes it used.
+    ///
+    /// # Errors
+    /// Bad magic, a body over [`MAX_FRAME`], an unknown kind or a malformed body. The stream
+    /// cannot be resynchronised after any of them.
     pub fn decode(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtoError> {
         let Some((kind, body, used)) = split_frame(buf)? else {
             return Ok(None);
@@ -158,7 +166,7 @@ impl Request {
         let req = match kind {
             REQ_SPAWN => Request::Spawn(Spawn {
                 id: r.u64()?,
-                argv: r.list(|r| r.bytes())?,
+                argv: r.list(Reader::bytes)?,
                 env: r.list(|r| Ok((r.bytes()?, r.bytes()?)))?,
                 workdir: r.bytes()?,
                 stdin: r.bytes()?,
@@ -168,7 +176,7 @@ impl Request {
             REQ_PING => Request::Ping { nonce: r.u64()? },
             REQ_KILL => Request::Kill { id: r.u64()? },
             REQ_RESET => Request::Reset {
-                paths: r.list(|r| r.bytes())?,
+                paths: r.list(Reader::bytes)?,
             },
             k => return Err(ProtoError(format!("unknown request kind {k:#04x}"))),
         };
@@ -192,25 +200,29 @@ impl Event {
             }),
             Event::Exit(e) => frame(out, EV_EXIT, |b| {
                 put_u64(b, e.id);
-                put_option(b, &e.code, |b, c| put_i32(b, *c));
-                put_option(b, &e.signal, |b, s| put_i32(b, *s));
+                put_option(b, e.code.as_ref(), |b, c| put_i32(b, *c));
+                put_option(b, e.signal.as_ref(), |b, s| put_i32(b, *s));
                 put_bool(b, e.timed_out);
                 put_bool(b, e.stdout_truncated);
                 put_bool(b, e.stderr_truncated);
-                put_option(b, &e.spawn_error, |b, s| put_bytes(b, s.as_bytes()));
+                put_option(b, e.spawn_error.as_ref(), |b, s| put_bytes(b, s.as_bytes()));
             }),
             Event::Pong { nonce, busy } => frame(out, EV_PONG, |b| {
                 put_u64(b, *nonce);
                 put_bool(b, *busy);
             }),
             Event::ResetDone { error } => frame(out, EV_RESET_DONE, |b| {
-                put_option(b, error, |b, s| put_bytes(b, s.as_bytes()));
+                put_option(b, error.as_ref(), |b, s| put_bytes(b, s.as_bytes()));
             }),
         }
     }
 
     /// Decode the first frame of `buf`: `Ok(None)` if more bytes are needed, otherwise the
     /// event and the number of bytes it used.
+    ///
+    /// # Errors
+    /// Bad magic, a body over [`MAX_FRAME`], an unknown kind or a malformed body. The stream
+    /// cannot be resynchronised after any of them.
     pub fn decode(buf: &[u8]) -> Result<Option<(Event, usize)>, ProtoError> {
         let Some((kind, body, used)) = split_frame(buf)? else {
             return Ok(None);
@@ -228,19 +240,19 @@ impl Event {
             },
             EV_EXIT => Event::Exit(Exit {
                 id: r.u64()?,
-                code: r.option(|r| r.i32())?,
-                signal: r.option(|r| r.i32())?,
+                code: r.option(Reader::i32)?,
+                signal: r.option(Reader::i32)?,
                 timed_out: r.bool()?,
                 stdout_truncated: r.bool()?,
                 stderr_truncated: r.bool()?,
-                spawn_error: r.option(|r| r.string())?,
+                spawn_error: r.option(Reader::string)?,
             }),
             EV_PONG => Event::Pong {
                 nonce: r.u64()?,
                 busy: r.bool()?,
             },
             EV_RESET_DONE => Event::ResetDone {
-                error: r.option(|r| r.string())?,
+                error: r.option(Reader::string)?,
             },
             k => return Err(ProtoError(format!("unknown event kind {k:#04x}"))),
         };
@@ -327,7 +339,7 @@ fn put_list<T>(out: &mut Vec<u8>, items: &[T], mut put: impl FnMut(&mut Vec<u8>,
     }
 }
 
-fn put_option<T>(out: &mut Vec<u8>, v: &Option<T>, put: impl FnOnce(&mut Vec<u8>, &T)) {
+fn put_option<T>(out: &mut Vec<u8>, v: Option<&T>, put: impl FnOnce(&mut Vec<u8>, &T)) {
     match v {
         None => put_u8(out, 0),
         Some(v) => {
