@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=shim/main.rs");
+    println!("cargo:rerun-if-changed=shim");
     println!("cargo:rerun-if-changed=src/shim_proto.rs");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bin = out.join("warmpool-shim");

@@ -23,6 +23,8 @@
 #[path = "../src/shim_proto.rs"]
 mod shim_proto;
 
+mod files;
+
 use shim_proto::{Event, Exit, Request, Spawn, PROTOCOL_VERSION};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -44,6 +46,11 @@ const CHUNK: usize = 64 << 10;
 const GRACE: Duration = Duration::from_millis(50);
 
 fn main() {
+    // The same binary serves a session's file transfers, run as ordinary tasks.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = files::dispatch(&args) {
+        std::process::exit(code);
+    }
     // Before any thread exists, so that every thread inherits the mask and only the signal
     // thread ever receives these signals (see `sys::block_shutdown_signals`).
     sys::block_shutdown_signals();

@@ -1277,7 +1277,11 @@ impl<'t> Ctx<'t> {
                     );
                 }
                 "max_queue" => l.max_queue = self.count(e, 0, ""),
-                "max_output" => l.max_output = self.size(e, 0, ""),
+                "max_output" => {
+                    let why = " (it bounds what a task's output may cost the daemon; to \
+                               discard output, redirect it in the command)";
+                    l.max_output = self.size(e, 1, why);
+                }
                 "pids_limit" => {
                     let why = ": it caps the processes of one container (there is no \
                                unlimited setting)";
