@@ -140,6 +140,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::Acquire(AcquireError::Closed(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg).retry_after(5)
             }
+            SubmitError::EngineDown(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", msg)
+                    .retry_after(5)
+            }
             SubmitError::Exec(ExecError::Engine(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", msg)
                     .retry_after(5)

@@ -57,6 +57,8 @@ pub enum SubmitError {
     Acquire(#[from] AcquireError),
     #[error("{0}")]
     Exec(#[from] ExecError),
+    #[error("the container engine is unreachable and pool {0} has no idle container; retry when it is back")]
+    EngineDown(String),
 }
 
 pub struct Supervisor {
@@ -640,6 +642,11 @@ impl Supervisor {
         let span = tracing::info_span!("task", pool = %pool.name, task_id = %task_id, container = tracing::field::Empty);
         let _enter = span.clone();
         let queued_at = Instant::now();
+        // With the engine down no container can start: waiting would only delay the answer.
+        if !self.engine_up() && pool.counts().idle == 0 {
+            self.count_task(&pool.name, Outcome::Rejected, None);
+            return Err(SubmitError::EngineDown(pool.name.clone()));
+        }
         let mut lease = match pool.acquire().await {
             Ok(lease) => lease,
             Err(e) => {
