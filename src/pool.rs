@@ -80,8 +80,12 @@ pub struct Counts {
     pub idle: usize,
     pub busy: usize,
     pub starting: usize,
+    /// Idle containers taken out of rotation for a moment while their health probe runs.
     pub probing: usize,
+    /// Being removed for age, uses, scale down, shutdown, ...
     pub retiring: usize,
+    /// Being removed because they failed: a failed probe, a dead agent, a timed-out task.
+    pub unhealthy: usize,
     pub queued: usize,
     pub target: usize,
 }
@@ -116,6 +120,8 @@ pub struct State {
     waiters: VecDeque<Waiter>,
     pub starting: usize,
     pub retiring: usize,
+    /// Retiring for [`RemoveReason::Unhealthy`]: shown as unhealthy until removed.
+    pub retiring_unhealthy: usize,
     pub target: usize,
     next_id: u64,
     closed: bool,
@@ -291,8 +297,8 @@ impl Pool {
                 continue;
             }
             if m.conn.is_dead() {
-                // Found dead on the way out: leave it to the reconcile loop to replace.
-                m.state = MemberState::Probing;
+                // Found dead on the way out: replace it (the loop starts the replacement).
+                self.retire_locked(st, id, RemoveReason::Unhealthy);
                 self.wake.notify_one();
                 continue;
             }
@@ -404,7 +410,12 @@ impl Pool {
             return;
         };
         st.idle.retain(|i| *i != id);
-        st.retiring += 1;
+        let failed = reason == RemoveReason::Unhealthy;
+        if failed {
+            st.retiring_unhealthy += 1;
+        } else {
+            st.retiring += 1;
+        }
         self.metrics
             .containers_removed
             .with_label_values(&[&self.name, reason.as_str()])
@@ -417,7 +428,11 @@ impl Pool {
                 tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
             }
             let mut st = pool.state.lock();
-            st.retiring -= 1;
+            if failed {
+                st.retiring_unhealthy -= 1;
+            } else {
+                st.retiring -= 1;
+            }
             pool.publish(&st);
         });
     }
@@ -558,11 +573,13 @@ impl Pool {
         let cfg = self.config();
         let m = &self.metrics;
         let n = self.name.as_str();
+        // A container whose probe is in flight is an idle one (it goes straight back unless
+        // the probe fails); unhealthy ones are those being removed because they failed.
         for (state, value) in [
-            (ContainerState::Idle, c.idle),
+            (ContainerState::Idle, c.idle + c.probing),
             (ContainerState::Busy, c.busy),
             (ContainerState::Starting, c.starting),
-            (ContainerState::Unhealthy, c.probing),
+            (ContainerState::Unhealthy, c.unhealthy),
             (ContainerState::Retiring, c.retiring),
         ] {
             m.containers
@@ -650,6 +667,7 @@ pub fn counts(st: &State) -> Counts {
     let mut c = Counts {
         starting: st.starting,
         retiring: st.retiring,
+        unhealthy: st.retiring_unhealthy,
         queued: st.waiters.len(),
         target: st.target,
         ..Default::default()
