@@ -132,6 +132,9 @@ pub struct State {
     pub backoff_until: Option<Instant>,
     /// Names of containers being created, so the reaper leaves them alone.
     pub creating: HashSet<String>,
+    /// Ids of retired containers whose removal is in flight, for the same reason (and so that
+    /// a removal is counted once, under its real reason, not again as an orphan).
+    pub removing: HashSet<String>,
 }
 
 pub struct Pool {
@@ -276,15 +279,8 @@ impl Pool {
     }
 
     fn acquired(&self, kind: Acquisition, started: Instant) {
-        let secs = started.elapsed().as_secs_f64();
         self.metrics
-            .acquisitions_total
-            .with_label_values(&[&self.name, kind.as_str()])
-            .inc();
-        self.metrics
-            .acquire_seconds
-            .with_label_values(&[&self.name])
-            .observe(secs);
+            .acquired(&self.name, kind, started.elapsed().as_secs_f64());
     }
 
     /// Claims an idle member in the caller's critical section.
@@ -416,18 +412,21 @@ impl Pool {
         } else {
             st.retiring += 1;
         }
-        self.metrics
-            .containers_removed
-            .with_label_values(&[&self.name, reason.as_str()])
-            .inc();
+        st.removing.insert(m.container.clone());
         tracing::debug!(pool = %self.name, container = %m.name, reason = reason.as_str(), "retiring container");
         let pool = self.clone();
         tokio::spawn(async move {
             drop(m.conn);
-            if let Err(e) = pool.runtime.remove(&m.container).await {
-                tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
+            // Counted once it is gone; a failed removal is left to the reaper, which counts
+            // it as an orphan when it succeeds.
+            match pool.runtime.remove(&m.container).await {
+                Ok(()) => pool.metrics.removed(&pool.name, reason),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
+                }
             }
             let mut st = pool.state.lock();
+            st.removing.remove(&m.container);
             if failed {
                 st.retiring_unhealthy -= 1;
             } else {
@@ -452,13 +451,7 @@ impl Pool {
             match result {
                 Ok((container, name, conn)) => {
                     pool.metrics
-                        .container_start
-                        .with_label_values(&[&pool.name])
-                        .observe(begun.elapsed().as_secs_f64());
-                    pool.metrics
-                        .containers_created
-                        .with_label_values(&[&pool.name])
-                        .inc();
+                        .started(&pool.name, begun.elapsed().as_secs_f64());
                     st.start_failures = 0;
                     st.backoff_until = None;
                     st.last_start_error = None;
@@ -525,6 +518,9 @@ impl Pool {
             .create(name, spec)
             .await
             .map_err(|e| describe_start_error(&spec.image, e))?;
+        // Counted as soon as it exists on the engine, so a failed start is created and
+        // removed like any other container, and created - removed is what the engine holds.
+        self.metrics.created(&self.name);
         let result = async {
             match cfg.exec {
                 ExecMode::Shim => {
@@ -548,7 +544,10 @@ impl Pool {
         match result {
             Ok(conn) => Ok((id, conn)),
             Err(e) => {
-                let _ = self.runtime.remove(&id).await;
+                // It never served: it failed, as a container that fails its probe does.
+                if self.runtime.remove(&id).await.is_ok() {
+                    self.metrics.removed(&self.name, RemoveReason::Unhealthy);
+                }
                 Err(e)
             }
         }
