@@ -11,6 +11,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::{Config, ExecMode, NetworkMode, PoolConfig};
 use crate::exec::{ExecError, TaskEvent, TaskExit, TaskSpec};
@@ -562,13 +563,29 @@ impl Supervisor {
         let cfg = pool.config();
         let task = build_task(&cfg, request)?;
         let task_id = format!("t-{}", ulid::Ulid::new());
+        // Never the env, the argv or the stdin: they may hold secrets.
         let span = tracing::info_span!("task", pool = %pool.name, task_id = %task_id, container = tracing::field::Empty);
-        let _enter = span.clone();
+        self.run_task(pool, task, task_id, span.clone(), out)
+            .instrument(span)
+            .await
+    }
+
+    /// The rest of [`Supervisor::submit`], inside the task's span: every line logged on the
+    /// way (the container retired after a timeout, ...) names the pool, task and container.
+    async fn run_task(
+        &self,
+        pool: Arc<Pool>,
+        task: TaskSpec,
+        task_id: String,
+        span: tracing::Span,
+        out: mpsc::UnboundedSender<TaskEvent>,
+    ) -> Result<TaskReport, SubmitError> {
         let queued_at = Instant::now();
         let mut lease = match pool.acquire().await {
             Ok(lease) => lease,
             Err(e) => {
                 self.count(&pool.name, Outcome::Rejected, None);
+                tracing::debug!(error = %e, "task refused");
                 return Err(e.into());
             }
         };
@@ -603,7 +620,7 @@ impl Supervisor {
                     lease.finish();
                 }
                 self.count(&pool.name, outcome, Some(run));
-                tracing::debug!(parent: &span, exit_code = ?exit.exit_code, run_ms = run.as_secs_f64() * 1e3, "task done");
+                tracing::debug!(exit_code = ?exit.exit_code, timed_out = exit.timed_out, run_ms = run.as_secs_f64() * 1e3, "task done");
                 Ok(TaskReport {
                     task_id,
                     pool: pool.name.clone(),
@@ -618,7 +635,7 @@ impl Supervisor {
                 lease.retire(RemoveReason::Unhealthy);
                 pool.wake.notify_one();
                 self.count(&pool.name, Outcome::Error, Some(run));
-                tracing::warn!(parent: &span, error = %e, "task failed");
+                tracing::warn!(error = %e, "task failed");
                 Err(e.into())
             }
         }
