@@ -415,8 +415,14 @@ impl Supervisor {
             } else if live > cfg.min && now.duration_since(*last_used) >= cfg.idle_timeout {
                 pool.retire_locked(&mut st, *id, RemoveReason::Idle);
                 live -= 1;
-                // The pool chose to be smaller: do not start its replacement.
-                memory.target = memory.target.min(live).max(cfg.min);
+                // The pool chose to be smaller: do not start its replacement. That lowers the
+                // target, so it is a scale down like the autoscaler's (counted the same way).
+                let lowered = memory.target.min(live).max(cfg.min);
+                if lowered < memory.target {
+                    self.metrics.scaled(&pool.name, ScaleDirection::Down);
+                    tracing::info!(pool = %pool.name, from = memory.target, to = lowered, "scaling down (idle_timeout)");
+                }
+                memory.target = lowered;
             }
         }
 
