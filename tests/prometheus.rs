@@ -46,6 +46,16 @@ warm = 0
 max = 1
 health_check_interval = "1s"
 
+# Lazy too, but its container is removed after 1 s idle (idle_timeout) rather than by the
+# autoscaler, whose window here is hours: that lowers the target too, a scale down as well.
+[pools.burst]
+min = 0
+warm = 0
+max = 1
+idle_timeout = "1s"
+scale_interval = "1h"
+health_check_interval = "1s"
+
 # One container, and a busy pool refuses at once (503).
 [pools.solo]
 min = 1
@@ -61,7 +71,7 @@ max = 1
 max_queue = 0
 "#;
 
-const POOLS: &[&str] = &["lazy", "main", "solo", "tight"];
+const POOLS: &[&str] = &["burst", "lazy", "main", "solo", "tight"];
 const OUTCOMES: &[&str] = &["ok", "nonzero_exit", "timeout", "error", "rejected"];
 
 fn root() -> PathBuf {
@@ -455,6 +465,11 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     did("lazy", "ok");
     did("lazy", "ok");
 
+    // burst: one task, on a container started for it (cold), removed after idle_timeout.
+    let (s, v) = d.task("burst", json!({"cmd": ["true"]})).await;
+    assert_eq!((s, &v["cold_start"]), (200, &json!(true)), "{v}");
+    did("burst", "ok");
+
     // main: every outcome of a task that ran. The timeout comes last: its container is
     // retired and replaced.
     for body in [
@@ -505,12 +520,13 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     did("tight", "ok");
     did("tight", "rejected");
 
-    // lazy, idle now, scales back to 0 after its stabilization window (6 x scale_interval).
+    // lazy, idle now, scales back to 0 after its stabilization window (6 x scale_interval);
+    // burst did already, after its idle_timeout.
     prom.wait_until(
-        "lazy to scale down",
+        "lazy and burst to scale down",
         Duration::from_secs(60),
-        r#"warmpool_scale_events_total{pool="lazy",direction="down"}"#,
-        |r| r.len() == 1 && sample_value(&r[0]) >= 1.0,
+        r#"warmpool_scale_events_total{pool=~"lazy|burst",direction="down"} > 0"#,
+        |r| r.len() == 2,
     )
     .await;
 
@@ -598,6 +614,7 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         }
     }
     assert_eq!(get(&acq, "lazy/cold"), 1.0, "{acq:?}");
+    assert_eq!(get(&acq, "burst/cold"), 1.0, "{acq:?}");
     assert_eq!(get(&acq, "lazy/warm"), 1.0, "{acq:?}");
     for pool in ["solo", "tight"] {
         assert_eq!(get(&acq, &format!("{pool}/warm")), 1.0, "{acq:?}");
@@ -615,6 +632,8 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         .await;
     assert_eq!(get(&created, "lazy"), 1.0, "{created:?}");
     assert_eq!(get(&removed, "lazy/scale_down"), 1.0, "{removed:?}");
+    assert_eq!(get(&created, "burst"), 1.0, "{created:?}");
+    assert_eq!(get(&removed, "burst/idle"), 1.0, "{removed:?}");
     // main: two warm containers, and one more for the timed-out one, which is never trusted again.
     assert!(get(&created, "main") >= 3.0, "{created:?}");
     assert_eq!(get(&removed, "main/unhealthy"), 1.0, "{removed:?}");
@@ -640,8 +659,11 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         .await;
     assert_eq!(get(&scale, "lazy/up"), 1.0, "{scale:?}");
     assert_eq!(get(&scale, "lazy/down"), 1.0, "{scale:?}");
+    assert_eq!(get(&scale, "burst/up"), 1.0, "{scale:?}");
+    assert_eq!(get(&scale, "burst/down"), 1.0, "{scale:?}");
 
     for (pool, min, max) in [
+        ("burst", 0.0, 1.0),
         ("main", 2.0, 3.0),
         ("lazy", 0.0, 1.0),
         ("solo", 1.0, 1.0),
