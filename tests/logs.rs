@@ -91,7 +91,12 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
             json!({"cmd": ["/no/such/command"], "env": env}),
         )
         .await;
+        // A command that cannot start is an error (not a nonzero exit) in both exec modes.
         assert_eq!(s, 200, "{pool}: {v}");
+        assert!(
+            v["error"].is_string(),
+            "{pool}: a missing command is an error: {v}"
+        );
         let (s, v) = task(
             &client,
             pool,
