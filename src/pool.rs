@@ -135,6 +135,9 @@ pub struct State {
     /// Ids of retired containers whose removal is in flight, for the same reason (and so that
     /// a removal is counted once, under its real reason, not again as an orphan).
     pub removing: HashSet<String>,
+    /// Containers this pool removed lately (ids, or names of failed starts), with when: the
+    /// reaper may have listed one just before it went. It prunes what went before its listing.
+    pub gone: Vec<(String, Instant)>,
 }
 
 pub struct Pool {
@@ -427,6 +430,7 @@ impl Pool {
             }
             let mut st = pool.state.lock();
             st.removing.remove(&m.container);
+            st.gone.push((m.container.clone(), Instant::now()));
             if failed {
                 st.retiring_unhealthy -= 1;
             } else {
@@ -445,11 +449,16 @@ impl Pool {
             let begun = Instant::now();
             let spec = pool.spec();
             let cfg = pool.config();
-            let result = pool.start_container(&spec, &cfg).await;
+            let name = format!("warmpool-{}-{}", pool.name, short_id());
+            pool.state.lock().creating.insert(name.clone());
+            let result = pool.create_and_connect(&name, &spec, &cfg).await;
             let mut st = pool.state.lock();
+            // Out of `creating` in the same critical section that makes it a member (or
+            // records it gone), so the reaper always knows it.
+            st.creating.remove(&name);
             st.starting -= 1;
             match result {
-                Ok((container, name, conn)) => {
+                Ok((container, conn)) => {
                     pool.metrics
                         .started(&pool.name, begun.elapsed().as_secs_f64());
                     st.start_failures = 0;
@@ -480,6 +489,7 @@ impl Pool {
                     }
                 }
                 Err(e) => {
+                    st.gone.push((name, Instant::now()));
                     st.start_failures += 1;
                     let backoff =
                         Duration::from_millis(250) * 2u32.saturating_pow(st.start_failures.min(7));
@@ -495,18 +505,6 @@ impl Pool {
     }
 
     /// create → attach → start → greeting. Whatever fails, nothing is left behind.
-    async fn start_container(
-        &self,
-        spec: &ContainerSpec,
-        cfg: &PoolConfig,
-    ) -> Result<(String, String, Conn), String> {
-        let name = format!("warmpool-{}-{}", self.name, short_id());
-        self.state.lock().creating.insert(name.clone());
-        let result = self.create_and_connect(&name, spec, cfg).await;
-        self.state.lock().creating.remove(&name);
-        result.map(|(id, conn)| (id, name, conn))
-    }
-
     async fn create_and_connect(
         &self,
         name: &str,

@@ -522,15 +522,22 @@ impl Supervisor {
     }
 
     pub async fn reap_once(&self) {
+        let listed_at = Instant::now();
         let Ok(list) = self.list_ours().await else {
             return;
         };
+        // Known: members, containers being created or removed, and those removed while the
+        // list was taken (a container removed during the listing may be in it; removing it
+        // again would "succeed" and count it a second time, as an orphan).
         let mut known = HashSet::new();
         for pool in self.pools() {
-            let st = pool.state.lock();
+            let mut st = pool.state.lock();
             known.extend(st.members.values().map(|m| m.container.clone()));
             known.extend(st.creating.iter().cloned());
             known.extend(st.removing.iter().cloned());
+            known.extend(st.gone.iter().map(|(id, _)| id.clone()));
+            // What went before the listing began cannot be in this listing or a later one.
+            st.gone.retain(|(_, at)| *at >= listed_at);
         }
         known.extend(self.extra_known());
         for c in list {

@@ -560,11 +560,22 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         if mismatch.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "containers created/removed do not add up:\n{}\n{text}",
-            mismatch.join("\n")
-        );
+        if Instant::now() >= deadline {
+            let log = d.log();
+            let lifecycle: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    ["retiring", "reaping", "start failed", "removing"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
+                .collect();
+            panic!(
+                "containers created/removed do not add up:\n{}\n{text}\ndaemon log, container lifecycle:\n{}",
+                mismatch.join("\n"),
+                lifecycle.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let done_at = unix_now();
