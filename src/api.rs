@@ -309,10 +309,11 @@ fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> Pool
             crate::config::ExecMode::DockerExec => "docker-exec",
         },
         live: c.live(),
-        idle: c.idle,
+        // a container whose health probe is in flight is idle, as on /metrics
+        idle: c.idle + c.probing,
         busy: c.busy,
         starting: c.starting,
-        unhealthy: c.probing,
+        unhealthy: c.unhealthy,
         retiring: c.retiring,
         min: cfg.min,
         max: cfg.max,

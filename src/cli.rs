@@ -1,6 +1,6 @@
 //! The command line: `serve`, `check`, `run`, `status`. Errors end here as anyhow.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -110,11 +110,23 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Dependencies whose debug and trace output must never be shown, whatever `RUST_LOG` says:
+/// the Docker client logs every request and response body there, and those carry the env of
+/// containers and of `docker exec` tasks (secrets, often). Their warnings still show.
+const CAPPED_AT_INFO: &[&str] = &["bollard"];
+
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warmpool=info"));
+    for target in CAPPED_AT_INFO {
+        // A directive for the same target replaces one from RUST_LOG, and is more specific
+        // than a bare level such as RUST_LOG=trace.
+        filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -434,11 +434,17 @@ impl DockerExecConn {
         let mut exit_code = None;
         let mut drain_until = None;
         let mut timed_out = false;
+        // The start of stdout, where the engine reports a command it could not start.
+        let mut head = Vec::new();
         loop {
             let drain_deadline = drain_until.unwrap_or(deadline);
             tokio::select! {
                 chunk = output.next() => match chunk {
-                    Some(Ok(ExecChunk::Stdout(b))) => caps[0].forward(b, out, TaskEvent::Stdout),
+                    Some(Ok(ExecChunk::Stdout(b))) => {
+                        let room = EXEC_FAILED_HEAD.saturating_sub(head.len());
+                        head.extend_from_slice(&b[..b.len().min(room)]);
+                        caps[0].forward(b, out, TaskEvent::Stdout)
+                    }
                     Some(Ok(ExecChunk::Stderr(b))) => caps[1].forward(b, out, TaskEvent::Stderr),
                     Some(Err(e)) => return Err(e.into()),
                     None => {
@@ -466,15 +472,31 @@ impl DockerExecConn {
             Some(code) => (Some(code as i32), None),
             None => (None, Some(9)),
         };
+        let spawn_error = exit_code.and_then(|code| exec_start_failure(code, &head));
         Ok(TaskExit {
             exit_code,
             signal,
             timed_out,
             stdout_truncated: caps[0].truncated,
             stderr_truncated: caps[1].truncated,
-            spawn_error: None,
+            spawn_error,
         })
     }
+}
+
+/// How much of an exec's stdout is kept to recognise the engine's own failure message.
+const EXEC_FAILED_HEAD: usize = 1024;
+
+/// When `docker exec` cannot start the command (no such file, permission denied), the engine
+/// answers exit code 126 or 127 and writes its own message on the exec's stdout, where the
+/// shim reports a spawn error instead. Recognising it makes a missing command an `error`
+/// outcome in both exec modes, rather than a `nonzero_exit` in this one.
+fn exec_start_failure(exit_code: i32, stdout_head: &[u8]) -> Option<String> {
+    const MARK: &[u8] = b"OCI runtime exec failed";
+    if !(exit_code == 126 || exit_code == 127) || !stdout_head.starts_with(MARK) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(stdout_head).trim_end().to_string())
 }
 
 /// Forwards output up to a cap, then drops the rest (still reading it, so the process is
@@ -506,5 +528,25 @@ impl OutputCap {
         if !bytes.is_empty() {
             let _ = out.send(wrap(bytes));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_start_failure;
+
+    #[test]
+    fn the_engines_exec_failure_is_a_spawn_error() {
+        let msg = b"OCI runtime exec failed: exec failed: unable to start container process: exec: \"/no/such\": stat /no/such: no such file or directory: unknown\r\n";
+        let e = exec_start_failure(126, msg).expect("recognised");
+        assert!(e.ends_with("no such file or directory: unknown"), "{e}");
+        assert!(exec_start_failure(127, msg).is_some());
+        // a command that ran and exited 126 itself, or printed the words later, is not
+        assert_eq!(exec_start_failure(126, b""), None);
+        assert_eq!(exec_start_failure(1, msg), None);
+        assert_eq!(
+            exec_start_failure(126, b"hello OCI runtime exec failed"),
+            None
+        );
     }
 }

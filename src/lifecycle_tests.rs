@@ -141,7 +141,10 @@ async fn a_lease_dropped_mid_task_retires_its_container() {
     let id = lease.container.clone();
     lease.begin();
     drop(lease);
-    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    settle(&sup, "replaced", |c| {
+        c.idle == 1 && c.retiring == 0 && c.unhealthy == 0
+    })
+    .await;
     assert!(
         !fake.live().contains(&id),
         "the container that ran the task must be gone"
@@ -259,7 +262,10 @@ async fn a_timed_out_task_is_reported_and_its_container_retired() {
     let r = sup.submit("p", req, tx).await.unwrap();
     assert!(r.exit.timed_out);
     assert_eq!(r.run, Duration::from_secs(1));
-    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    settle(&sup, "replaced", |c| {
+        c.idle == 1 && c.retiring == 0 && c.unhealthy == 0
+    })
+    .await;
     assert!(!fake.live().contains(&r.container));
 }
 
@@ -276,7 +282,10 @@ async fn a_shim_that_never_answers_is_given_up_on_after_the_backstop() {
         matches!(err, SubmitError::Exec(ExecError::Hung(_))),
         "{err}"
     );
-    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    settle(&sup, "replaced", |c| {
+        c.idle == 1 && c.retiring == 0 && c.unhealthy == 0
+    })
+    .await;
     assert!(!fake.live().contains(&first));
 }
 
@@ -291,7 +300,10 @@ async fn a_container_dying_mid_task_fails_the_task_clearly_and_is_replaced() {
         "{err}"
     );
     assert!(err.to_string().contains("replaced"), "{err}");
-    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    settle(&sup, "replaced", |c| {
+        c.idle == 1 && c.retiring == 0 && c.unhealthy == 0
+    })
+    .await;
     assert!(!fake.live().contains(&first));
 }
 

@@ -52,13 +52,14 @@ label_enum! {
     ContainerState {
         /// Created, not yet ready for tasks.
         Starting => "starting",
-        /// Ready and free.
+        /// Ready and free (a health probe in flight included: it takes about a millisecond).
         Idle => "idle",
-        /// Running a task or held by a session.
+        /// Running a task (or having its workdir wiped after one), or held by a session.
         Busy => "busy",
-        /// Failed its health check, about to be replaced.
+        /// Failed (its health probe, its agent died, its task timed out) and being removed;
+        /// its replacement is started at once.
         Unhealthy => "unhealthy",
-        /// Being removed (age, uses, scale down, ...).
+        /// Being removed for any other reason (age, uses, scale down, shutdown, ...).
         Retiring => "retiring",
     }
 }

@@ -82,8 +82,12 @@ pub struct Counts {
     pub idle: usize,
     pub busy: usize,
     pub starting: usize,
+    /// Idle containers taken out of rotation for a moment while their health probe runs.
     pub probing: usize,
+    /// Being removed for age, uses, scale down, shutdown, ...
     pub retiring: usize,
+    /// Being removed because they failed: a failed probe, a dead agent, a timed-out task.
+    pub unhealthy: usize,
     pub queued: usize,
     pub target: usize,
 }
@@ -118,6 +122,8 @@ pub struct State {
     waiters: VecDeque<Waiter>,
     pub starting: usize,
     pub retiring: usize,
+    /// Retiring for [`RemoveReason::Unhealthy`]: shown as unhealthy until removed.
+    pub retiring_unhealthy: usize,
     pub target: usize,
     next_id: u64,
     closed: bool,
@@ -128,6 +134,12 @@ pub struct State {
     pub backoff_until: Option<Instant>,
     /// Names of containers being created, so the reaper leaves them alone.
     pub creating: HashSet<String>,
+    /// Ids of retired containers whose removal is in flight, for the same reason (and so that
+    /// a removal is counted once, under its real reason, not again as an orphan).
+    pub removing: HashSet<String>,
+    /// Containers this pool removed lately (ids, or names of failed starts), with when: the
+    /// reaper may have listed one just before it went. It prunes what went before its listing.
+    pub gone: Vec<(String, Instant)>,
 }
 
 pub struct Pool {
@@ -239,7 +251,7 @@ impl Pool {
         // Demand: let the reconcile loop grow the pool now rather than at its next tick.
         self.wake.notify_one();
         let waited = tokio::time::timeout(cfg.acquire_timeout, &mut rx).await;
-        let mut lease = match waited {
+        let lease = match waited {
             Ok(Ok(lease)) => lease,
             Ok(Err(_)) => return Err(AcquireError::Closed(self.name.clone())),
             Err(_) => {
@@ -268,21 +280,20 @@ impl Pool {
                 }
             }
         };
-        self.acquired(Acquisition::Cold, started);
-        lease.cold = true;
+        // Cold only when the container was started while this task waited; one that
+        // another task (or a workdir reset, or a health probe) handed back is warm.
+        let how = if lease.cold {
+            Acquisition::Cold
+        } else {
+            Acquisition::Warm
+        };
+        self.acquired(how, started);
         Ok(lease)
     }
 
     fn acquired(&self, kind: Acquisition, started: Instant) {
-        let secs = started.elapsed().as_secs_f64();
         self.metrics
-            .acquisitions_total
-            .with_label_values(&[&self.name, kind.as_str()])
-            .inc();
-        self.metrics
-            .acquire_seconds
-            .with_label_values(&[&self.name])
-            .observe(secs);
+            .acquired(&self.name, kind, started.elapsed().as_secs_f64());
     }
 
     /// Claims an idle member in the caller's critical section.
@@ -295,8 +306,8 @@ impl Pool {
                 continue;
             }
             if m.conn.is_dead() {
-                // Found dead on the way out: leave it to the reconcile loop to replace.
-                m.state = MemberState::Probing;
+                // Found dead on the way out: replace it (the loop starts the replacement).
+                self.retire_locked(st, id, RemoveReason::Unhealthy);
                 self.wake.notify_one();
                 continue;
             }
@@ -321,14 +332,16 @@ impl Pool {
     }
 
     /// A member became available: hand it to the first waiter still waiting, else idle it.
-    fn offer(self: &Arc<Self>, st: &mut State, id: u64) {
+    /// `fresh` says it was just started, so a waiter that gets it had a cold start.
+    fn offer(self: &Arc<Self>, st: &mut State, id: u64, fresh: bool) {
         let Some(m) = st.members.get_mut(&id) else {
             return;
         };
         m.state = MemberState::Busy;
         while let Some(w) = st.waiters.pop_front() {
             let m = &st.members[&id];
-            let lease = self.lease(id, m);
+            let mut lease = self.lease(id, m);
+            lease.cold = fresh;
             match w.tx.send(lease) {
                 Ok(()) => return,
                 // That waiter gave up; its lease must not run Drop under our lock.
@@ -379,7 +392,7 @@ impl Pool {
                 self.wake.notify_one();
             }
             None => {
-                self.offer(&mut st, id);
+                self.offer(&mut st, id, false);
                 self.publish(&st);
             }
         }
@@ -391,20 +404,33 @@ impl Pool {
             return;
         };
         st.idle.retain(|i| *i != id);
-        st.retiring += 1;
-        self.metrics
-            .containers_removed
-            .with_label_values(&[&self.name, reason.as_str()])
-            .inc();
+        let failed = reason == RemoveReason::Unhealthy;
+        if failed {
+            st.retiring_unhealthy += 1;
+        } else {
+            st.retiring += 1;
+        }
+        st.removing.insert(m.container.clone());
         tracing::debug!(pool = %self.name, container = %m.name, reason = reason.as_str(), "retiring container");
         let pool = self.clone();
         tokio::spawn(async move {
             drop(m.conn);
-            if let Err(e) = pool.runtime.remove(&m.container).await {
-                tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
+            // Counted once it is gone; a failed removal is left to the reaper, which counts
+            // it as an orphan when it succeeds.
+            match pool.runtime.remove(&m.container).await {
+                Ok(()) => pool.metrics.removed(&pool.name, reason),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
+                }
             }
             let mut st = pool.state.lock();
-            st.retiring -= 1;
+            st.removing.remove(&m.container);
+            st.gone.push((m.container.clone(), Instant::now()));
+            if failed {
+                st.retiring_unhealthy -= 1;
+            } else {
+                st.retiring -= 1;
+            }
             pool.publish(&st);
         });
     }
@@ -419,19 +445,18 @@ impl Pool {
             let spec = pool.spec();
             let spec_hash = spec.hash();
             let cfg = pool.config();
-            let result = pool.start_container(&spec, &cfg).await;
+            let name = format!("warmpool-{}-{}", pool.name, short_id());
+            pool.state.lock().creating.insert(name.clone());
+            let result = pool.create_and_connect(&name, &spec, &cfg).await;
             let mut st = pool.state.lock();
+            // Out of `creating` in the same critical section that makes it a member (or
+            // records it gone), so the reaper always knows it.
+            st.creating.remove(&name);
             st.starting -= 1;
             match result {
-                Ok((container, name, conn)) => {
+                Ok((container, conn)) => {
                     pool.metrics
-                        .container_start
-                        .with_label_values(&[&pool.name])
-                        .observe(begun.elapsed().as_secs_f64());
-                    pool.metrics
-                        .containers_created
-                        .with_label_values(&[&pool.name])
-                        .inc();
+                        .started(&pool.name, begun.elapsed().as_secs_f64());
                     st.start_failures = 0;
                     st.backoff_until = None;
                     st.last_start_error = None;
@@ -457,10 +482,11 @@ impl Pool {
                     if st.closed {
                         pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
                     } else {
-                        pool.offer(&mut st, id);
+                        pool.offer(&mut st, id, true);
                     }
                 }
                 Err(e) => {
+                    st.gone.push((name, Instant::now()));
                     st.start_failures += 1;
                     let backoff =
                         Duration::from_millis(250) * 2u32.saturating_pow(st.start_failures.min(7));
@@ -476,18 +502,6 @@ impl Pool {
     }
 
     /// create → attach → start → greeting. Whatever fails, nothing is left behind.
-    async fn start_container(
-        &self,
-        spec: &ContainerSpec,
-        cfg: &PoolConfig,
-    ) -> Result<(String, String, Conn), String> {
-        let name = format!("warmpool-{}-{}", self.name, short_id());
-        self.state.lock().creating.insert(name.clone());
-        let result = self.create_and_connect(&name, spec, cfg).await;
-        self.state.lock().creating.remove(&name);
-        result.map(|(id, conn)| (id, name, conn))
-    }
-
     async fn create_and_connect(
         &self,
         name: &str,
@@ -499,6 +513,9 @@ impl Pool {
             .create(name, spec)
             .await
             .map_err(|e| describe_start_error(&spec.image, e))?;
+        // Counted as soon as it exists on the engine, so a failed start is created and
+        // removed like any other container, and created - removed is what the engine holds.
+        self.metrics.created(&self.name);
         let result = async {
             match cfg.exec {
                 ExecMode::Shim => {
@@ -522,7 +539,10 @@ impl Pool {
         match result {
             Ok(conn) => Ok((id, conn)),
             Err(e) => {
-                let _ = self.runtime.remove(&id).await;
+                // It never served: it failed, as a container that fails its probe does.
+                if self.runtime.remove(&id).await.is_ok() {
+                    self.metrics.removed(&self.name, RemoveReason::Unhealthy);
+                }
                 Err(e)
             }
         }
@@ -547,11 +567,13 @@ impl Pool {
         let cfg = self.config();
         let m = &self.metrics;
         let n = self.name.as_str();
+        // A container whose probe is in flight is an idle one (it goes straight back unless
+        // the probe fails); unhealthy ones are those being removed because they failed.
         for (state, value) in [
-            (ContainerState::Idle, c.idle),
+            (ContainerState::Idle, c.idle + c.probing),
             (ContainerState::Busy, c.busy),
             (ContainerState::Starting, c.starting),
-            (ContainerState::Unhealthy, c.probing),
+            (ContainerState::Unhealthy, c.unhealthy),
             (ContainerState::Retiring, c.retiring),
         ] {
             m.containers
@@ -588,7 +610,7 @@ impl Pool {
                 dirty: false,
             },
         );
-        self.offer(&mut st, id);
+        self.offer(&mut st, id, false);
         self.publish(&st);
     }
 
@@ -624,7 +646,7 @@ impl Pool {
             return;
         }
         if healthy {
-            self.offer(&mut st, id);
+            self.offer(&mut st, id, false);
         } else {
             self.retire_locked(&mut st, id, RemoveReason::Unhealthy);
         }
@@ -640,6 +662,7 @@ pub fn counts(st: &State) -> Counts {
     let mut c = Counts {
         starting: st.starting,
         retiring: st.retiring,
+        unhealthy: st.retiring_unhealthy,
         queued: st.waiters.len(),
         target: st.target,
         ..Default::default()
@@ -663,7 +686,8 @@ pub struct Lease {
     member: u64,
     pub container: String,
     pub conn: Conn,
-    /// The task had to wait for a container to start or free up (no warm one was idle).
+    /// The task waited for a container that was started while it waited (no running one
+    /// was free). Waiting for a busy container to free up is not a cold start.
     pub cold: bool,
     /// The previous task's files are still in the workdir and /tmp: wipe before use.
     pub dirty: bool,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::{Config, ExecMode, NetworkMode, PoolConfig};
 use crate::exec::{ExecError, TaskEvent, TaskExit, TaskSpec};
@@ -499,8 +500,14 @@ impl Supervisor {
             } else if fresh_up > cfg.min && now.duration_since(last_used) >= cfg.idle_timeout {
                 pool.retire_locked(&mut st, id, RemoveReason::Idle);
                 fresh_up -= 1;
-                // The pool chose to be smaller: do not start a replacement.
-                memory.target = memory.target.min(fresh_up).max(cfg.min);
+                // The pool chose to be smaller: do not start its replacement. That lowers the
+                // target, so it is a scale down like the autoscaler's (counted the same way).
+                let lowered = memory.target.min(fresh_up).max(cfg.min);
+                if lowered < memory.target {
+                    self.metrics.scaled(&pool.name, ScaleDirection::Down);
+                    tracing::info!(pool = %pool.name, from = memory.target, to = lowered, "scaling down (idle_timeout)");
+                }
+                memory.target = lowered;
             }
         }
 
@@ -593,14 +600,22 @@ impl Supervisor {
     }
 
     pub async fn reap_once(&self) {
+        let listed_at = Instant::now();
         let Ok(list) = self.list_ours().await else {
             return;
         };
+        // Known: members, containers being created or removed, and those removed while the
+        // list was taken (a container removed during the listing may be in it; removing it
+        // again would "succeed" and count it a second time, as an orphan).
         let mut known = HashSet::new();
         for pool in self.pools() {
-            let st = pool.state.lock();
+            let mut st = pool.state.lock();
             known.extend(st.members.values().map(|m| m.container.clone()));
             known.extend(st.creating.iter().cloned());
+            known.extend(st.removing.iter().cloned());
+            known.extend(st.gone.iter().map(|(id, _)| id.clone()));
+            // What went before the listing began cannot be in this listing or a later one.
+            st.gone.retain(|(_, at)| *at >= listed_at);
         }
         known.extend(self.extra_known());
         for c in list {
@@ -639,8 +654,23 @@ impl Supervisor {
         let cfg = pool.config();
         let task = build_task(&cfg, request)?;
         let task_id = format!("t-{}", ulid::Ulid::new());
+        // Never the env, the argv or the stdin: they may hold secrets.
         let span = tracing::info_span!("task", pool = %pool.name, task_id = %task_id, container = tracing::field::Empty);
-        let _enter = span.clone();
+        self.run_task(pool, task, task_id, span.clone(), out)
+            .instrument(span)
+            .await
+    }
+
+    /// The rest of [`Supervisor::submit`], inside the task's span: every line logged on the
+    /// way (the container retired after a timeout, ...) names the pool, task and container.
+    async fn run_task(
+        &self,
+        pool: Arc<Pool>,
+        task: TaskSpec,
+        task_id: String,
+        span: tracing::Span,
+        out: mpsc::UnboundedSender<TaskEvent>,
+    ) -> Result<TaskReport, SubmitError> {
         let queued_at = Instant::now();
         // With the engine down no container can start: waiting would only delay the answer.
         if !self.engine_up() && pool.counts().idle == 0 {
@@ -651,6 +681,7 @@ impl Supervisor {
             Ok(lease) => lease,
             Err(e) => {
                 self.count_task(&pool.name, Outcome::Rejected, None);
+                tracing::debug!(error = %e, "task refused");
                 return Err(e.into());
             }
         };
@@ -663,7 +694,7 @@ impl Supervisor {
         lease.begin();
         let began = Instant::now();
         if lease.dirty {
-            let paths = [cfg.workdir.clone(), "/tmp".to_string()];
+            let paths = [pool.config().workdir.clone(), "/tmp".to_string()];
             if let Err(e) = lease.conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
                 lease.retire(RemoveReason::Unhealthy);
                 pool.wake.notify_one();
@@ -687,7 +718,7 @@ impl Supervisor {
                     lease.finish();
                 }
                 self.count_task(&pool.name, outcome, Some(run));
-                tracing::debug!(parent: &span, exit_code = ?exit.exit_code, run_ms = run.as_secs_f64() * 1e3, "task done");
+                tracing::debug!(exit_code = ?exit.exit_code, timed_out = exit.timed_out, run_ms = run.as_secs_f64() * 1e3, "task done");
                 Ok(TaskReport {
                     task_id,
                     pool: pool.name.clone(),
@@ -702,7 +733,7 @@ impl Supervisor {
                 lease.retire(RemoveReason::Unhealthy);
                 pool.wake.notify_one();
                 self.count_task(&pool.name, Outcome::Error, Some(run));
-                tracing::warn!(parent: &span, error = %e, "task failed");
+                tracing::warn!(error = %e, "task failed");
                 Err(e.into())
             }
         }
