@@ -229,7 +229,7 @@ impl Pool {
         // Demand: let the reconcile loop grow the pool now rather than at its next tick.
         self.wake.notify_one();
         let waited = tokio::time::timeout(cfg.acquire_timeout, &mut rx).await;
-        let mut lease = match waited {
+        let lease = match waited {
             Ok(Ok(lease)) => lease,
             Ok(Err(_)) => return Err(AcquireError::Closed(self.name.clone())),
             Err(_) => {
@@ -258,8 +258,14 @@ impl Pool {
                 }
             }
         };
-        self.acquired(Acquisition::Cold, started);
-        lease.cold = true;
+        // Warm unless the container was started while this task waited: one freed by another
+        // task (or by its workdir reset) was already running.
+        let kind = if lease.cold {
+            Acquisition::Cold
+        } else {
+            Acquisition::Warm
+        };
+        self.acquired(kind, started);
         Ok(lease)
     }
 
@@ -310,14 +316,16 @@ impl Pool {
     }
 
     /// A member became available: hand it to the first waiter still waiting, else idle it.
-    fn offer(self: &Arc<Self>, st: &mut State, id: u64) {
+    /// `fresh`: it was just started, so the waiter that gets it had a cold start.
+    fn offer(self: &Arc<Self>, st: &mut State, id: u64, fresh: bool) {
         let Some(m) = st.members.get_mut(&id) else {
             return;
         };
         m.state = MemberState::Busy;
         while let Some(w) = st.waiters.pop_front() {
             let m = &st.members[&id];
-            let lease = self.lease(id, m);
+            let mut lease = self.lease(id, m);
+            lease.cold = fresh;
             match w.tx.send(lease) {
                 Ok(()) => return,
                 // That waiter gave up; its lease must not run Drop under our lock.
@@ -376,7 +384,7 @@ impl Pool {
                 let result = conn.reset(&paths, RESET_TIMEOUT).await;
                 let mut st = pool.state.lock();
                 match result {
-                    Ok(()) => pool.offer(&mut st, id),
+                    Ok(()) => pool.offer(&mut st, id, false),
                     Err(e) => {
                         tracing::warn!(pool = %pool.name, error = %e, "workdir reset failed; replacing the container");
                         pool.retire_locked(&mut st, id, RemoveReason::Unhealthy);
@@ -385,7 +393,7 @@ impl Pool {
                 pool.publish(&st);
             });
         } else {
-            self.offer(&mut st, id);
+            self.offer(&mut st, id, false);
             self.publish(&st);
         }
     }
@@ -460,7 +468,7 @@ impl Pool {
                     if st.closed {
                         pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
                     } else {
-                        pool.offer(&mut st, id);
+                        pool.offer(&mut st, id, true);
                     }
                 }
                 Err(e) => {
@@ -590,7 +598,7 @@ impl Pool {
                 extra: false,
             },
         );
-        self.offer(&mut st, id);
+        self.offer(&mut st, id, false);
         self.publish(&st);
     }
 
@@ -626,7 +634,7 @@ impl Pool {
             return;
         }
         if healthy {
-            self.offer(&mut st, id);
+            self.offer(&mut st, id, false);
         } else {
             self.retire_locked(&mut st, id, RemoveReason::Unhealthy);
         }
@@ -665,7 +673,8 @@ pub struct Lease {
     member: u64,
     pub container: String,
     pub conn: Conn,
-    /// The task had to wait for a container to start or free up (no warm one was idle).
+    /// The container was started while the task waited for it (a cold start); a container
+    /// that another task freed up while this one queued is warm.
     pub cold: bool,
     task_started: bool,
     outcome: Option<RemoveReason>,
