@@ -1,0 +1,195 @@
+//! The daemon's life on the real engine: a clean stop removes everything it made, and a start
+//! after a `kill -9` removes what the dead run left (running, created or exited).
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use support::*;
+
+const TWO_POOLS: &str = r#"
+[server]
+shutdown_grace = "10s"
+
+[defaults]
+image = "warmpool/agent:latest"
+min = 2
+warm = 2
+max = 3
+
+[pools.web]
+network = "isolated"
+
+[pools.batch]
+"#;
+
+#[tokio::test]
+async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
+    let d = Daemon::start(TWO_POOLS).await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(containers(&d.instance, None).len(), 4);
+    assert_eq!(networks(&d.instance).len(), 1);
+    let daemon_id = inspect(&containers(&d.instance, None)[0])["Config"]["Labels"]
+        ["warmpool.daemon"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let running = {
+        let client = warmpool::client::Client::new(&d.addr, None);
+        tokio::spawn(async move {
+            let body = json!({"shell": "sleep 1; echo finished"});
+            let resp = client
+                .request(
+                    "POST",
+                    "/v1/pools/web/tasks",
+                    Some(body.to_string().into_bytes()),
+                )
+                .await
+                .unwrap();
+            let status = resp.status;
+            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            (status, v)
+        })
+    };
+    wait_pool(&d, "web", "the task to run", Duration::from_secs(10), |v| {
+        v["busy"] == 1
+    })
+    .await;
+    // `stop` blocks until the process is gone; the request above must go on meanwhile.
+    let (d, exit) = tokio::task::spawn_blocking(move || {
+        let mut d = d;
+        let exit = d.stop();
+        (d, exit)
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "daemon exit {exit}:\n{}", d.log());
+    let (status, v) = running.await.unwrap();
+    assert_eq!(status, 200, "the running task was cut short: {v}");
+    assert_eq!(v["stdout"], "finished\n");
+    assert!(
+        containers(&d.instance, None).is_empty(),
+        "containers left after shutdown: {:?}",
+        containers(&d.instance, None)
+    );
+    assert!(
+        networks(&d.instance).is_empty(),
+        "networks left after shutdown: {:?}",
+        networks(&d.instance)
+    );
+    // Nor anything else this daemon made, whatever its other labels.
+    let by_daemon = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=warmpool.daemon={daemon_id}"),
+    ]);
+    assert!(by_daemon.trim().is_empty(), "{by_daemon}");
+}
+
+/// A container carrying this instance's labels, as a crashed run could leave one: `run`
+/// gives an exited container, otherwise it stays in `created`.
+fn leftover(instance: &str, run: bool) -> String {
+    let labels = [
+        "warmpool.managed=true".to_string(),
+        "warmpool.pool=batch".to_string(),
+        "warmpool.daemon=000000000000".to_string(),
+        format!("warmpool.instance={instance}"),
+    ];
+    let mut args = vec![if run { "run" } else { "create" }.to_string()];
+    if run {
+        args.push("-d".into());
+    }
+    for l in &labels {
+        args.push("--label".into());
+        args.push(l.clone());
+    }
+    args.extend(["--network", "none", IMAGE, "true"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker(&args).trim().to_string()
+}
+
+fn state(id: &str) -> String {
+    docker(&["inspect", "--format", "{{.State.Status}}", id])
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_start_after_kill_9_removes_what_the_dead_run_left() {
+    let mut d = Daemon::start(TWO_POOLS).await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    let old = containers(&d.instance, None);
+    assert_eq!(old.len(), 4);
+    // One busy at the time of the crash, too.
+    let _busy = {
+        let client = warmpool::client::Client::new(&d.addr, None);
+        tokio::spawn(async move {
+            let body = json!({"cmd": ["sleep", "30"]});
+            let _ = client
+                .request(
+                    "POST",
+                    "/v1/pools/batch/tasks",
+                    Some(body.to_string().into_bytes()),
+                )
+                .await;
+        })
+    };
+    wait_pool(
+        &d,
+        "batch",
+        "a busy container",
+        Duration::from_secs(10),
+        |v| v["busy"] == 1,
+    )
+    .await;
+    d.kill9();
+    // The crash left them all behind, plus a container stuck in `created` and an exited one.
+    for id in &old {
+        assert!(exists(id), "{id} vanished without a daemon");
+    }
+    let created = leftover(&d.instance, false);
+    let exited = leftover(&d.instance, true);
+    assert_eq!(state(&created), "created");
+    wait_for("the leftover to exit", Duration::from_secs(10), || {
+        (state(&exited) == "exited").then_some(())
+    })
+    .await;
+
+    d.restart().await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    for id in old.iter().chain([&created, &exited]) {
+        wait_for(
+            &format!("{id} to be removed"),
+            Duration::from_secs(10),
+            || (!exists(id)).then_some(()),
+        )
+        .await;
+    }
+    let new = containers(&d.instance, None);
+    assert_eq!(new.len(), 4, "{new:?}");
+    assert!(new.iter().all(|id| !old.contains(id) && is_running(id)));
+    assert_eq!(
+        networks(&d.instance).len(),
+        1,
+        "the bridge is reused, not doubled"
+    );
+    let (status, v) = d.task("web", json!({"cmd": ["echo", "again"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "again\n");
+    assert!(
+        metric(
+            &d,
+            "warmpool_containers_removed_total",
+            &[("pool", "batch"), ("reason", "orphan")]
+        )
+        .await
+            >= 4.0,
+        "2 pool containers and 2 leftovers of batch counted as orphans"
+    );
+}
