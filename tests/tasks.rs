@@ -37,6 +37,19 @@ fn spawn_task(
     })
 }
 
+/// Waits until every container of the pool is idle (a finished task's workdir reset keeps
+/// its container busy for a moment after the answer).
+async fn wait_idle(d: &Daemon, pool: &str) {
+    wait_pool(
+        d,
+        pool,
+        "its containers to be idle",
+        Duration::from_secs(10),
+        |v| v["busy"] == 0 && v["idle"].as_u64() > Some(0),
+    )
+    .await;
+}
+
 fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
@@ -133,6 +146,9 @@ acquire_timeout = "1s"
     assert_eq!(status, 200, "{v}");
 
     // Full queue: one running, one queued (max_queue = 1), the third refused at once.
+    // The container stays busy a moment after a task answers (its workdir is wiped), so
+    // wait for it to be idle: from then on "busy" means the task below has it.
+    wait_idle(&d, "one").await;
     let running = spawn_task(&d, "one", json!({"cmd": ["sleep", "4"]}));
     wait_pool(
         &d,
@@ -318,6 +334,7 @@ on_exhausted = "cold"
         assert_eq!(v["cold_start"], false, "a warm hit: {v}");
         v["container"].as_str().unwrap().to_string()
     });
+    wait_idle(&d, "cold").await;
     let busy = spawn_task(&d, "cold", json!({"cmd": ["sleep", "5"]}));
     wait_pool(
         &d,
