@@ -193,3 +193,124 @@ async fn a_start_after_kill_9_removes_what_the_dead_run_left() {
         "2 pool containers and 2 leftovers of batch counted as orphans"
     );
 }
+
+#[tokio::test]
+async fn sigterm_while_the_pools_warm_still_stops_cleanly() {
+    // The daemon answers /healthz before its pools exist; a SIGTERM then (round 0), or while
+    // containers are being created (round 1), must still be an orderly stop.
+    for round in 0..2 {
+        let mut d = Daemon::start(
+            r#"
+[defaults]
+image = "warmpool/agent:latest"
+min = 3
+warm = 3
+max = 3
+network = "isolated"
+
+[pools.first]
+
+[pools.second]
+"#,
+        )
+        .await;
+        if round == 1 {
+            // Later: the first container is there, the others are being created.
+            let instance = d.instance.clone();
+            wait_for("a first container", Duration::from_secs(20), || {
+                (!containers(&instance, None).is_empty()).then_some(())
+            })
+            .await;
+        }
+        let (d, exit) = tokio::task::spawn_blocking(move || {
+            let exit = d.stop();
+            (d, exit)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            exit.code(),
+            Some(0),
+            "round {round}: the daemon died of the signal ({exit}) instead of stopping:\n{}",
+            d.log()
+        );
+        assert!(
+            containers(&d.instance, None).is_empty(),
+            "round {round}: containers left: {:?}",
+            containers(&d.instance, None)
+        );
+        assert!(
+            networks(&d.instance).is_empty(),
+            "round {round}: networks left: {:?}\n{}",
+            networks(&d.instance),
+            d.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_nothing_behind() {
+    ensure_image();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!("tfail{}", std::process::id());
+    let config = dir.path().join("pools.toml");
+    // Pools start in name order: `early` is up (network, containers warming) when `late`
+    // finds its network missing and the start fails.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+image = "warmpool/agent:latest"
+min = 3
+warm = 3
+max = 3
+
+[pools.early]
+network = "isolated"
+
+[pools.late]
+network = "warmpool-no-such-network-{instance}"
+"#
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let instance = instance.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_warmpool"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("WARMPOOL_INSTANCE", &instance)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let left = containers(&instance, None);
+    let nets = networks(&instance);
+    for id in &left {
+        let _ = docker_try(&["rm", "-f", id]);
+    }
+    for id in &nets {
+        let _ = docker_try(&["network", "rm", id]);
+    }
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("no-such-network"),
+        "the error names the network:\n{log}"
+    );
+    assert!(
+        left.is_empty(),
+        "containers left by a failed start: {left:?}\n{log}"
+    );
+    assert!(
+        nets.is_empty(),
+        "networks left by a failed start: {nets:?}\n{log}"
+    );
+}
