@@ -448,3 +448,33 @@ async fn replaced(d: &Daemon, old: &str) -> String {
     )
     .await
 }
+
+#[tokio::test]
+async fn the_workdir_and_tmp_are_wiped_between_tasks_unless_turned_off() {
+    let d = Daemon::start(&format!(
+        "{}{}",
+        one_pool("wiped", ""),
+        one_pool("kept", "reset_workdir = false")
+    ))
+    .await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    for (pool, want) in [
+        ("wiped", ""),
+        ("kept", "/tmp/b\n/work/a\n/work/d\n/work/d/e\n"),
+    ] {
+        let (status, v) = d
+            .task(
+                pool,
+                json!({"shell": "touch /work/a /tmp/b && mkdir -p /work/d && touch /work/d/e"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let first = v["container"].clone();
+        let (status, v) = d
+            .task(pool, json!({"shell": "find /work /tmp -mindepth 1 | sort"}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["container"], first, "{pool}: same container");
+        assert_eq!(v["stdout"], want, "{pool}: {v}");
+    }
+}

@@ -416,6 +416,7 @@ warm = 1
 max = 1
 exec = "docker-exec"
 env = { POOL_VAR = "from-pool" }
+max_output = "1MiB"
 "#,
     )
     .await;
@@ -450,4 +451,16 @@ env = { POOL_VAR = "from-pool" }
         v["container"], first,
         "a finished task leaves its container in the pool"
     );
+
+    // Output past max_output is drained (or `head` would block and time out) and dropped.
+    let (status, v) = d
+        .task(
+            "exec",
+            json!({"shell": "yes | head -c 20000000", "timeout": "30s"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["exit_code"], 0, "{}", v["exit_code"]);
+    assert_eq!(v["stdout_truncated"], true);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1024 * 1024);
 }
