@@ -464,3 +464,36 @@ max_output = "1MiB"
     assert_eq!(v["stdout_truncated"], true);
     assert_eq!(v["stdout"].as_str().unwrap().len(), 1024 * 1024);
 }
+
+#[tokio::test]
+async fn a_docker_exec_container_killed_under_its_task_is_not_handed_out_again() {
+    let d = Daemon::start(
+        r#"
+[pools.exec]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 1
+exec = "docker-exec"
+"#,
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    let victim = containers(&d.instance, Some("exec")).remove(0);
+    let task = spawn_task(&d, "exec", json!({"cmd": ["sleep", "30"]}));
+    // The exec runs once `sleep 30` shows in the container.
+    wait_for("the task's process", Duration::from_secs(10), || {
+        let (_, out) = docker_exec(&victim, &["ps", "-o", "args"]);
+        out.lines().any(|l| l == "sleep 30").then_some(())
+    })
+    .await;
+    docker(&["kill", &victim]);
+    let (status, _, v) = task.await.unwrap();
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "container_failed", "{v}");
+    // The next task gets a live container, not the dead one.
+    let (status, v) = d.task("exec", json!({"cmd": ["echo", "next"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "next\n");
+    assert_ne!(v["container"].as_str().unwrap(), short(&victim));
+}
