@@ -81,9 +81,10 @@ pub fn full_id(instance: &str, short: &str) -> String {
     matches[0].clone()
 }
 
-/// Whether the engine still knows the container (any state).
+/// Whether the engine still knows the container (any state); `id` may be the 12-character
+/// id the API reports.
 pub fn exists(id: &str) -> bool {
-    docker_try(&["inspect", "--format", "{{.Id}}", id]).is_some()
+    docker_try(&["inspect", "--type", "container", "--format", "{{.Id}}", id]).is_some()
 }
 
 /// Whether the container exists and its main process runs.
