@@ -273,10 +273,10 @@ exec = "docker-exec"
         assert_eq!(status, 200, "{pool}: {v}");
         assert_eq!(v["exit_code"], 0, "{pool}: {v}");
         assert_eq!(v["timed_out"], false, "{pool}: {v}");
-        assert!(
-            took < Duration::from_secs(2),
-            "{pool}: answered after {took:?}"
-        );
+        // Well under the 30 s of the sleep; a docker exec alone can take most of a second
+        // on a loaded engine.
+        let bound = Duration::from_secs(if pool == "shim" { 2 } else { 3 });
+        assert!(took < bound, "{pool}: answered after {took:?}");
     }
     // The shim ends what the task left in its process group, so the next task of the same
     // container does not find it.
