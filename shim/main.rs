@@ -331,6 +331,11 @@ impl Shim {
         fs::create_dir_all(&dir)
             .and_then(|()| std::env::set_current_dir(&dir))
             .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;
+        // std keeps the parent's signal mask in the child (since Rust 1.66), and ours blocks
+        // SIGTERM and SIGINT for the signal thread: unblock them, or the task and everything
+        // it starts could not be stopped by them (`kill -TERM`, `timeout`, Ctrl-C handlers).
+        // SAFETY: the hook only calls pthread_sigmask, which is async-signal-safe.
+        unsafe { cmd.pre_exec(sys::unblock_shutdown_signals_hook()) };
         // Its own group, so that a timeout or Kill reaches its children too.
         cmd.process_group(0)
             .stdin(Stdio::piped())
@@ -775,6 +780,7 @@ mod sys {
     const SIGKILL: i32 = 9;
     const SIGTERM: i32 = 15;
     const SIG_BLOCK: i32 = 0;
+    const SIG_UNBLOCK: i32 = 1;
     const P_ALL: u32 = 0;
     const WNOHANG: i32 = 1;
     const WEXITED: i32 = 4;
@@ -845,7 +851,8 @@ mod sys {
     /// Block SIGTERM and SIGINT in the calling thread (and every thread it starts later) so
     /// that `wait_shutdown_signal` can take them synchronously: no async handler, no
     /// async-signal-safety concerns. Blocked signals are queued even for PID 1, which the
-    /// kernel would otherwise drop. std resets the mask in spawned tasks.
+    /// kernel would otherwise drop. Children inherit the mask: tasks are spawned with
+    /// `unblock_shutdown_signals_hook`.
     pub fn block_shutdown_signals() {
         let set = shutdown_signals();
         // SAFETY: `set` is a valid sigset_t; a null old-set pointer is allowed.
@@ -855,6 +862,21 @@ mod sys {
                 "warmpool-shim: pthread_sigmask failed: {}",
                 io::Error::from_raw_os_error(r)
             );
+        }
+    }
+
+    /// A `pre_exec` hook that unblocks SIGTERM and SIGINT in a child before it execs. The set
+    /// is built here, in the parent: the hook itself only makes one async-signal-safe call.
+    pub fn unblock_shutdown_signals_hook() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+        let set = shutdown_signals();
+        move || {
+            // SAFETY: `set` is a valid sigset_t; a null old-set pointer is allowed.
+            let r = unsafe { pthread_sigmask(SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(r))
+            }
         }
     }
 

@@ -144,6 +144,9 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         Err(e) => return Err(e.into()),
     };
     init_logs(log_format);
+    // Before anything is created: from here on SIGTERM and Ctrl-C mean an orderly stop, never
+    // the default action that would kill the process with its containers left behind.
+    let mut signals = ShutdownSignals::new().context("cannot install the signal handlers")?;
     let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
         .await
@@ -195,21 +198,45 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     if let Some(path) = &config.server.unix_socket {
         servers.push(serve_unix(path, app.clone(), http_stopped.clone())?);
     }
-    supervisor.start(&config).await?;
-    tracing::info!(pools = config.pools.len(), "pools warming");
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            let _ = crate::api::reload(&state).await;
+    // A signal while the pools are being set up stops the daemon too; a failed start removes
+    // what the pools set up before it had made.
+    let start = supervisor.start(&config);
+    tokio::pin!(start);
+    let signalled = tokio::select! {
+        started = &mut start => {
+            if let Err(e) = started {
+                supervisor.shutdown(std::time::Duration::ZERO).await;
+                return Err(e);
+            }
+            false
         }
-    });
-
-    shutdown_signal().await;
+        _ = signals.recv() => {
+            // Let the set-up step in flight finish: an engine request dropped half-way still
+            // completes in the engine, after the sweep of the shutdown. The bound is for an
+            // engine that never answered, which has nothing to clean up.
+            tracing::info!("signal during start-up; finishing the set-up in flight first");
+            let finish = std::time::Duration::from_secs(15);
+            if let Ok(Err(e)) = tokio::time::timeout(finish, &mut start).await {
+                tracing::warn!(error = %e, "start-up failed");
+            }
+            true
+        }
+    };
+    if !signalled {
+        tracing::info!(pools = config.pools.len(), "pools warming");
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = crate::api::reload(&state).await;
+            }
+        });
+        signals.recv().await;
+    }
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new tasks; a second signal exits at once");
-    tokio::spawn(async {
-        shutdown_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("warmpool: second signal, exiting now (the next start removes what is left)");
         std::process::exit(130);
     });
@@ -250,12 +277,27 @@ fn serve_unix(
     }))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, listened to from the moment this is created (a signal that arrives
+/// before the first `recv` is not lost).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Client {
 /// A response with a body still to read.
 pub struct Response {
     pub status: u16,
+    /// Response headers (`Retry-After` on 429 and 503 tells a client when to come back).
+    pub headers: hyper::HeaderMap,
     pub body: hyper::body::Incoming,
 }
 
@@ -49,9 +51,11 @@ impl Client {
                 self.base
             )
         })?;
+        let (parts, body) = resp.into_parts();
         Ok(Response {
-            status: resp.status().as_u16(),
-            body: resp.into_body(),
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
         })
     }
 }

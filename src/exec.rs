@@ -417,7 +417,10 @@ impl DockerExecConn {
             workdir: Some(task.workdir.clone()),
             with_stdin: true,
         };
-        let started = self.runtime.exec_start(&self.container, &spec).await?;
+        let started = match self.runtime.exec_start(&self.container, &spec).await {
+            Ok(started) => started,
+            Err(e) => return Err(self.dead_or(e).await),
+        };
         let stdin_data = task.stdin.clone();
         let mut stdin = started.stdin;
         tokio::spawn(async move {
@@ -465,6 +468,19 @@ impl DockerExecConn {
                 }
             }
         }
+        // Killed with its container (`docker kill`, the engine's OOM kill of the init process):
+        // the task did not end on its own, and the container must not serve again.
+        if exit_code.is_some_and(|c| c > 128)
+            && !self
+                .runtime
+                .is_running(&self.container)
+                .await
+                .unwrap_or(true)
+        {
+            return Err(ExecError::Dead(
+                "the container stopped while the task ran".to_string(),
+            ));
+        }
         // The Engine API cannot kill an exec: the caller retires a timed-out container.
         let (exit_code, signal) = match exit_code {
             // The engine reports death by signal N as 128 + N.
@@ -497,6 +513,19 @@ fn exec_start_failure(exit_code: i32, stdout_head: &[u8]) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(stdout_head).trim_end().to_string())
+}
+
+impl DockerExecConn {
+    /// An engine error of a task's exec, told apart from the container being gone: that one
+    /// means the container must be replaced, not that the engine is unavailable.
+    async fn dead_or(&self, e: RuntimeError) -> ExecError {
+        match self.runtime.is_running(&self.container).await {
+            Ok(false) | Err(RuntimeError::NotFound(_)) => {
+                ExecError::Dead(format!("the container is not running ({e})"))
+            }
+            _ => e.into(),
+        }
+    }
 }
 
 /// Forwards output up to a cap, then drops the rest (still reading it, so the process is

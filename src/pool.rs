@@ -441,6 +441,13 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             let _permit = pool.creates.acquire().await;
+            if pool.is_closed() {
+                // Shut down while this start waited for its turn: nothing to create.
+                let mut st = pool.state.lock();
+                st.starting -= 1;
+                pool.publish(&st);
+                return;
+            }
             let begun = Instant::now();
             let spec = pool.spec();
             let spec_hash = spec.hash();

@@ -23,6 +23,9 @@ use crate::runtime::{
 };
 use crate::scaling;
 
+/// How long shutdown waits for container starts and removals already in flight.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the shim binary sits inside every shim container.
 pub const SHIM_IN_CONTAINER: &str = "/.warmpool/shim";
 
@@ -72,6 +75,8 @@ pub struct Supervisor {
     /// Host path of the shim binary, bind-mounted read-only into shim containers.
     shim_path: Option<PathBuf>,
     engine_up: AtomicBool,
+    /// Networks this daemon created (or reused) for `isolated` pools; shutdown removes them.
+    networks: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Set once every configured pool exists; before that the daemon is not ready.
     started: AtomicBool,
     stop: watch::Sender<bool>,
@@ -98,6 +103,7 @@ impl Supervisor {
             pools: RwLock::new(BTreeMap::new()),
             shim_path,
             engine_up: AtomicBool::new(false),
+            networks: Default::default(),
             started: AtomicBool::new(false),
             stop,
             sessions: crate::session::Sessions::new(max_sessions),
@@ -342,6 +348,8 @@ impl Supervisor {
             (LABEL_INSTANCE.to_string(), self.instance.clone()),
         ]);
         let net = self.isolated_network(pool);
+        // Recorded first: a start cut short right after the create still removes it.
+        self.networks.lock().insert(net.clone());
         self.runtime
             .ensure_network(&net, &labels)
             .await
@@ -775,6 +783,9 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Containers still being created would otherwise appear after the sweep below, with
+        // nobody left to remove them: closed pools retire them as they come up.
+        self.settle(|c| c.starting == 0, "container starts").await;
         let mut ids = Vec::new();
         for pool in self.pools() {
             let mut st = pool.state.lock();
@@ -799,6 +810,7 @@ impl Supervisor {
             }
         });
         futures_util::future::join_all(removals).await;
+        self.settle(|c| c.retiring == 0, "container removals").await;
         // Whatever else carries our daemon id (a start that raced the shutdown).
         if let Ok(list) = self.list_ours().await {
             for c in list {
@@ -807,12 +819,12 @@ impl Supervisor {
                 }
             }
         }
-        for pool in self.pools() {
-            if pool.config().network == NetworkMode::Isolated {
-                let net = self.isolated_network(&pool.name);
-                if let Err(e) = self.runtime.remove_network(&net).await {
-                    tracing::warn!(network = %net, error = %e, "could not remove network");
-                }
+        // Every network this daemon set up, including one of a pool whose setup a signal or
+        // an error cut short before the pool existed.
+        let nets: Vec<String> = self.networks.lock().iter().cloned().collect();
+        for net in nets {
+            if let Err(e) = self.runtime.remove_network(&net).await {
+                tracing::warn!(network = %net, error = %e, "could not remove network");
             }
         }
     }
@@ -900,9 +912,24 @@ impl Supervisor {
             if let Err(e) = self.runtime.remove_network(&net).await {
                 tracing::warn!(network = %net, error = %e, "could not remove the removed pool's network");
             }
+            self.networks.lock().remove(&net);
         }
         self.metrics.forget_pool(name);
         tracing::info!(pool = %name, "pool removed by reload");
+    }
+
+    /// Waits, up to a bound, until `done` holds for every pool's counts.
+    async fn settle(&self, done: impl Fn(&Counts) -> bool, what: &str) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while !self.pools().iter().all(|p| done(&p.counts())) {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "shutdown: {what} still in flight after {SETTLE_TIMEOUT:?}; going on"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Pool status for the API.

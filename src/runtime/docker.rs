@@ -385,7 +385,9 @@ impl Runtime for DockerRuntime {
         if info.running.unwrap_or(false) {
             Ok(None)
         } else {
-            Ok(Some(info.exit_code.unwrap_or(-1)))
+            // Not running and no exit code: not started yet. The attached start returns once
+            // the stream is hijacked, which can be before the engine starts the process.
+            Ok(info.exit_code)
         }
     }
 

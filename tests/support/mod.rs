@@ -1,0 +1,174 @@
+//! Helpers the engine tests share on top of `tests/common` (the daemon harness): raw HTTP
+//! with headers, container lookups by the short id the API reports, the daemon's memory.
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{containers, docker, docker_try, Daemon};
+
+/// An image holding nothing at all: the daemon bind-mounts the shim at `/.warmpool/shim`
+/// and mounts tmpfs on /tmp and the workdir, so an empty root is all a shim pool needs.
+pub const SCRATCH_IMAGE: &str = "warmpool/engine-scratch:test";
+
+pub fn ensure_scratch_image() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if docker_try(&["image", "inspect", SCRATCH_IMAGE]).is_some() {
+            return;
+        }
+        let empty_tar = tempfile::NamedTempFile::new().unwrap();
+        let status = Command::new("tar")
+            .args(["-cf"])
+            .arg(empty_tar.path())
+            .args(["--files-from", "/dev/null"])
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "tar of an empty root failed");
+        docker(&[
+            "import",
+            &empty_tar.path().display().to_string(),
+            SCRATCH_IMAGE,
+        ]);
+    });
+}
+
+/// A POST of a task that also returns the response headers.
+pub async fn task_with_headers(
+    d: &Daemon,
+    pool: &str,
+    body: Value,
+) -> (u16, hyper::HeaderMap, Value) {
+    let client = warmpool::client::Client::new(&d.addr, None);
+    let resp = client
+        .request(
+            "POST",
+            &format!("/v1/pools/{pool}/tasks"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+        .unwrap();
+    let status = resp.status;
+    let headers = resp.headers.clone();
+    let bytes = resp.bytes().await.unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, v)
+}
+
+/// The `Retry-After` header as seconds, if present.
+pub fn retry_after(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The full id of this instance's container whose id starts with `short` (the API reports
+/// 12 characters).
+pub fn full_id(instance: &str, short: &str) -> String {
+    assert!(short.len() >= 12, "short container id {short:?}");
+    let all = containers(instance, None);
+    let matches: Vec<&String> = all.iter().filter(|id| id.starts_with(short)).collect();
+    assert_eq!(
+        matches.len(),
+        1,
+        "container {short} among this instance's {all:?}"
+    );
+    matches[0].clone()
+}
+
+/// Whether the engine still knows the container (any state); `id` may be the 12-character
+/// id the API reports.
+pub fn exists(id: &str) -> bool {
+    docker_try(&["inspect", "--type", "container", "--format", "{{.Id}}", id]).is_some()
+}
+
+/// Whether the container exists and its main process runs.
+pub fn is_running(id: &str) -> bool {
+    docker_try(&["inspect", "--format", "{{.State.Running}}", id])
+        .is_some_and(|s| s.trim() == "true")
+}
+
+/// Running containers of one pool of this instance.
+pub fn running(instance: &str, pool: &str) -> Vec<String> {
+    containers(instance, Some(pool))
+        .into_iter()
+        .filter(|id| is_running(id))
+        .collect()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// `GET /v1/pools/{pool}`.
+pub async fn pool_status(d: &Daemon, pool: &str) -> Value {
+    let (status, v) = d.get(&format!("/v1/pools/{pool}")).await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Polls the pool's status until `check` holds, or panics after `timeout`.
+pub async fn wait_pool(
+    d: &Daemon,
+    pool: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = pool_status(d, pool).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; pool {pool} is {v}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the sample of metric `name` whose labels include all of `labels` (in any
+/// order), 0 when there is none.
+pub async fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = d.get_text("/metrics").await;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (metric == name && all).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// `docker exec` in a container; returns the exit code and stdout.
+pub fn docker_exec(id: &str, argv: &[&str]) -> (i32, String) {
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(id)
+        .args(argv)
+        .output()
+        .expect("run docker exec");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
