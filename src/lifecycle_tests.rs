@@ -577,3 +577,33 @@ async fn per_task_env_and_stdin_do_not_cost_a_cold_start() {
     assert_eq!(a.container, b.container);
     assert!(!b.cold_start);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_leaves_alone_a_container_whose_removal_is_under_way() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.max_uses = 1;
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    *fake.remove_delay.lock() = Duration::from_secs(2);
+    let used = run(&sup, &["echo", "x"]).await.unwrap().container;
+    settle(&sup, "its removal under way", |c| c.retiring == 1).await;
+    assert!(fake.live().contains(&used));
+    sup.reap_once().await;
+    settle(&sup, "removed", |c| c.retiring == 0).await;
+    assert!(!fake.live().contains(&used));
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"orphan\"}"
+        ),
+        0.0,
+        "a retired container is not an orphan"
+    );
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"uses\"}"
+        ),
+        1.0
+    );
+}

@@ -128,6 +128,9 @@ pub struct State {
     pub backoff_until: Option<Instant>,
     /// Names of containers being created, so the reaper leaves them alone.
     pub creating: HashSet<String>,
+    /// Ids of retired containers whose removal is under way, so the reaper leaves them alone
+    /// too (and does not count them a second time, as orphans).
+    pub removing: HashSet<String>,
 }
 
 pub struct Pool {
@@ -397,6 +400,7 @@ impl Pool {
             .with_label_values(&[&self.name, reason.as_str()])
             .inc();
         tracing::debug!(pool = %self.name, container = %m.name, reason = reason.as_str(), "retiring container");
+        st.removing.insert(m.container.clone());
         let pool = self.clone();
         tokio::spawn(async move {
             drop(m.conn);
@@ -405,6 +409,8 @@ impl Pool {
             }
             let mut st = pool.state.lock();
             st.retiring -= 1;
+            // Removed, or left to the reaper when the removal failed.
+            st.removing.remove(&m.container);
             pool.publish(&st);
         });
     }
@@ -424,6 +430,9 @@ impl Pool {
             st.starting -= 1;
             match result {
                 Ok((container, name, conn)) => {
+                    // Known as a member from the same critical section on: the reaper never
+                    // sees it as neither creating nor a member.
+                    st.creating.remove(&name);
                     pool.metrics
                         .container_start
                         .with_label_values(&[&pool.name])
@@ -484,7 +493,10 @@ impl Pool {
         let name = format!("warmpool-{}-{}", self.name, short_id());
         self.state.lock().creating.insert(name.clone());
         let result = self.create_and_connect(&name, spec, cfg).await;
-        self.state.lock().creating.remove(&name);
+        if result.is_err() {
+            // On success the caller takes the name out when it makes the container a member.
+            self.state.lock().creating.remove(&name);
+        }
         result.map(|(id, conn)| (id, name, conn))
     }
 

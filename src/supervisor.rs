@@ -601,6 +601,7 @@ impl Supervisor {
             let st = pool.state.lock();
             known.extend(st.members.values().map(|m| m.container.clone()));
             known.extend(st.creating.iter().cloned());
+            known.extend(st.removing.iter().cloned());
         }
         known.extend(self.extra_known());
         for c in list {
