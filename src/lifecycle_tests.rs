@@ -607,3 +607,38 @@ async fn the_reaper_leaves_alone_a_container_whose_removal_is_under_way() {
         1.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_leaves_alone_a_session_container_while_its_session_ends() {
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.session_end_command = Some(vec!["sleep".into(), "5".into()]);
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    sup.create_session("p", Some("s1".into()), None).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let container = sup
+        .session_task("p", "s1", task(&["echo", "x"]), tx)
+        .await
+        .unwrap()
+        .container;
+    let ending = {
+        let sup = sup.clone();
+        tokio::spawn(async move { sup.end_session("s1").await })
+    };
+    // The end command (state saving) runs for 5 s; a reaper pass comes by meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sup.reap_once().await;
+    assert!(
+        fake.live().contains(&container),
+        "the reaper removed a session's container while its end command ran"
+    );
+    ending.await.unwrap().unwrap();
+    assert!(!fake.live().contains(&container));
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"orphan\"}"
+        ),
+        0.0
+    );
+}
