@@ -642,3 +642,22 @@ async fn the_reaper_leaves_alone_a_session_container_while_its_session_ends() {
         0.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_with_no_container_start_in_flight() {
+    let fake = FakeRuntime::new();
+    *fake.create_delay.lock() = Duration::from_secs(2);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(2, 2, 2))]),
+    };
+    sup.start(&config).await.unwrap();
+    settle(&sup, "starts in flight", |c| c.starting == 2).await;
+    sup.shutdown(Duration::ZERO).await;
+    // The process exits here: a create still in flight would be completed by the engine
+    // after the daemon is gone and leave its container behind.
+    assert_eq!(counts(&sup).starting, 0, "a start was still in flight");
+    assert!(fake.live().is_empty(), "{:?}", fake.live());
+}

@@ -421,6 +421,15 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             let _permit = pool.creates.acquire().await;
+            {
+                // Closed while this start waited for its turn: create nothing.
+                let mut st = pool.state.lock();
+                if st.closed {
+                    st.starting -= 1;
+                    pool.publish(&st);
+                    return;
+                }
+            }
             let begun = Instant::now();
             let spec = pool.spec();
             let spec_hash = spec.hash();

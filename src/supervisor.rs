@@ -745,6 +745,17 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // A create still in flight when the process exits is completed by the engine anyway,
+        // and its container is left behind: let the starts end (the pools being closed, what
+        // they bring up is retired at once, and the sweep below catches the rest).
+        let starts_deadline = Instant::now() + Duration::from_secs(30);
+        while self.pools().iter().any(|p| p.counts().starting > 0) {
+            if Instant::now() >= starts_deadline {
+                tracing::warn!("container starts still in flight at shutdown; the next start removes what they leave");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut ids = Vec::new();
         for pool in self.pools() {
             let mut st = pool.state.lock();
