@@ -560,7 +560,7 @@ acquire_timeout = "120s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_age_renews_every_container_under_steady_load_without_a_failed_task() {
-    let d = Daemon::start(
+    let mut d = Daemon::start(
         r#"
 [pools.aging]
 image = "warmpool/agent:latest"
@@ -651,6 +651,14 @@ acquire_timeout = "120s"
         "{total} tasks over {:?}, {} containers",
         started.elapsed(),
         seen.len()
+    );
+    // Stopped while renewal is under way (starts may be in flight), nothing is left behind.
+    assert!(d.stop().success(), "{}", d.log());
+    let left = ps(&d.instance, "aging").await;
+    assert!(
+        left.is_empty(),
+        "left after shutdown: {left:?}\n{}",
+        d.log()
     );
 }
 
