@@ -589,3 +589,87 @@ async fn per_task_env_and_stdin_do_not_cost_a_cold_start() {
     assert_eq!(a.container, b.container);
     assert!(!b.cold_start);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_leaves_alone_a_container_whose_removal_is_under_way() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.max_uses = 1;
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    *fake.remove_delay.lock() = Duration::from_secs(2);
+    let used = run(&sup, &["echo", "x"]).await.unwrap().container;
+    settle(&sup, "its removal under way", |c| c.retiring == 1).await;
+    assert!(fake.live().contains(&used));
+    sup.reap_once().await;
+    settle(&sup, "removed", |c| c.retiring == 0).await;
+    assert!(!fake.live().contains(&used));
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"orphan\"}"
+        ),
+        0.0,
+        "a retired container is not an orphan"
+    );
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"uses\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_leaves_alone_a_session_container_while_its_session_ends() {
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.session_end_command = Some(vec!["sleep".into(), "5".into()]);
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    sup.create_session("p", Some("s1".into()), None).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let container = sup
+        .session_task("p", "s1", task(&["echo", "x"]), tx)
+        .await
+        .unwrap()
+        .container;
+    let ending = {
+        let sup = sup.clone();
+        tokio::spawn(async move { sup.end_session("s1").await })
+    };
+    // The end command (state saving) runs for 5 s; a reaper pass comes by meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sup.reap_once().await;
+    assert!(
+        fake.live().contains(&container),
+        "the reaper removed a session's container while its end command ran"
+    );
+    ending.await.unwrap().unwrap();
+    assert!(!fake.live().contains(&container));
+    assert_eq!(
+        metric(
+            &sup,
+            "warmpool_containers_removed_total{pool=\"p\",reason=\"orphan\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_with_no_container_start_in_flight() {
+    let fake = FakeRuntime::new();
+    *fake.create_delay.lock() = Duration::from_secs(2);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(2, 2, 2))]),
+    };
+    sup.start(&config).await.unwrap();
+    settle(&sup, "starts in flight", |c| c.starting == 2).await;
+    sup.shutdown(Duration::ZERO).await;
+    // The process exits here: a create still in flight would be completed by the engine
+    // after the daemon is gone and leave its container behind.
+    assert_eq!(counts(&sup).starting, 0, "a start was still in flight");
+    assert!(fake.live().is_empty(), "{:?}", fake.live());
+}

@@ -412,6 +412,7 @@ impl Pool {
         }
         st.removing.insert(m.container.clone());
         tracing::debug!(pool = %self.name, container = %m.name, reason = reason.as_str(), "retiring container");
+        st.removing.insert(m.container.clone());
         let pool = self.clone();
         tokio::spawn(async move {
             drop(m.conn);

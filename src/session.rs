@@ -134,6 +134,9 @@ pub enum SessionError {
 /// The live sessions of a daemon, bounded by `max_sessions`.
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Sessions out of the map whose end is under way (end command, removal): their
+    /// containers are still theirs, and the reaper must leave them alone.
+    ending: Mutex<Vec<Arc<Session>>>,
     max: std::sync::atomic::AtomicUsize,
 }
 
@@ -141,6 +144,7 @@ impl Sessions {
     pub fn new(max: usize) -> Sessions {
         Sessions {
             map: Mutex::new(HashMap::new()),
+            ending: Mutex::new(Vec::new()),
             max: std::sync::atomic::AtomicUsize::new(max),
         }
     }
@@ -164,13 +168,34 @@ impl Sessions {
         v
     }
 
-    /// Containers that sessions hold, so the reaper leaves them alone.
+    /// Containers that sessions hold, ending ones included, so the reaper leaves them alone.
+    /// The map is read before `ending`, and a session moves from one to the other under the
+    /// map's lock, so no session is missed on its way.
     pub fn containers(&self) -> Vec<String> {
-        self.map
+        let mut held: Vec<String> = self
+            .map
             .lock()
             .values()
             .filter_map(|s| s.meta.lock().container.clone())
-            .collect()
+            .collect();
+        held.extend(
+            self.ending
+                .lock()
+                .iter()
+                .filter_map(|s| s.meta.lock().container.clone()),
+        );
+        held
+    }
+
+    /// Takes a session out of the map (the caller holds the map's lock) into `ending`.
+    fn take_locked(
+        &self,
+        map: &mut HashMap<String, Arc<Session>>,
+        id: &str,
+    ) -> Option<Arc<Session>> {
+        let s = map.remove(id)?;
+        self.ending.lock().push(s.clone());
+        Some(s)
     }
 }
 
@@ -254,7 +279,7 @@ impl Supervisor {
                 None
             };
             if let Some(old) = &evict {
-                map.remove(&old.id);
+                self.sessions.take_locked(&mut map, &old.id);
             }
             let session = Arc::new(Session::new(id.clone(), pool.to_string(), idle_timeout));
             map.insert(id.clone(), session);
@@ -272,27 +297,35 @@ impl Supervisor {
 
     /// Ends a session: runs `session_end_command`, removes its container.
     pub async fn end_session(&self, id: &str) -> Result<SessionInfo, SessionError> {
-        let session = self
-            .sessions
-            .map
-            .lock()
-            .remove(id)
-            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let session = {
+            let mut map = self.sessions.map.lock();
+            self.sessions.take_locked(&mut map, id)
+        }
+        .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         let info = session.info();
         self.finish_session(session).await;
         Ok(info)
     }
 
-    /// The end of a session already out of the map: waits for its running task, runs the
-    /// end command, removes the container.
+    /// The end of a session already out of the map (in `ending`): waits for its running
+    /// task, runs the end command, removes the container.
     async fn finish_session(&self, session: Arc<Session>) {
+        self.finish_container(&session).await;
+        // Only now is the container no longer the session's.
+        session.meta.lock().container = None;
+        self.sessions
+            .ending
+            .lock()
+            .retain(|s| !Arc::ptr_eq(s, &session));
+    }
+
+    async fn finish_container(&self, session: &Arc<Session>) {
         session.meta.lock().ended = true;
         self.publish_sessions();
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
             return;
         };
-        session.meta.lock().container = None;
         let pool = self.pool(&session.pool);
         if let (Some(pool), Some(cmd)) = (
             &pool,
@@ -371,11 +404,14 @@ impl Supervisor {
             };
             cold = lease.cold;
             let dirty = lease.dirty;
+            // The session's before it leaves the pool, so the reaper always knows whose it is.
+            session.meta.lock().container = Some(lease.container.clone());
             let (container, conn) = lease.detach();
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
                 if let Err(e) = conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
                     let _ = self.runtime.remove(&container).await;
+                    session.meta.lock().container = None;
                     return Err(SubmitError::Exec(e).into());
                 }
             }
@@ -496,7 +532,9 @@ impl Supervisor {
                     .filter(|s| s.idle_expired())
                     .map(|s| s.id.clone())
                     .collect();
-                ids.iter().filter_map(|id| map.remove(id)).collect()
+                ids.iter()
+                    .filter_map(|id| self.sessions.take_locked(&mut map, id))
+                    .collect()
             };
             for s in expired {
                 tracing::info!(session = %s.id, "session idle past its timeout");
@@ -508,7 +546,13 @@ impl Supervisor {
 
     /// Ends every session (shutdown), running their end commands.
     pub(crate) async fn end_all_sessions(&self) {
-        let all: Vec<Arc<Session>> = self.sessions.map.lock().drain().map(|(_, s)| s).collect();
+        let all: Vec<Arc<Session>> = {
+            let mut map = self.sessions.map.lock();
+            let ids: Vec<String> = map.keys().cloned().collect();
+            ids.iter()
+                .filter_map(|id| self.sessions.take_locked(&mut map, id))
+                .collect()
+        };
         futures_util::future::join_all(all.into_iter().map(|s| self.finish_session(s))).await;
     }
 

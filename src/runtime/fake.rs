@@ -42,6 +42,8 @@ pub struct FakeRuntime {
     next: AtomicUsize,
     /// How long each create takes.
     pub create_delay: Mutex<Duration>,
+    /// How long each remove takes (the container is gone at its end).
+    pub remove_delay: Mutex<Duration>,
     /// The next N creates fail.
     pub fail_creates: AtomicUsize,
     /// While set, every call fails as if the engine were unreachable.
@@ -234,6 +236,10 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.check_up()?;
+        let delay = *self.remove_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut c = self.containers.lock();
         if let Some(c) = c.get_mut(id) {
             if c.state != "removed" {
