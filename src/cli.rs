@@ -56,7 +56,7 @@ enum Command {
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
-    /// Show the pools of a running daemon.
+    /// Show the pools and sessions of a running daemon.
     Status {
         #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
         addr: String,
@@ -374,6 +374,35 @@ async fn status(addr: &str) -> anyhow::Result<ExitCode> {
             n("target"),
             p["utilization"].as_f64().unwrap_or(0.0),
             n("queue_length")
+        );
+    }
+    let resp = client(addr).request("GET", "/v1/sessions", None).await?;
+    let status = resp.status;
+    let body = resp.bytes().await?;
+    if status != 200 {
+        return Err(api_error(status, &body));
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+    println!();
+    if sessions.is_empty() {
+        println!("no sessions");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:<16} {:<11} {:<12} {:>6} {:>8} {:>12}",
+        "SESSION", "POOL", "STATE", "CONTAINER", "TASKS", "IDLE", "IDLE_TIMEOUT"
+    );
+    for s in &sessions {
+        println!(
+            "{:<32} {:<16} {:<11} {:<12} {:>6} {:>7.1}s {:>12}",
+            s["id"].as_str().unwrap_or("?"),
+            s["pool"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["container"].as_str().unwrap_or("-"),
+            s["tasks"].as_u64().unwrap_or(0),
+            s["idle_seconds"].as_f64().unwrap_or(0.0),
+            s["idle_timeout"].as_str().unwrap_or("?"),
         );
     }
     Ok(ExitCode::SUCCESS)
