@@ -847,12 +847,12 @@ impl Supervisor {
         while pool.counts().busy > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Sessions end while their pool is still there to say what its session_end_command
+        // is (state saving must not be skipped because the pool is going); the second pass
+        // catches a session created on it in between.
+        self.end_sessions_of(name).await;
         self.pools.write().remove(name);
-        for s in self.sessions.list() {
-            if s.pool == name {
-                let _ = self.end_session(&s.id).await;
-            }
-        }
+        self.end_sessions_of(name).await;
         let ids: Vec<u64> = pool.state.lock().members.keys().copied().collect();
         {
             let mut st = pool.state.lock();
@@ -872,6 +872,18 @@ impl Supervisor {
         }
         self.metrics.forget_pool(name);
         tracing::info!(pool = %name, "pool removed by reload");
+    }
+
+    async fn end_sessions_of(&self, pool: &str) {
+        let ends = self
+            .sessions
+            .list()
+            .into_iter()
+            .filter(|s| s.pool == pool)
+            .map(|s| async move {
+                let _ = self.end_session(&s.id).await;
+            });
+        futures_util::future::join_all(ends).await;
     }
 
     /// Pool status for the API.
