@@ -132,6 +132,13 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         Err(e) => return Err(e.into()),
     };
     init_logs(log_format);
+    // SIGHUP's default action ends the process: take it over before anything can take a
+    // while (waiting for the engine, warming pools), so a reload sent early (say, by a
+    // `systemctl reload` during start-up) is held until start-up is done, not fatal.
+    let mut hup = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
+    };
     let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
         .await
@@ -186,8 +193,6 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     supervisor.start(&config).await?;
     tracing::info!(pools = config.pools.len(), "pools warming");
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
             let _ = crate::api::reload(&state).await;

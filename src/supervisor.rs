@@ -792,6 +792,11 @@ impl Supervisor {
     /// loop sees their old spec hash); sizing and timing changes touch no container.
     pub async fn reload(self: &Arc<Self>, new: &Config) -> Result<ReloadSummary, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        if !self.started.load(Ordering::Acquire) {
+            // start() creates the pools of the file it read without this lock: a reload now
+            // would race it (and may wait on an engine that is not there yet).
+            return Err("the daemon is still starting (waiting for the engine or creating pools); reload once /readyz answers".into());
+        }
         let mut summary = ReloadSummary::default();
         let current: Vec<String> = self.pools.read().keys().cloned().collect();
         for name in &current {
