@@ -372,9 +372,13 @@ impl Supervisor {
             cold = lease.cold;
             let dirty = lease.dirty;
             let (container, conn) = lease.detach();
+            // Out of the pool, so claimed here at once: the reaper removes running containers
+            // of ours that neither a pool nor a session knows, and the reset below awaits.
+            session.meta.lock().container = Some(container.clone());
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
                 if let Err(e) = conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
+                    session.meta.lock().container = None;
                     let _ = self.runtime.remove(&container).await;
                     return Err(SubmitError::Exec(e).into());
                 }
@@ -391,7 +395,6 @@ impl Supervisor {
                     tracing::warn!(session = %sid, error = %e, "could not name the session's container; it will not survive a daemon restart");
                 }
             });
-            session.meta.lock().container = Some(container.clone());
             *slot = Some((container, conn));
             self.publish_sessions();
         }
