@@ -768,6 +768,18 @@ impl Supervisor {
             }
         });
         futures_util::future::join_all(removals).await;
+        // Starts still in flight end by retiring their container (the pools are closed),
+        // and retirements remove in the background: wait for both, or a container created
+        // after the sweep below, or one whose removal the exit cuts short, outlives us.
+        let settle = Instant::now() + grace.max(Duration::from_secs(10));
+        while Instant::now() < settle
+            && self.pools().iter().any(|p| {
+                let st = p.state.lock();
+                st.starting > 0 || st.retiring > 0
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Whatever else carries our daemon id (a start that raced the shutdown).
         if let Ok(list) = self.list_ours().await {
             for c in list {
