@@ -187,6 +187,25 @@ fn parse_octal(h: &[u8]) -> Result<u64, Failure> {
     u64::from_str_radix(text, 8).map_err(|_| (BAD_ARCHIVE, format!("bad number {text:?} in a tar header")))
 }
 
+/// A header's checksum: the sum of its bytes with the checksum field read as spaces (some
+/// old writers summed signed bytes, which is accepted too). Without this check, any body
+/// would be taken for entries with garbage names.
+fn check_sum(h: &[u8]) -> Result<(), Failure> {
+    let stored = parse_octal(&h[148..156])
+        .map_err(|_| (BAD_ARCHIVE, "the body is not a tar archive (bad header checksum)".to_string()))?;
+    let field = |i: usize| if (148..156).contains(&i) { b' ' } else { h[i] };
+    let unsigned: u64 = (0..BLOCK).map(|i| field(i) as u64).sum();
+    let signed: i64 = (0..BLOCK).map(|i| field(i) as i8 as i64).sum();
+    if stored == unsigned || stored as i64 == signed {
+        Ok(())
+    } else {
+        Err((
+            BAD_ARCHIVE,
+            "the body is not a tar archive (a header's checksum does not match)".to_string(),
+        ))
+    }
+}
+
 /// The entry's path under `dir`, refusing absolute paths, `..`, and existing symlinks on the
 /// way (an archive must not write outside its directory).
 fn safe_join(dir: &Path, name: &[u8]) -> Result<PathBuf, Failure> {
@@ -227,6 +246,15 @@ fn extract(dir: &Path, data: &[u8]) -> Result<(), Failure> {
     if !dir.is_dir() {
         return Err((WRONG_KIND, format!("{} is not a directory", dir.display())));
     }
+    if data.len() % BLOCK != 0 {
+        return Err((
+            BAD_ARCHIVE,
+            format!(
+                "the body is not a tar archive ({} bytes, not a whole number of 512-byte blocks)",
+                data.len()
+            ),
+        ));
+    }
     let mut at = 0;
     let mut long_name: Option<Vec<u8>> = None;
     while at + BLOCK <= data.len() {
@@ -235,6 +263,7 @@ fn extract(dir: &Path, data: &[u8]) -> Result<(), Failure> {
         if h.iter().all(|b| *b == 0) {
             break;
         }
+        check_sum(h)?;
         let size = parse_octal(&h[124..136])? as usize;
         let body_end = at + size;
         if body_end > data.len() {
@@ -388,6 +417,20 @@ mod tests {
         let mut a = archive(&[(b"f", b'0', b"hello")]);
         a.truncate(BLOCK + 2);
         assert_eq!(extract(&scratch("short"), &a).unwrap_err().0, BAD_ARCHIVE);
+    }
+
+    #[test]
+    fn what_is_not_a_tar_archive_is_refused() {
+        let d = scratch("junk");
+        assert_eq!(extract(&d, b"not a tar archive").unwrap_err().0, BAD_ARCHIVE);
+        assert_eq!(extract(&d, &[b'j'; BLOCK * 3]).unwrap_err().0, BAD_ARCHIVE);
+        let mut a = archive(&[(b"f", b'0', b"hello")]);
+        a[0] = b'g'; // the name changed, the checksum did not
+        assert_eq!(extract(&d, &a).unwrap_err().0, BAD_ARCHIVE);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "nothing written");
+        extract(&d, b"").unwrap();
+        extract(&d, &archive(&[(b"f", b'0', b"hello")])).unwrap();
+        assert_eq!(fs::read(d.join("f")).unwrap(), b"hello");
     }
 
     #[test]

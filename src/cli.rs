@@ -56,7 +56,7 @@ enum Command {
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
-    /// Show the pools of a running daemon.
+    /// Show the pools and sessions of a running daemon.
     Status {
         #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
         addr: String,
@@ -147,6 +147,13 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     // Before anything is created: from here on SIGTERM and Ctrl-C mean an orderly stop, never
     // the default action that would kill the process with its containers left behind.
     let mut signals = ShutdownSignals::new().context("cannot install the signal handlers")?;
+    // SIGHUP's default action ends the process: take it over before anything can take a
+    // while (waiting for the engine, warming pools), so a reload sent early (say, by a
+    // `systemctl reload` during start-up) is held until start-up is done, not fatal.
+    let mut hup = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
+    };
     let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
     let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
         .await
@@ -225,8 +232,6 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
     if !signalled {
         tracing::info!(pools = config.pools.len(), "pools warming");
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = crate::api::reload(&state).await;
@@ -428,6 +433,35 @@ async fn status(addr: &str) -> anyhow::Result<ExitCode> {
             n("target"),
             p["utilization"].as_f64().unwrap_or(0.0),
             n("queue_length")
+        );
+    }
+    let resp = client(addr).request("GET", "/v1/sessions", None).await?;
+    let status = resp.status;
+    let body = resp.bytes().await?;
+    if status != 200 {
+        return Err(api_error(status, &body));
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+    println!();
+    if sessions.is_empty() {
+        println!("no sessions");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:<16} {:<11} {:<12} {:>6} {:>8} {:>12}",
+        "SESSION", "POOL", "STATE", "CONTAINER", "TASKS", "IDLE", "IDLE_TIMEOUT"
+    );
+    for s in &sessions {
+        println!(
+            "{:<32} {:<16} {:<11} {:<12} {:>6} {:>7.1}s {:>12}",
+            s["id"].as_str().unwrap_or("?"),
+            s["pool"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["container"].as_str().unwrap_or("-"),
+            s["tasks"].as_u64().unwrap_or(0),
+            s["idle_seconds"].as_f64().unwrap_or(0.0),
+            s["idle_timeout"].as_str().unwrap_or("?"),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -556,6 +556,28 @@ async fn shutdown_grace_bounds_the_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_starts_in_flight_and_their_removal() {
+    // The process exits when shutdown returns: a container whose start was still in flight
+    // (created after the final sweep) or whose removal was still running would outlive it.
+    let (sup, fake) = setup(pool_cfg(1, 1, 3)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    *fake.create_delay.lock() = Duration::from_secs(5);
+    let s2 = sup.clone();
+    let _busy = tokio::spawn(async move { run(&s2, &["sleep", "1"]).await });
+    let s3 = sup.clone();
+    let _waiting = tokio::spawn(async move { run(&s3, &["echo"]).await });
+    settle(&sup, "a start in flight", |c| c.starting > 0).await;
+    sup.shutdown(Duration::from_secs(30)).await;
+    let c = counts(&sup);
+    assert_eq!(
+        (c.starting, c.retiring),
+        (0, 0),
+        "shutdown returned with work in flight: {c:?}"
+    );
+    assert!(fake.live().is_empty(), "left behind: {:?}", fake.live());
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_reaper_removes_containers_no_pool_knows() {
     let (sup, fake) = setup(pool_cfg(1, 1, 1)).await;
     settle(&sup, "1 idle", |c| c.idle == 1).await;

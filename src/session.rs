@@ -407,9 +407,13 @@ impl Supervisor {
             // The session's before it leaves the pool, so the reaper always knows whose it is.
             session.meta.lock().container = Some(lease.container.clone());
             let (container, conn) = lease.detach();
+            // Out of the pool, so claimed here at once: the reaper removes running containers
+            // of ours that neither a pool nor a session knows, and the reset below awaits.
+            session.meta.lock().container = Some(container.clone());
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
                 if let Err(e) = conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
+                    session.meta.lock().container = None;
                     let _ = self.runtime.remove(&container).await;
                     session.meta.lock().container = None;
                     return Err(SubmitError::Exec(e).into());
@@ -427,7 +431,6 @@ impl Supervisor {
                     tracing::warn!(session = %sid, error = %e, "could not name the session's container; it will not survive a daemon restart");
                 }
             });
-            session.meta.lock().container = Some(container.clone());
             *slot = Some((container, conn));
             self.publish_sessions();
         }

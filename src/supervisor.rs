@@ -810,7 +810,11 @@ impl Supervisor {
             }
         });
         futures_util::future::join_all(removals).await;
-        self.settle(|c| c.retiring == 0, "container removals").await;
+        self.settle(
+            |c| c.retiring == 0 && c.unhealthy == 0,
+            "container removals",
+        )
+        .await;
         // Whatever else carries our daemon id (a start that raced the shutdown).
         if let Ok(list) = self.list_ours().await {
             for c in list {
@@ -835,6 +839,11 @@ impl Supervisor {
     /// loop sees their old spec hash); sizing and timing changes touch no container.
     pub async fn reload(self: &Arc<Self>, new: &Config) -> Result<ReloadSummary, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        if !self.started.load(Ordering::Acquire) {
+            // start() creates the pools of the file it read without this lock: a reload now
+            // would race it (and may wait on an engine that is not there yet).
+            return Err("the daemon is still starting (waiting for the engine or creating pools); reload once /readyz answers".into());
+        }
         let mut summary = ReloadSummary::default();
         let current: Vec<String> = self.pools.read().keys().cloned().collect();
         for name in &current {
@@ -890,12 +899,12 @@ impl Supervisor {
         while pool.counts().busy > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Sessions end while their pool is still there to say what its session_end_command
+        // is (state saving must not be skipped because the pool is going); the second pass
+        // catches a session created on it in between.
+        self.end_sessions_of(name).await;
         self.pools.write().remove(name);
-        for s in self.sessions.list() {
-            if s.pool == name {
-                let _ = self.end_session(&s.id).await;
-            }
-        }
+        self.end_sessions_of(name).await;
         let ids: Vec<u64> = pool.state.lock().members.keys().copied().collect();
         {
             let mut st = pool.state.lock();
@@ -930,6 +939,18 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn end_sessions_of(&self, pool: &str) {
+        let ends = self
+            .sessions
+            .list()
+            .into_iter()
+            .filter(|s| s.pool == pool)
+            .map(|s| async move {
+                let _ = self.end_session(&s.id).await;
+            });
+        futures_util::future::join_all(ends).await;
     }
 
     /// Pool status for the API.
