@@ -498,6 +498,15 @@ async fn submit_task(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if state.supervisor.pool(&pool).is_none() {
+        if !state.supervisor.is_started() {
+            // Pools appear once start-up is over (it waits for the engine): not a 404 yet.
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the daemon is still starting (waiting for the container engine or warming pools); retry shortly",
+            )
+            .retry_after(2));
+        }
         return Err(SubmitError::UnknownPool(pool).into());
     }
     let (request, session) = parse_body::<TaskBody>(body)?.into_request()?;

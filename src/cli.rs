@@ -155,9 +155,7 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
     };
     let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
-    let runtime = crate::runtime::docker::DockerRuntime::connect(config.docker.host.as_deref())
-        .await
-        .context("cannot set up the Docker client (check [docker] host or DOCKER_HOST)")?;
+    let runtime = crate::runtime::docker::DockerRuntime::new(config.docker.host.as_deref());
     let shim_path = crate::shim::install(&crate::shim::default_dir())
         .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
     let metrics = Arc::new(crate::metrics::Metrics::new());

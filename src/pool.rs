@@ -222,24 +222,22 @@ impl Pool {
             }
             let c = counts(&st);
             let at_max = c.live() >= cfg.max && st.waiters.len() >= c.starting;
-            match cfg.on_exhausted {
-                OnExhausted::Fail if at_max => {
-                    return Err(AcquireError::Exhausted {
-                        pool: self.name.clone(),
-                        max: cfg.max,
-                    })
-                }
-                OnExhausted::Cold if at_max => {
-                    st.starting += 1;
-                    self.spawn_start(true);
-                }
-                _ => {}
+            if cfg.on_exhausted == OnExhausted::Fail && at_max {
+                return Err(AcquireError::Exhausted {
+                    pool: self.name.clone(),
+                    max: cfg.max,
+                });
             }
             if st.waiters.len() >= cfg.max_queue {
                 return Err(AcquireError::QueueFull {
                     pool: self.name.clone(),
                     queued: st.waiters.len(),
                 });
+            }
+            // Only for a task that will wait for it: a refused one must not start a container.
+            if cfg.on_exhausted == OnExhausted::Cold && at_max {
+                st.starting += 1;
+                self.spawn_start(true);
             }
             let (tx, rx) = oneshot::channel();
             st.next_id += 1;

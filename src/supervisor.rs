@@ -130,6 +130,11 @@ impl Supervisor {
         self.pools.read().values().cloned().collect()
     }
 
+    /// Every configured pool exists (start-up is over).
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     pub fn engine_up(&self) -> bool {
         self.engine_up.load(Ordering::Acquire)
     }
@@ -578,6 +583,12 @@ impl Supervisor {
                     tracing::error!("container engine unreachable");
                 }
                 for pool in self.pools() {
+                    if up {
+                        // Failures from the outage say nothing about the engine now back.
+                        let mut st = pool.state.lock();
+                        st.start_failures = 0;
+                        st.backoff_until = None;
+                    }
                     pool.wake.notify_one();
                 }
             }

@@ -891,3 +891,38 @@ health_check_interval = "2s"
         ) >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_before_the_engine_waits_for_it_then_serves() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let path = sock_dir.path().join("engine.sock");
+    let proxy = EngineProxy::start(&path);
+    // No engine at all at start: not even a socket file.
+    proxy.cut();
+    std::fs::remove_file(&path).unwrap();
+    let d = Daemon::start_with(
+        r#"
+[pools.late]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+"#,
+        &[("DOCKER_HOST", &proxy.url())],
+    )
+    .await;
+    // Alive, not ready, and a task is told to come back rather than that the pool is unknown.
+    let (status, v) = d.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{v}");
+    let (status, v) = d.task("late", json!({"cmd": ["true"]})).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "starting", "{v}");
+    assert!(containers(&d.instance, None).is_empty());
+
+    proxy.restore();
+    d.wait_ready(LONG).await;
+    let (status, v) = d.task("late", json!({"shell": "echo served"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "served\n");
+    assert_eq!(metric(&metrics(&d).await, "warmpool_engine_up", &[]), 1.0);
+}

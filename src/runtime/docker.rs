@@ -21,26 +21,53 @@ use super::{
     RuntimeError, LABEL_MANAGED,
 };
 
-/// The Docker engine. Cloning shares the connection settings (bollard opens a connection
-/// per request on the unix socket, so there is no pool to share).
-#[derive(Clone)]
+/// The Docker engine. The client is made on first use, so a daemon started before the
+/// engine (or its socket) exists waits for it instead of failing.
 pub struct DockerRuntime {
-    docker: Docker,
+    host: String,
+    docker: parking_lot::RwLock<Option<Docker>>,
 }
 
 impl DockerRuntime {
-    /// Connects to `host` (`unix://...`, `tcp://...`), or to `DOCKER_HOST` / the local socket,
-    /// and negotiates the API version so older engines (20.10 speaks 1.41) are served.
-    pub async fn connect(host: Option<&str>) -> Result<Self, RuntimeError> {
-        let docker = match host {
-            Some(h) => Docker::connect_with_host(h),
-            None => Docker::connect_with_defaults(),
+    /// For `host` (`unix://...`, `tcp://...`), or `DOCKER_HOST`, or the local socket. It
+    /// speaks API 1.41, that of Docker 20.10, which every later engine still serves.
+    pub fn new(host: Option<&str>) -> Self {
+        let host = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        DockerRuntime {
+            host,
+            docker: parking_lot::RwLock::new(None),
+        }
+    }
+
+    fn client(&self) -> Result<Docker, RuntimeError> {
+        if let Some(d) = self.docker.read().as_ref() {
+            return Ok(d.clone());
+        }
+        let host = self.host.as_str();
+        let docker = if host.starts_with("unix://") {
+            Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, &BASELINE_API)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, &BASELINE_API)
+        } else {
+            Docker::connect_with_host(host)
         }
         .map_err(map_err)?;
-        let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(DockerRuntime { docker })
+        *self.docker.write() = Some(docker.clone());
+        Ok(docker)
     }
 }
+
+/// The API version of Docker 20.10, which every later engine still serves.
+const BASELINE_API: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// Per request; attached streams, once upgraded, are not bound by it.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
 
 fn map_err(e: bollard::errors::Error) -> RuntimeError {
     use bollard::errors::Error as E;
@@ -76,11 +103,11 @@ fn managed_filter() -> HashMap<String, Vec<String>> {
 #[async_trait]
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        self.docker.ping().await.map(|_| ()).map_err(map_err)
+        self.client()?.ping().await.map(|_| ()).map_err(map_err)
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        match self.docker.inspect_image(image).await {
+        match self.client()?.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(false),
@@ -107,7 +134,7 @@ impl Runtime for DockerRuntime {
             )])),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        match self.client()?.create_network(request).await {
             Ok(_) => Ok(()),
             // Another pool start raced us to it: that is the network we wanted.
             Err(e) if e.to_string().contains("already exists") => Ok(()),
@@ -117,7 +144,7 @@ impl Runtime for DockerRuntime {
 
     async fn network_exists(&self, name: &str) -> Result<bool, RuntimeError> {
         match self
-            .docker
+            .client()?
             .inspect_network(
                 name,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
@@ -133,7 +160,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_network(name).await {
+        match self.client()?.remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(()),
@@ -144,7 +171,7 @@ impl Runtime for DockerRuntime {
 
     async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError> {
         let nets = self
-            .docker
+            .client()?
             .list_networks(Some(ListNetworksOptions {
                 filters: Some(managed_filter()),
             }))
@@ -200,7 +227,7 @@ impl Runtime for DockerRuntime {
             ..Default::default()
         };
         let created = self
-            .docker
+            .client()?
             .create_container(Some(options), body)
             .await
             .map_err(map_err)?;
@@ -217,7 +244,7 @@ impl Runtime for DockerRuntime {
             detach_keys: None,
         };
         let attached = self
-            .docker
+            .client()?
             .attach_container(id, Some(options))
             .await
             .map_err(map_err)?;
@@ -231,7 +258,10 @@ impl Runtime for DockerRuntime {
                         Some(Ok(message))
                     }
                     Ok(LogOutput::StdErr { message }) => {
-                        tracing::warn!(container = %short, "shim: {}", String::from_utf8_lossy(&message).trim_end());
+                        // Debug-quoted: a task can write here too (it runs as the shim's user),
+                        // and must not be able to forge log lines.
+                        let text = String::from_utf8_lossy(&message);
+                        tracing::warn!(container = %short, "shim: {:?}", text.trim_end());
                         None
                     }
                     Ok(LogOutput::StdIn { .. }) => None,
@@ -246,14 +276,14 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker
+        self.client()?
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
             .map_err(map_err)
     }
 
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
-        self.docker
+        self.client()?
             .rename_container(
                 id,
                 bollard::query_parameters::RenameContainerOptions {
@@ -270,7 +300,7 @@ impl Runtime for DockerRuntime {
             v: true,
             link: false,
         };
-        match self.docker.remove_container(id, Some(options)).await {
+        match self.client()?.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(()),
@@ -283,7 +313,7 @@ impl Runtime for DockerRuntime {
 
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let list = self
-            .docker
+            .client()?
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(managed_filter()),
@@ -311,7 +341,7 @@ impl Runtime for DockerRuntime {
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
         let info = self
-            .docker
+            .client()?
             .inspect_container(
                 id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
@@ -323,7 +353,7 @@ impl Runtime for DockerRuntime {
 
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         let created = self
-            .docker
+            .client()?
             .create_exec(
                 id,
                 CreateExecOptions {
@@ -340,7 +370,7 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(map_err)?;
         let started = self
-            .docker
+            .client()?
             .start_exec(
                 &created.id,
                 Some(StartExecOptions {
@@ -381,7 +411,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
-        let info = self.docker.inspect_exec(exec_id).await.map_err(map_err)?;
+        let info = self
+            .client()?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(map_err)?;
         if info.running.unwrap_or(false) {
             Ok(None)
         } else {
@@ -396,7 +430,7 @@ impl Runtime for DockerRuntime {
             path: dir.to_string(),
             ..Default::default()
         };
-        self.docker
+        self.client()?
             .upload_to_container(id, Some(options), bollard::body_full(tar))
             .await
             .map_err(map_err)
@@ -411,7 +445,7 @@ impl Runtime for DockerRuntime {
             path: path.to_string(),
         };
         let mut stream = self
-            .docker
+            .client()?
             .download_from_container(id, Some(options))
             .map_err(map_err)
             .boxed();
