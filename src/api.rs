@@ -423,11 +423,9 @@ impl TaskBody {
     }
 }
 
-/// Parses a JSON body, turning every way it can be wrong into a clear 400 or 413.
-pub fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
+/// A raw body, or the reason there is none as a clear 413 or 400.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -437,7 +435,14 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
         }
-    })?;
+    })
+}
+
+/// Parses a JSON body, turning every way it can be wrong into a clear 400 or 413.
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

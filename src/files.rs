@@ -81,26 +81,12 @@ async fn run(
     }
 }
 
-fn body_or_413(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is larger than server.max_request_body",
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
-        }
-    })
-}
-
 pub async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_or_413(body)?;
+    let body = crate::api::body_bytes(body)?;
     let path = absolute(&path)?;
     let size = body.len();
     run(
@@ -133,7 +119,7 @@ pub async fn put_archive(
     Path((id, dir)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_or_413(body)?;
+    let body = crate::api::body_bytes(body)?;
     let dir = absolute(&dir)?;
     run(
         &state,

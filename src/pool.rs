@@ -466,25 +466,7 @@ impl Pool {
                     st.start_failures = 0;
                     st.backoff_until = None;
                     st.last_start_error = None;
-                    st.next_id += 1;
-                    let id = st.next_id;
-                    let now = Instant::now();
-                    st.members.insert(
-                        id,
-                        Member {
-                            container,
-                            name,
-                            conn,
-                            state: MemberState::Busy,
-                            created: now,
-                            last_used: now,
-                            uses: 0,
-                            max_age: jitter(cfg.max_age),
-                            spec_hash: spec_hash.to_string(),
-                            extra,
-                            dirty: false,
-                        },
-                    );
+                    let id = add_member(&mut st, container, name, conn, &cfg, spec_hash, extra);
                     if st.closed {
                         pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
                     } else {
@@ -597,25 +579,7 @@ impl Pool {
     pub fn adopt(self: &Arc<Self>, container: String, name: String, conn: Conn, spec_hash: String) {
         let cfg = self.config();
         let mut st = self.state.lock();
-        st.next_id += 1;
-        let id = st.next_id;
-        let now = Instant::now();
-        st.members.insert(
-            id,
-            Member {
-                container,
-                name,
-                conn,
-                state: MemberState::Busy,
-                created: now,
-                last_used: now,
-                uses: 0,
-                max_age: jitter(cfg.max_age),
-                spec_hash,
-                extra: false,
-                dirty: false,
-            },
-        );
+        let id = add_member(&mut st, container, name, conn, &cfg, spec_hash, false);
         self.offer(&mut st, id, false);
         self.publish(&st);
     }
@@ -759,6 +723,38 @@ impl Drop for Lease {
             );
         }
     }
+}
+
+/// Makes a running, attached container a member, busy until the caller offers it.
+fn add_member(
+    st: &mut State,
+    container: String,
+    name: String,
+    conn: Conn,
+    cfg: &PoolConfig,
+    spec_hash: String,
+    extra: bool,
+) -> u64 {
+    st.next_id += 1;
+    let id = st.next_id;
+    let now = Instant::now();
+    st.members.insert(
+        id,
+        Member {
+            container,
+            name,
+            conn,
+            state: MemberState::Busy,
+            created: now,
+            last_used: now,
+            uses: 0,
+            max_age: jitter(cfg.max_age),
+            spec_hash,
+            extra,
+            dirty: false,
+        },
+    );
+    id
 }
 
 fn jitter(max_age: Duration) -> Duration {
