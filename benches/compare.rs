@@ -1,0 +1,834 @@
+//! `cargo bench --bench compare`: one run, one engine, one image, four ways to run `true`:
+//!
+//! 1. cold `docker run`: create + start + wait + remove, through the Engine API (bollard);
+//! 2. raw `docker exec` into a running container through the Engine API (create exec, start
+//!    attached, read to end, inspect the exit code);
+//! 3. warmpool with `exec = "docker-exec"`, through its HTTP API;
+//! 4. warmpool with the shim, through its HTTP API.
+//!
+//! For each: p50/p99 of N tasks one after another, and tasks/s with 8 concurrent clients on 4
+//! containers. Then the daemon's RSS with 20 warm containers. Prints a markdown table.
+//!
+//! The bench starts `target/release/warmpool` itself (cargo builds it for benches and passes
+//! its path as `CARGO_BIN_EXE_warmpool`) with its own `WARMPOOL_INSTANCE`, on a free loopback
+//! port, and stops it with SIGTERM at the end, on panic too. Containers it creates for modes
+//! 1 and 2 carry the label `warmpool.bench=<instance>` and are removed the same way.
+//!
+//! Knobs (environment): WARMPOOL_BENCH_N (sequential tasks of the fast modes, 200),
+//! WARMPOOL_BENCH_N_COLD (sequential cold runs, 30), WARMPOOL_BENCH_SECS (seconds of each
+//! concurrent phase, 5), WARMPOOL_BENCH_CLIENTS (8), WARMPOOL_BENCH_POOL (containers per pool,
+//! 4), WARMPOOL_BENCH_RSS_WARM (20; 0 skips the RSS step), WARMPOOL_BENCH_MODES (comma list
+//! of cold,exec,pool-exec,pool-shim; all by default), WARMPOOL_BENCH_INSTANCE (bench).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+const IMAGE: &str = "warmpool/agent:latest";
+const BENCH_LABEL: &str = "warmpool.bench";
+
+struct Settings {
+    n_fast: usize,
+    n_cold: usize,
+    secs: f64,
+    clients: usize,
+    pool: usize,
+    rss_warm: usize,
+    modes: Vec<String>,
+    instance: String,
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let modes = env_or("WARMPOOL_BENCH_MODES", "cold,exec,pool-exec,pool-shim".to_string());
+        Settings {
+            n_fast: env_or("WARMPOOL_BENCH_N", 200),
+            n_cold: env_or("WARMPOOL_BENCH_N_COLD", 30),
+            secs: env_or("WARMPOOL_BENCH_SECS", 5.0),
+            clients: env_or("WARMPOOL_BENCH_CLIENTS", 8),
+            pool: env_or("WARMPOOL_BENCH_POOL", 4),
+            rss_warm: env_or("WARMPOOL_BENCH_RSS_WARM", 20),
+            modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
+            instance: env_or("WARMPOOL_BENCH_INSTANCE", "bench".to_string()),
+        }
+    }
+
+    fn wants(&self, mode: &str) -> bool {
+        self.modes.iter().any(|m| m == mode)
+    }
+}
+
+/// One mode's figures.
+struct Row {
+    mode: &'static str,
+    n: usize,
+    p50: f64,
+    p99: f64,
+    tasks: usize,
+    tput: f64,
+    errors: usize,
+    /// For warmpool modes: the daemon's own `run_ms` and `queued_ms` p50 (sequential phase).
+    server: Option<(f64, f64)>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `task` `n` times one after another (after `warmup` unmeasured runs); returns the
+/// sorted latencies in ms and the number of failures.
+async fn sequential<F, Fut>(n: usize, warmup: usize, mut task: F) -> (Vec<f64>, usize)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut errors = 0;
+    for _ in 0..warmup {
+        if let Err(e) = task().await {
+            eprintln!("  warm-up task failed: {e:#}");
+        }
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        match task().await {
+            Ok(()) => lat.push(ms(t.elapsed())),
+            Err(e) => {
+                if errors < 3 {
+                    eprintln!("  task failed: {e:#}");
+                }
+                errors += 1;
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    (lat, errors)
+}
+
+/// `clients` loops running `task(client)` back to back for `secs`; returns tasks done, the
+/// wall time until the last one ended, and failures.
+async fn concurrent<F, Fut>(clients: usize, secs: f64, task: F) -> (usize, Duration, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let task = &task;
+    let loops = (0..clients).map(|c| async move {
+        let (mut done, mut errors) = (0usize, 0usize);
+        while Instant::now() < end {
+            match task(c).await {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    if errors < 2 {
+                        eprintln!("  client {c}: task failed: {e:#}");
+                    }
+                    errors += 1;
+                }
+            }
+        }
+        (done, errors)
+    });
+    let results = futures_util::future::join_all(loops).await;
+    let elapsed = start.elapsed();
+    let done = results.iter().map(|r| r.0).sum();
+    let errors = results.iter().map(|r| r.1).sum();
+    (done, elapsed, errors)
+}
+
+// ---------------------------------------------------------------------------------------
+// Engine-side modes (bollard)
+
+fn bench_labels(instance: &str) -> HashMap<String, String> {
+    HashMap::from([(BENCH_LABEL.to_string(), instance.to_string())])
+}
+
+/// Removes the containers the bench created itself, on every path (panic included).
+struct ContainerGuard {
+    instance: String,
+}
+
+impl ContainerGuard {
+    fn sweep(&self) {
+        let filter = format!("label={BENCH_LABEL}={}", self.instance);
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}
+
+fn container_body(instance: &str, cmd: Vec<String>) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        cmd: Some(cmd),
+        labels: Some(bench_labels(instance)),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            // Same as warmpool's containers: no log files.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `docker run --rm busybox true`, step by step through the Engine API.
+async fn cold_run(docker: &Docker, instance: &str) -> anyhow::Result<()> {
+    let created = docker
+        .create_container(
+            None::<CreateContainerOptions>,
+            container_body(instance, vec!["true".into()]),
+        )
+        .await?;
+    let result = async {
+        docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await?;
+        let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(r)) if r.status_code == 0 => Ok(()),
+            Some(Ok(r)) => anyhow::bail!("exit code {}", r.status_code),
+            Some(Err(e)) => Err(e.into()),
+            None => anyhow::bail!("wait ended without a status"),
+        }
+    }
+    .await;
+    docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    result
+}
+
+/// Starts `n` long-running containers for the raw exec mode.
+async fn exec_targets(docker: &Docker, instance: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        // The same main process as warmpool's docker-exec pools.
+        let cmd = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".into(),
+        ];
+        let created = docker
+            .create_container(None::<CreateContainerOptions>, container_body(instance, cmd))
+            .await?;
+        docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await?;
+        ids.push(created.id);
+    }
+    Ok(ids)
+}
+
+/// `docker exec <c> true`: create the exec, start it attached, read to end, inspect.
+async fn raw_exec(docker: &Docker, container: &str) -> anyhow::Result<()> {
+    let created = docker
+        .create_exec(
+            container,
+            CreateExecOptions::<String> {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(vec!["true".into()]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    match docker
+        .start_exec(
+            &created.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: None,
+            }),
+        )
+        .await?
+    {
+        StartExecResults::Attached { mut output, .. } => {
+            while let Some(chunk) = output.next().await {
+                chunk?;
+            }
+        }
+        StartExecResults::Detached => anyhow::bail!("exec started detached"),
+    }
+    let info = docker.inspect_exec(&created.id).await?;
+    match info.exit_code {
+        Some(0) => Ok(()),
+        other => anyhow::bail!("exec exit code {other:?}"),
+    }
+}
+
+async fn remove_all(docker: &Docker, ids: &[String]) {
+    let removals = ids.iter().map(|id| {
+        docker.remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+    });
+    futures_util::future::join_all(removals).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon
+
+/// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
+/// kills it and removes its instance's containers.
+struct Daemon {
+    child: Option<Child>,
+    instance: String,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn spawn(instance: &str, pools: &str) -> anyhow::Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}"
+        );
+        let config_path = dir.path().join("pools.toml");
+        std::fs::write(&config_path, config)?;
+        let log = dir.path().join("daemon.log");
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_warmpool"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("WARMPOOL_INSTANCE", instance)
+            .env("RUST_LOG", "warmpool=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        Ok(Daemon {
+            child: Some(child),
+            instance: instance.to_string(),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self, client: &warmpool::client::Client) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if let Ok(resp) = client.request("GET", "/readyz", None).await {
+                let status = resp.status;
+                let _ = resp.bytes().await;
+                if status == 200 {
+                    return Ok(start.elapsed());
+                }
+            }
+            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_text());
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                anyhow::bail!("daemon not ready in 180 s:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// VmRSS and VmHWM in KiB.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// SIGTERM and wait; returns how long the shutdown took.
+    fn stop(&mut self) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warmpool did not stop within 60 s after SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+        let filter = format!("label=warmpool.instance={}", self.instance);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").arg("rm").arg("-f").args(ids).status();
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pool_toml(name: &str, exec: &str, size: usize) -> String {
+    // Fixed size, and no replacement by uses or age during the run: the bench measures the
+    // warm path, not container churn (with the default max_uses = 100 every container would
+    // be recreated many times per second of load).
+    format!(
+        "[pools.{name}]\nimage = \"{IMAGE}\"\nexec = \"{exec}\"\nmin = {size}\nwarm = {size}\n\
+         max = {size}\nmax_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\n"
+    )
+}
+
+const TASK_BODY: &[u8] = br#"{"cmd":["true"]}"#;
+
+/// One task through the HTTP API; returns the daemon's own (run_ms, queued_ms).
+async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Result<(f64, f64)> {
+    let resp = client
+        .request(
+            "POST",
+            &format!("/v1/pools/{pool}/tasks"),
+            Some(TASK_BODY.to_vec()),
+        )
+        .await?;
+    let status = resp.status;
+    let body = resp.bytes().await?;
+    if status != 200 {
+        anyhow::bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    if v["exit_code"] != 0 {
+        anyhow::bail!("unexpected answer: {v}");
+    }
+    Ok((
+        v["run_ms"].as_f64().unwrap_or(f64::NAN),
+        v["queued_ms"].as_f64().unwrap_or(f64::NAN),
+    ))
+}
+
+async fn bench_pool(
+    s: &Settings,
+    client: &warmpool::client::Client,
+    mode: &'static str,
+    pool: &str,
+) -> Row {
+    let server = std::cell::RefCell::new(Vec::new());
+    let (lat, errors) = sequential(s.n_fast, 20, || async {
+        let (run, queued) = http_task(client, pool).await?;
+        server.borrow_mut().push((run, queued));
+        Ok(())
+    })
+    .await;
+    let server = server.into_inner();
+    let mut run: Vec<f64> = server.iter().map(|s| s.0).collect();
+    let mut queued: Vec<f64> = server.iter().map(|s| s.1).collect();
+    run.sort_by(f64::total_cmp);
+    queued.sort_by(f64::total_cmp);
+    let (tasks, elapsed, cerrors) = concurrent(s.clients, s.secs, |_| async {
+        http_task(client, pool).await.map(drop)
+    })
+    .await;
+    Row {
+        mode,
+        n: lat.len(),
+        p50: percentile(&lat, 50.0),
+        p99: percentile(&lat, 99.0),
+        tasks,
+        tput: tasks as f64 / elapsed.as_secs_f64(),
+        errors: errors + cerrors,
+        server: Some((percentile(&run, 50.0), percentile(&queued, 50.0))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn machine_facts(version: &bollard::models::SystemVersion) -> Vec<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0))
+        .unwrap_or_default();
+    vec![
+        format!(
+            "nproc: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        format!("cpu: {cpu}"),
+        format!("memory: {mem}"),
+        format!("load average at start: {load}"),
+        format!(
+            "docker: {} (API {}), {} {}, kernel {}",
+            version.version.as_deref().unwrap_or("?"),
+            version.api_version.as_deref().unwrap_or("?"),
+            version.os.as_deref().unwrap_or("?"),
+            version.arch.as_deref().unwrap_or("?"),
+            version.kernel_version.as_deref().unwrap_or("?")
+        ),
+    ]
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    let s = Settings::from_env();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(s))
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new(format!("{root}/scripts/build-demo-image.sh"))
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(built.success(), "scripts/build-demo-image.sh failed");
+
+    let docker = Docker::connect_with_defaults()?.negotiate_version().await?;
+    let version = docker.version().await?;
+    let facts = machine_facts(&version);
+    eprintln!("warmpool compare bench: {}", facts.join("; "));
+    let guard = ContainerGuard {
+        instance: s.instance.clone(),
+    };
+    guard.sweep(); // leftovers of an interrupted run
+    let mut rows: Vec<Row> = Vec::new();
+
+    // The daemon first, so its pools warm while nothing else is measured.
+    let want_daemon = s.wants("pool-exec") || s.wants("pool-shim");
+    let mut daemon = None;
+    let client;
+    if want_daemon {
+        let mut pools = String::new();
+        if s.wants("pool-exec") {
+            pools += &pool_toml("dexec", "docker-exec", s.pool);
+        }
+        if s.wants("pool-shim") {
+            pools += &pool_toml("shim", "shim", s.pool);
+        }
+        let mut d = Daemon::spawn(&s.instance, &pools)?;
+        client = warmpool::client::Client::new(&d.base, None);
+        let took = d.wait_ready(&client).await?;
+        eprintln!("daemon ready in {:.1} s", took.as_secs_f64());
+        daemon = Some(d);
+    } else {
+        client = warmpool::client::Client::new("http://127.0.0.1:1", None);
+    }
+
+    if s.wants("cold") {
+        eprintln!("cold docker run: {} sequential...", s.n_cold);
+        let (lat, errors) = sequential(s.n_cold, 2, || cold_run(&docker, &s.instance)).await;
+        eprintln!("cold docker run: {} clients for {} s...", s.clients, s.secs);
+        let (tasks, elapsed, cerrors) =
+            concurrent(s.clients, s.secs, |_| cold_run(&docker, &s.instance)).await;
+        rows.push(Row {
+            mode: "cold `docker run` (create+start+wait+rm)",
+            n: lat.len(),
+            p50: percentile(&lat, 50.0),
+            p99: percentile(&lat, 99.0),
+            tasks,
+            tput: tasks as f64 / elapsed.as_secs_f64(),
+            errors: errors + cerrors,
+            server: None,
+        });
+    }
+
+    if s.wants("exec") {
+        let ids = exec_targets(&docker, &s.instance, s.pool).await?;
+        eprintln!("raw docker exec: {} sequential...", s.n_fast);
+        let (lat, errors) = sequential(s.n_fast, 5, || raw_exec(&docker, &ids[0])).await;
+        eprintln!(
+            "raw docker exec: {} clients on {} containers for {} s...",
+            s.clients, s.pool, s.secs
+        );
+        let (tasks, elapsed, cerrors) = concurrent(s.clients, s.secs, |c| {
+            raw_exec(&docker, &ids[c % ids.len()])
+        })
+        .await;
+        remove_all(&docker, &ids).await;
+        rows.push(Row {
+            mode: "raw `docker exec` (Engine API)",
+            n: lat.len(),
+            p50: percentile(&lat, 50.0),
+            p99: percentile(&lat, 99.0),
+            tasks,
+            tput: tasks as f64 / elapsed.as_secs_f64(),
+            errors: errors + cerrors,
+            server: None,
+        });
+    }
+
+    if s.wants("pool-exec") {
+        eprintln!("warmpool, exec = docker-exec...");
+        rows.push(bench_pool(&s, &client, "warmpool, `exec = \"docker-exec\"`", "dexec").await);
+    }
+    if s.wants("pool-shim") {
+        eprintln!("warmpool, exec = shim...");
+        rows.push(bench_pool(&s, &client, "warmpool, `exec = \"shim\"`", "shim").await);
+    }
+    let main_rss = daemon.as_ref().map(|d| d.rss_kib());
+    if let Some(mut d) = daemon.take() {
+        if let Some(took) = d.stop() {
+            eprintln!("daemon stopped in {:.1} s", took.as_secs_f64());
+        }
+    }
+
+    // RSS with `rss_warm` warm containers, on a daemon of its own.
+    let mut rss = None;
+    if s.rss_warm > 0 {
+        eprintln!("RSS: a daemon with {} warm shim containers...", s.rss_warm);
+        let mut d = Daemon::spawn(&s.instance, &pool_toml("rss", "shim", s.rss_warm))?;
+        let c = warmpool::client::Client::new(&d.base, None);
+        let took = d.wait_ready(&c).await?;
+        // Let the start-up settle (the last attach, the first health checks are 30 s away).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let warm = d.rss_kib();
+        let secs = (s.secs / 2.0).max(1.0);
+        let (tasks, _, _) = concurrent(s.clients, secs, |_| async {
+            http_task(&c, "rss").await.map(drop)
+        })
+        .await;
+        let loaded = d.rss_kib();
+        let stopped = d.stop();
+        rss = Some((took, warm, loaded, tasks, stopped));
+    }
+    drop(guard);
+
+    // ------------------------------------------------------------------------------------
+    let raw_p50 = rows
+        .iter()
+        .find(|r| r.mode.starts_with("raw"))
+        .map(|r| r.p50);
+    println!();
+    println!("## warmpool compare: `true` run one after another, and by concurrent clients");
+    println!();
+    println!(
+        "| mode | p50 ms | p99 ms | tasks/s @{} clients | speed-up vs raw exec (p50) |",
+        s.clients
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let speedup = raw_p50.map_or("n/a".to_string(), |raw| format!("{:.1}×", raw / r.p50));
+        println!(
+            "| {} | {} | {} | {:.1} | {} |",
+            r.mode,
+            fmt_ms(r.p50),
+            fmt_ms(r.p99),
+            r.tput,
+            speedup
+        );
+    }
+    println!();
+    for r in &rows {
+        let mut line = format!(
+            "- {}: {} sequential, {} concurrent tasks",
+            r.mode, r.n, r.tasks
+        );
+        if let Some((run, queued)) = r.server {
+            line += &format!(
+                "; daemon-reported p50 run_ms {} and queued_ms {} (the rest is HTTP, JSON and scheduling)",
+                fmt_ms(run),
+                fmt_ms(queued)
+            );
+        }
+        if r.errors > 0 {
+            line += &format!("; **{} failed**", r.errors);
+        }
+        println!("{line}");
+    }
+    println!(
+        "- HTTP client: warmpool::client::Client (hyper 1, HTTP/1.1 keep-alive, one connection per \
+         concurrent client), task body `{}`, the full JSON answer read and checked.",
+        String::from_utf8_lossy(TASK_BODY)
+    );
+    println!(
+        "- concurrent phase: {} clients for {} s on pools of {} containers (raw exec: {} clients \
+         on {} containers); pools have min = warm = max, reset_workdir = true (the default).",
+        s.clients, s.secs, s.pool, s.clients, s.pool
+    );
+    if let Some((rss_kib, hwm)) = main_rss {
+        println!(
+            "- daemon of the table ({} containers) after its load: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+            [s.wants("pool-exec"), s.wants("pool-shim")]
+                .iter()
+                .filter(|w| **w)
+                .count()
+                * s.pool,
+            rss_kib as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+    }
+    let mut rss_ok = None;
+    if let Some((took, warm, loaded, tasks, _)) = rss {
+        println!();
+        println!(
+            "**RSS** with {} warm shim containers (min = warm = {}): VmRSS {:.1} MiB when ready \
+             ({:.1} s to ready), {:.1} MiB after {} tasks from {} clients (VmHWM {:.1} MiB)",
+            s.rss_warm,
+            s.rss_warm,
+            warm.0 as f64 / 1024.0,
+            took.as_secs_f64(),
+            loaded.0 as f64 / 1024.0,
+            tasks,
+            s.clients,
+            loaded.1 as f64 / 1024.0
+        );
+        rss_ok = Some(warm.0.max(loaded.0) as f64 / 1024.0);
+    }
+    println!();
+    println!("**Machine**");
+    println!();
+    for f in &facts {
+        println!("- {f}");
+    }
+    if let Some(shim) = rows.iter().find(|r| r.mode.contains("shim")) {
+        println!();
+        println!("**Targets** (shim path, reported, not asserted)");
+        println!();
+        println!(
+            "- end-to-end p50 ≤ 2 ms: {} ({} ms)",
+            met(shim.p50 <= 2.0),
+            fmt_ms(shim.p50)
+        );
+        if let Some(raw) = raw_p50 {
+            println!(
+                "- ≥ 25× faster than raw docker exec: {} ({:.1}×)",
+                met(raw / shim.p50 >= 25.0),
+                raw / shim.p50
+            );
+        }
+        println!(
+            "- ≥ 500 tasks/s @{} clients: {} ({:.0})",
+            s.clients,
+            met(shim.tput >= 500.0),
+            shim.tput
+        );
+        if let Some(mib) = rss_ok {
+            println!(
+                "- RSS ≤ 50 MiB with {} warm: {} ({:.1} MiB)",
+                s.rss_warm,
+                met(mib <= 50.0),
+                mib
+            );
+        }
+    }
+    Ok(())
+}
