@@ -432,9 +432,12 @@ impl DockerExecConn {
             OutputCap::new(task.max_output),
             OutputCap::new(task.max_output),
         ];
-        let deadline = tokio::time::Instant::now() + task.timeout;
-        let mut poll = tokio::time::interval(EXEC_POLL);
+        let now = tokio::time::Instant::now();
+        let deadline = now + task.timeout;
+        // The first look is one period in: a task that ends sooner is noticed by its EOF.
+        let mut poll = tokio::time::interval_at(now + EXEC_POLL, EXEC_POLL);
         let mut exit_code = None;
+        let mut eof = false;
         let mut drain_until = None;
         let mut timed_out = false;
         // The start of stdout, where the engine reports a command it could not start.
@@ -442,7 +445,7 @@ impl DockerExecConn {
         loop {
             let drain_deadline = drain_until.unwrap_or(deadline);
             tokio::select! {
-                chunk = output.next() => match chunk {
+                chunk = output.next(), if !eof => match chunk {
                     Some(Ok(ExecChunk::Stdout(b))) => {
                         let room = EXEC_FAILED_HEAD.saturating_sub(head.len());
                         head.extend_from_slice(&b[..b.len().min(room)]);
@@ -452,13 +455,19 @@ impl DockerExecConn {
                     Some(Err(e)) => return Err(e.into()),
                     None => {
                         if exit_code.is_some() { break; }
-                        // EOF before exit: nothing more to read, keep polling for the exit.
-                        output = futures_util::stream::pending().boxed();
+                        // EOF before the exit is known: the output is complete and the exec
+                        // has most likely ended, so ask now rather than at the next tick.
+                        eof = true;
+                        poll.reset_immediately();
                     }
                 },
                 _ = poll.tick(), if exit_code.is_none() => {
                     if let Some(code) = self.runtime.exec_exit_code(&started.exec_id).await? {
                         exit_code = Some(code);
+                        if eof {
+                            // All output is in already: nothing to drain.
+                            break;
+                        }
                         drain_until = Some(tokio::time::Instant::now() + EXEC_DRAIN);
                     }
                 }
@@ -470,13 +479,7 @@ impl DockerExecConn {
         }
         // Killed with its container (`docker kill`, the engine's OOM kill of the init process):
         // the task did not end on its own, and the container must not serve again.
-        if exit_code.is_some_and(|c| c > 128)
-            && !self
-                .runtime
-                .is_running(&self.container)
-                .await
-                .unwrap_or(true)
-        {
+        if exit_code.is_some_and(|c| c > 128) && self.container_stopped().await {
             return Err(ExecError::Dead(
                 "the container stopped while the task ran".to_string(),
             ));
@@ -516,6 +519,21 @@ fn exec_start_failure(exit_code: i32, stdout_head: &[u8]) -> Option<String> {
 }
 
 impl DockerExecConn {
+    /// Whether the container has stopped. The engine may report an exec killed with its
+    /// container a moment before the container itself, so "running" is only believed once it
+    /// is still the answer after [`EXEC_DRAIN`]. Only tasks that died by a signal ask.
+    async fn container_stopped(&self) -> bool {
+        let until = tokio::time::Instant::now() + EXEC_DRAIN;
+        loop {
+            match self.runtime.is_running(&self.container).await {
+                Ok(false) => return true,
+                Err(_) => return false,
+                Ok(true) if tokio::time::Instant::now() >= until => return false,
+                Ok(true) => tokio::time::sleep(EXEC_POLL).await,
+            }
+        }
+    }
+
     /// An engine error of a task's exec, told apart from the container being gone: that one
     /// means the container must be replaced, not that the engine is unavailable.
     async fn dead_or(&self, e: RuntimeError) -> ExecError {
