@@ -4,7 +4,9 @@
 //! 2. raw `docker exec` into a running container through the Engine API (create exec, start
 //!    attached, read to end, inspect the exit code);
 //! 3. warmpool with `exec = "docker-exec"`, through its HTTP API;
-//! 4. warmpool with the shim, through its HTTP API.
+//! 4. warmpool with the shim, through its HTTP API;
+//! 5. the same with `reset_workdir = false`, which shows what wiping /work and /tmp between
+//!    pool tasks costs.
 //!
 //! For each: p50/p99 of N tasks one after another, and tasks/s with 8 concurrent clients on 4
 //! containers. Then the daemon's RSS with 20 warm containers. Prints a markdown table.
@@ -18,7 +20,9 @@
 //! WARMPOOL_BENCH_N_COLD (sequential cold runs, 30), WARMPOOL_BENCH_SECS (seconds of each
 //! concurrent phase, 5), WARMPOOL_BENCH_CLIENTS (8), WARMPOOL_BENCH_POOL (containers per pool,
 //! 4), WARMPOOL_BENCH_RSS_WARM (20; 0 skips the RSS step), WARMPOOL_BENCH_MODES (comma list
-//! of cold,exec,pool-exec,pool-shim; all by default), WARMPOOL_BENCH_INSTANCE (bench).
+//! of cold,exec,pool-exec,pool-shim,pool-shim-noreset; all by default), WARMPOOL_BENCH_INSTANCE
+//! (bench), WARMPOOL_BENCH_BIN (the daemon to run, for A/B comparisons; default the one
+//! cargo built).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,7 +64,10 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 impl Settings {
     fn from_env() -> Settings {
-        let modes = env_or("WARMPOOL_BENCH_MODES", "cold,exec,pool-exec,pool-shim".to_string());
+        let modes = env_or(
+            "WARMPOOL_BENCH_MODES",
+            "cold,exec,pool-exec,pool-shim,pool-shim-noreset".to_string(),
+        );
         Settings {
             n_fast: env_or("WARMPOOL_BENCH_N", 200),
             n_cold: env_or("WARMPOOL_BENCH_N_COLD", 30),
@@ -80,6 +87,7 @@ impl Settings {
 
 /// One mode's figures.
 struct Row {
+    key: &'static str,
     mode: &'static str,
     n: usize,
     p50: f64,
@@ -272,7 +280,10 @@ async fn exec_targets(docker: &Docker, instance: &str, n: usize) -> anyhow::Resu
             "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".into(),
         ];
         let created = docker
-            .create_container(None::<CreateContainerOptions>, container_body(instance, cmd))
+            .create_container(
+                None::<CreateContainerOptions>,
+                container_body(instance, cmd),
+            )
             .await?;
         docker
             .start_container(&created.id, None::<StartContainerOptions>)
@@ -352,14 +363,15 @@ impl Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}"
-        );
+        let config =
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}");
         let config_path = dir.path().join("pools.toml");
         std::fs::write(&config_path, config)?;
         let log = dir.path().join("daemon.log");
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_warmpool"))
+        let bin = std::env::var_os("WARMPOOL_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_warmpool").into());
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -408,8 +420,8 @@ impl Daemon {
 
     /// VmRSS and VmHWM in KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -445,7 +457,11 @@ impl Daemon {
             let ids = String::from_utf8_lossy(&out.stdout).into_owned();
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").arg("rm").arg("-f").args(ids).status();
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(ids)
+                    .status();
             }
         }
         None
@@ -458,13 +474,14 @@ impl Drop for Daemon {
     }
 }
 
-fn pool_toml(name: &str, exec: &str, size: usize) -> String {
+fn pool_toml(name: &str, exec: &str, size: usize, reset_workdir: bool) -> String {
     // Fixed size, and no replacement by uses or age during the run: the bench measures the
     // warm path, not container churn (with the default max_uses = 100 every container would
     // be recreated many times per second of load).
     format!(
         "[pools.{name}]\nimage = \"{IMAGE}\"\nexec = \"{exec}\"\nmin = {size}\nwarm = {size}\n\
-         max = {size}\nmax_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\n"
+         max = {size}\nmax_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\
+         reset_workdir = {reset_workdir}\n\n"
     )
 }
 
@@ -494,12 +511,41 @@ async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Res
     ))
 }
 
-async fn bench_pool(
-    s: &Settings,
-    client: &warmpool::client::Client,
-    mode: &'static str,
-    pool: &str,
-) -> Row {
+/// A warmpool pool to measure.
+struct PoolMode {
+    key: &'static str,
+    label: &'static str,
+    pool: &'static str,
+    exec: &'static str,
+    reset_workdir: bool,
+}
+
+const POOL_MODES: [PoolMode; 3] = [
+    PoolMode {
+        key: "pool-exec",
+        label: "warmpool, `exec = \"docker-exec\"`",
+        pool: "dexec",
+        exec: "docker-exec",
+        reset_workdir: true,
+    },
+    PoolMode {
+        key: "pool-shim",
+        label: "warmpool, `exec = \"shim\"`",
+        pool: "shim",
+        exec: "shim",
+        reset_workdir: true,
+    },
+    PoolMode {
+        key: "pool-shim-noreset",
+        label: "warmpool, shim, `reset_workdir = false`",
+        pool: "shimnoreset",
+        exec: "shim",
+        reset_workdir: false,
+    },
+];
+
+async fn bench_pool(s: &Settings, client: &warmpool::client::Client, m: &PoolMode) -> Row {
+    let pool = m.pool;
     let server = std::cell::RefCell::new(Vec::new());
     let (lat, errors) = sequential(s.n_fast, 20, || async {
         let (run, queued) = http_task(client, pool).await?;
@@ -517,7 +563,8 @@ async fn bench_pool(
     })
     .await;
     Row {
-        mode,
+        key: m.key,
+        mode: m.label,
         n: lat.len(),
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
@@ -613,16 +660,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
 
     // The daemon first, so its pools warm while nothing else is measured.
-    let want_daemon = s.wants("pool-exec") || s.wants("pool-shim");
+    let daemon_modes: Vec<&PoolMode> = POOL_MODES.iter().filter(|m| s.wants(m.key)).collect();
     let mut daemon = None;
     let client;
-    if want_daemon {
+    if !daemon_modes.is_empty() {
         let mut pools = String::new();
-        if s.wants("pool-exec") {
-            pools += &pool_toml("dexec", "docker-exec", s.pool);
-        }
-        if s.wants("pool-shim") {
-            pools += &pool_toml("shim", "shim", s.pool);
+        for m in &daemon_modes {
+            pools += &pool_toml(m.pool, m.exec, s.pool, m.reset_workdir);
         }
         let mut d = Daemon::spawn(&s.instance, &pools)?;
         client = warmpool::client::Client::new(&d.base, None);
@@ -640,6 +684,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         let (tasks, elapsed, cerrors) =
             concurrent(s.clients, s.secs, |_| cold_run(&docker, &s.instance)).await;
         rows.push(Row {
+            key: "cold",
             mode: "cold `docker run` (create+start+wait+rm)",
             n: lat.len(),
             p50: percentile(&lat, 50.0),
@@ -665,6 +710,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         .await;
         remove_all(&docker, &ids).await;
         rows.push(Row {
+            key: "exec",
             mode: "raw `docker exec` (Engine API)",
             n: lat.len(),
             p50: percentile(&lat, 50.0),
@@ -676,13 +722,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         });
     }
 
-    if s.wants("pool-exec") {
-        eprintln!("warmpool, exec = docker-exec...");
-        rows.push(bench_pool(&s, &client, "warmpool, `exec = \"docker-exec\"`", "dexec").await);
-    }
-    if s.wants("pool-shim") {
-        eprintln!("warmpool, exec = shim...");
-        rows.push(bench_pool(&s, &client, "warmpool, `exec = \"shim\"`", "shim").await);
+    for m in &daemon_modes {
+        eprintln!("{}...", m.label);
+        rows.push(bench_pool(&s, &client, m).await);
     }
     let main_rss = daemon.as_ref().map(|d| d.rss_kib());
     if let Some(mut d) = daemon.take() {
@@ -695,7 +737,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut rss = None;
     if s.rss_warm > 0 {
         eprintln!("RSS: a daemon with {} warm shim containers...", s.rss_warm);
-        let mut d = Daemon::spawn(&s.instance, &pool_toml("rss", "shim", s.rss_warm))?;
+        let mut d = Daemon::spawn(&s.instance, &pool_toml("rss", "shim", s.rss_warm, true))?;
         let c = warmpool::client::Client::new(&d.base, None);
         let took = d.wait_ready(&c).await?;
         // Let the start-up settle (the last attach, the first health checks are 30 s away).
@@ -713,10 +755,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     drop(guard);
 
     // ------------------------------------------------------------------------------------
-    let raw_p50 = rows
-        .iter()
-        .find(|r| r.mode.starts_with("raw"))
-        .map(|r| r.p50);
+    let raw_p50 = rows.iter().find(|r| r.key == "exec").map(|r| r.p50);
     println!();
     println!("## warmpool compare: `true` run one after another, and by concurrent clients");
     println!();
@@ -761,17 +800,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     );
     println!(
         "- concurrent phase: {} clients for {} s on pools of {} containers (raw exec: {} clients \
-         on {} containers); pools have min = warm = max, reset_workdir = true (the default).",
+         on {} containers); pools have min = warm = max, and reset_workdir = true (the default) \
+         unless said otherwise.",
         s.clients, s.secs, s.pool, s.clients, s.pool
     );
     if let Some((rss_kib, hwm)) = main_rss {
         println!(
             "- daemon of the table ({} containers) after its load: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
-            [s.wants("pool-exec"), s.wants("pool-shim")]
-                .iter()
-                .filter(|w| **w)
-                .count()
-                * s.pool,
+            daemon_modes.len() * s.pool,
             rss_kib as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
@@ -799,7 +835,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     for f in &facts {
         println!("- {f}");
     }
-    if let Some(shim) = rows.iter().find(|r| r.mode.contains("shim")) {
+    if let Some(shim) = rows.iter().find(|r| r.key == "pool-shim") {
         println!();
         println!("**Targets** (shim path, reported, not asserted)");
         println!();
