@@ -27,6 +27,11 @@ pub struct TaskSpec {
     pub timeout: Duration,
     /// Per stream; the rest is drained and dropped.
     pub max_output: u64,
+    /// Directories whose contents the shim wipes before it starts the task (the previous pool
+    /// task's files), in the same frame as the task: no round trip of its own. A failed wipe
+    /// fails the task with [`ExecError::Dead`] (the container must be replaced). `docker-exec`
+    /// ignores it, as it ignores [`Conn::reset`].
+    pub reset: Vec<String>,
 }
 
 /// Output as it comes.
@@ -257,9 +262,16 @@ impl ShimConn {
             stdin: task.stdin.to_vec(),
             timeout_ms: task.timeout.as_millis().min(u64::MAX as u128) as u64,
             max_output: task.max_output,
+            reset: task.reset.iter().map(|p| p.as_bytes().to_vec()).collect(),
         });
         self.send(&spawn).await?;
-        let deadline = tokio::time::Instant::now() + task.timeout + BACKSTOP;
+        // The shim's clock for the task starts after the wipe.
+        let wipe = if task.reset.is_empty() {
+            Duration::ZERO
+        } else {
+            crate::pool::RESET_TIMEOUT
+        };
+        let deadline = tokio::time::Instant::now() + wipe + task.timeout + BACKSTOP;
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Err(_) => {
@@ -276,6 +288,9 @@ impl ShimConn {
                 }
                 Ok(Some(Event::Exit(exit))) => {
                     self.routes.lock().task = None;
+                    if let Some(error) = exit.reset_error {
+                        return Err(ExecError::Dead(format!("workdir reset failed: {error}")));
+                    }
                     return Ok(TaskExit {
                         exit_code: exit.code,
                         signal: exit.signal,

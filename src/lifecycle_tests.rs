@@ -307,6 +307,53 @@ async fn a_container_dying_mid_task_fails_the_task_clearly_and_is_replaced() {
     assert!(!fake.live().contains(&first));
 }
 
+/// Runs a task and returns its stdout.
+async fn stdout_of(sup: &Supervisor, argv: &[&str]) -> Result<String, SubmitError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sup.submit("p", task(argv), tx).await?;
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let crate::exec::TaskEvent::Stdout(b) = ev {
+            out.extend_from_slice(&b);
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_pool_task_finds_the_workdir_wiped_unless_reset_workdir_is_off() {
+    for reset_workdir in [true, false] {
+        let mut cfg = pool_cfg(1, 1, 1);
+        cfg.reset_workdir = reset_workdir;
+        let (sup, _fake) = setup(cfg).await;
+        settle(&sup, "1 idle", |c| c.idle == 1).await;
+        run(&sup, &["touch", "left-over"]).await.unwrap();
+        let listing = stdout_of(&sup, &["ls"]).await.unwrap();
+        let expected = if reset_workdir { "" } else { "left-over\n" };
+        assert_eq!(listing, expected, "reset_workdir = {reset_workdir}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_wipe_fails_the_next_task_and_replaces_the_container() {
+    let mut cfg = pool_cfg(1, 1, 1);
+    cfg.workdir = "/unwipeable".into();
+    let (sup, fake) = setup(cfg).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let first = fake.live()[0].clone();
+    run(&sup, &["touch", "x"]).await.unwrap();
+    let err = run(&sup, &["echo", "never"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Exec(ExecError::Dead(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("workdir reset failed"), "{err}");
+    settle(&sup, "replaced", |c| c.idle == 1 && c.retiring == 0).await;
+    assert!(!fake.live().contains(&first));
+    // The replacement is clean, so the next task runs.
+    run(&sup, &["echo", "ok"]).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_killed_idle_container_is_replaced() {
     let mut cfg = pool_cfg(1, 1, 2);

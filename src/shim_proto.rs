@@ -19,7 +19,7 @@
 use std::fmt;
 
 /// Version announced in [`Event::Hello`]; bump on any incompatible change of this file.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest accepted frame body. Bigger frames are refused rather than buffered, so a corrupt
 /// length cannot make either side allocate gigabytes.
@@ -71,6 +71,10 @@ pub struct Spawn {
     pub timeout_ms: u64,
     /// Bytes forwarded per stream; the rest is drained and dropped; 0 = no limit.
     pub max_output: u64,
+    /// Directories whose contents are wiped before the task starts (the previous pool task's
+    /// files), as [`Request::Reset`] would, but without a round trip of its own. If the wipe
+    /// fails the task is not started and its Exit carries `reset_error`.
+    pub reset: Vec<Vec<u8>>,
 }
 
 /// A message from the shim to the daemon.
@@ -114,6 +118,9 @@ pub struct Exit {
     pub stderr_truncated: bool,
     /// The task never ran (bad argv, exec failure, shim busy); code and signal are then None.
     pub spawn_error: Option<String>,
+    /// The wipe asked by [`Spawn::reset`] failed (what could not be removed); the task was
+    /// not started.
+    pub reset_error: Option<String>,
 }
 
 /// A malformed or oversized frame. The stream cannot be resynchronised after one.
@@ -143,6 +150,7 @@ impl Request {
                 put_bytes(b, &s.stdin);
                 put_u64(b, s.timeout_ms);
                 put_u64(b, s.max_output);
+                put_list(b, &s.reset, |b, p| put_bytes(b, p));
             }),
             Request::Ping { nonce } => frame(out, REQ_PING, |b| put_u64(b, *nonce)),
             Request::Kill { id } => frame(out, REQ_KILL, |b| put_u64(b, *id)),
@@ -172,6 +180,7 @@ impl Request {
                 stdin: r.bytes()?,
                 timeout_ms: r.u64()?,
                 max_output: r.u64()?,
+                reset: r.list(Reader::bytes)?,
             }),
             REQ_PING => Request::Ping { nonce: r.u64()? },
             REQ_KILL => Request::Kill { id: r.u64()? },
@@ -206,6 +215,7 @@ impl Event {
                 put_bool(b, e.stdout_truncated);
                 put_bool(b, e.stderr_truncated);
                 put_option(b, e.spawn_error.as_ref(), |b, s| put_bytes(b, s.as_bytes()));
+                put_option(b, e.reset_error.as_ref(), |b, s| put_bytes(b, s.as_bytes()));
             }),
             Event::Pong { nonce, busy } => frame(out, EV_PONG, |b| {
                 put_u64(b, *nonce);
@@ -246,6 +256,7 @@ impl Event {
                 stdout_truncated: r.bool()?,
                 stderr_truncated: r.bool()?,
                 spawn_error: r.option(Reader::string)?,
+                reset_error: r.option(Reader::string)?,
             }),
             EV_PONG => Event::Pong {
                 nonce: r.u64()?,
@@ -460,6 +471,7 @@ mod tests {
                 stdin: (0..=255).collect(),
                 timeout_ms: 30_000,
                 max_output: 4 << 20,
+                reset: vec![b"/work".to_vec(), b"/tmp".to_vec()],
             }),
             Request::Spawn(Spawn {
                 id: u64::MAX,
@@ -469,6 +481,7 @@ mod tests {
                 stdin: vec![],
                 timeout_ms: 0,
                 max_output: 0,
+                reset: vec![],
             }),
             Request::Ping { nonce: 42 },
             Request::Kill { id: 9 },
@@ -500,6 +513,7 @@ mod tests {
                 stdout_truncated: true,
                 stderr_truncated: false,
                 spawn_error: None,
+                reset_error: None,
             }),
             Event::Exit(Exit {
                 id: 2,
@@ -509,6 +523,7 @@ mod tests {
                 stdout_truncated: false,
                 stderr_truncated: true,
                 spawn_error: Some("cannot run \"x\": é".into()),
+                reset_error: Some("/work/a: Permission denied".into()),
             }),
             Event::Pong {
                 nonce: 5,

@@ -685,7 +685,7 @@ impl Supervisor {
     async fn run_task(
         &self,
         pool: Arc<Pool>,
-        task: TaskSpec,
+        mut task: TaskSpec,
         task_id: String,
         span: tracing::Span,
         out: mpsc::UnboundedSender<TaskEvent>,
@@ -713,13 +713,10 @@ impl Supervisor {
         lease.begin();
         let began = Instant::now();
         if lease.dirty {
-            let paths = [pool.config().workdir.clone(), "/tmp".to_string()];
-            if let Err(e) = lease.conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
-                lease.retire(RemoveReason::Unhealthy);
-                pool.wake.notify_one();
-                self.count_task(&pool.name, Outcome::Error, None);
-                return Err(e.into());
-            }
+            // The previous task's files go first, wiped by the shim in the same frame as this
+            // task: a separate Reset would cost a round trip through the engine per task. A
+            // failed wipe fails this task, and its container is replaced (the Err arm).
+            task.reset = vec![pool.config().workdir.clone(), "/tmp".to_string()];
             lease.dirty = false;
         }
         let result = lease.conn.run(&task, &out).await;
@@ -1067,5 +1064,6 @@ pub(crate) fn build_task(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec,
         stdin: req.stdin,
         timeout,
         max_output: cfg.max_output,
+        reset: Vec::new(),
     })
 }

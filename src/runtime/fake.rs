@@ -3,7 +3,8 @@
 //! Its containers run a fake shim that speaks the real protocol (so the daemon's shim client
 //! is exercised too) and interprets a tiny command language instead of running processes:
 //! `echo ARGS..`, `sleep SECS`, `exit N`, `hang` (never answers), `die` (the container dies
-//! mid-task). Tests script the engine itself through [`FakeRuntime`]'s knobs: slow or failing
+//! mid-task), `touch NAME` and `ls` (files left in the workdir, which a reset wipes; a wipe
+//! of a path containing `unwipeable` fails). Tests script the engine itself through [`FakeRuntime`]'s knobs: slow or failing
 //! creates, an engine outage, killing a container.
 
 use std::collections::{BTreeMap, HashMap};
@@ -322,6 +323,7 @@ async fn fake_shim(stream: DuplexStream) {
     let kill = Arc::new(Notify::new());
     let died = Arc::new(Notify::new());
     let busy = Arc::new(AtomicBool::new(false));
+    let files = Arc::new(Mutex::new(Vec::<String>::new()));
     loop {
         while let Ok(Some((req, used))) = Request::decode(&buf) {
             let _ = buf.split_to(used);
@@ -330,14 +332,43 @@ async fn fake_shim(stream: DuplexStream) {
                     let busy = busy.load(Ordering::SeqCst);
                     send(wr.clone(), Event::Pong { nonce, busy }).await
                 }
-                Request::Reset { .. } => send(wr.clone(), Event::ResetDone { error: None }).await,
+                Request::Reset { .. } => {
+                    files.lock().clear();
+                    send(wr.clone(), Event::ResetDone { error: None }).await
+                }
                 Request::Kill { .. } => kill.notify_waiters(),
                 Request::Spawn(spawn) => {
+                    if spawn
+                        .reset
+                        .iter()
+                        .any(|p| p.windows(10).any(|w| w == b"unwipeable"))
+                    {
+                        let exit = Exit {
+                            id: spawn.id,
+                            code: None,
+                            signal: None,
+                            timed_out: false,
+                            stdout_truncated: false,
+                            stderr_truncated: false,
+                            spawn_error: Some("not started: the workdir was not wiped".into()),
+                            reset_error: Some("/unwipeable/x: Permission denied".into()),
+                        };
+                        send(wr.clone(), Event::Exit(exit)).await;
+                        continue;
+                    }
+                    if !spawn.reset.is_empty() {
+                        files.lock().clear();
+                    }
                     busy.store(true, Ordering::SeqCst);
-                    let (wr, kill, died, busy) =
-                        (wr.clone(), kill.clone(), died.clone(), busy.clone());
+                    let (wr, kill, died, busy, files) = (
+                        wr.clone(),
+                        kill.clone(),
+                        died.clone(),
+                        busy.clone(),
+                        files.clone(),
+                    );
                     tokio::spawn(async move {
-                        if let Some(exit) = fake_task(&spawn, &wr, &kill, &died).await {
+                        if let Some(exit) = fake_task(&spawn, &wr, &kill, &died, &files).await {
                             busy.store(false, Ordering::SeqCst);
                             send(wr, Event::Exit(exit)).await;
                         }
@@ -361,6 +392,7 @@ async fn fake_task(
     wr: &Arc<tokio::sync::Mutex<tokio::io::WriteHalf<DuplexStream>>>,
     kill: &Notify,
     died: &Notify,
+    files: &Mutex<Vec<String>>,
 ) -> Option<Exit> {
     let argv: Vec<String> = spawn
         .argv
@@ -377,6 +409,7 @@ async fn fake_task(
         stdout_truncated: false,
         stderr_truncated: false,
         spawn_error: None,
+        reset_error: None,
     };
     match argv.first().map(String::as_str) {
         Some("echo") => {
@@ -404,6 +437,17 @@ async fn fake_task(
             }
         }
         Some("exit") => exit.code = argv.get(1).and_then(|s| s.parse().ok()),
+        Some("touch") => files.lock().extend(argv[1..].iter().cloned()),
+        Some("ls") => {
+            let listing: String = files.lock().iter().map(|f| format!("{f}\n")).collect();
+            let mut frame = Vec::new();
+            Event::Stdout {
+                id,
+                data: listing.into_bytes(),
+            }
+            .encode(&mut frame);
+            let _ = wr.lock().await.write_all(&frame).await;
+        }
         Some("hang") => return None,
         Some("die") => {
             died.notify_one();
