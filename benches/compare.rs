@@ -97,6 +97,8 @@ struct Row {
     errors: usize,
     /// For warmpool modes: the daemon's own `run_ms` and `queued_ms` p50 (sequential phase).
     server: Option<(f64, f64)>,
+    /// CPU per task during the concurrent phase.
+    cpu: CpuUse,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -142,13 +144,22 @@ where
     (lat, errors)
 }
 
+/// What a concurrent phase did.
+struct Phase {
+    tasks: usize,
+    elapsed: Duration,
+    errors: usize,
+    cpu: CpuUse,
+}
+
 /// `clients` loops running `task(client)` back to back for `secs`; returns tasks done, the
-/// wall time until the last one ended, and failures.
-async fn concurrent<F, Fut>(clients: usize, secs: f64, task: F) -> (usize, Duration, usize)
+/// wall time until the last one ended, failures, and the CPU the machine's processes used.
+async fn concurrent<F, Fut>(clients: usize, secs: f64, ours: &Ours, task: F) -> Phase
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let before = cpu_snapshot(ours);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let task = &task;
@@ -169,9 +180,155 @@ where
     });
     let results = futures_util::future::join_all(loops).await;
     let elapsed = start.elapsed();
-    let done = results.iter().map(|r| r.0).sum();
-    let errors = results.iter().map(|r| r.1).sum();
-    (done, elapsed, errors)
+    let after = cpu_snapshot(ours);
+    let tasks = results.iter().map(|r| r.0).sum();
+    Phase {
+        tasks,
+        elapsed,
+        errors: results.iter().map(|r| r.1).sum(),
+        cpu: CpuUse::between(&before, &after, tasks, elapsed),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the CPU goes: on a shared 2-core machine, wall-clock figures swing with everyone
+// else's load, while the CPU each task costs, per process group, stays put.
+
+/// The processes that are this run's own.
+#[derive(Default)]
+struct Ours {
+    daemon: Option<u32>,
+    /// Full ids of the containers the phase uses.
+    containers: Vec<String>,
+}
+
+const GROUPS: [&str; 7] = [
+    "warmpool daemon",
+    "dockerd + containerd (all)",
+    "containerd-shims, runc (ours)",
+    "fuse-overlayfs (all)",
+    "in our containers",
+    "bench client",
+    "everything else",
+];
+
+struct CpuSnap {
+    /// pid → (group, utime + stime + cutime + cstime in clock ticks).
+    procs: HashMap<u32, (usize, u64)>,
+    /// Busy ticks of the whole machine, all CPUs.
+    busy: u64,
+}
+
+fn cpu_snapshot(ours: &Ours) -> CpuSnap {
+    let me = std::process::id();
+    let mut procs = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        // After the comm: state ppid ... utime(11) stime(12) cutime(13) cstime(14).
+        let f: Vec<u64> = stat[close + 1..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        if f.len() < 15 {
+            continue;
+        }
+        let ticks = f[11] + f[12] + f[13] + f[14];
+        let mentions_ours = |file: &str| {
+            std::fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|text| {
+                let text = String::from_utf8_lossy(&text);
+                ours.containers.iter().any(|id| text.contains(id.as_str()))
+            })
+        };
+        let group = if pid == me {
+            5
+        } else if Some(pid) == ours.daemon {
+            0
+        } else if comm == "dockerd" || comm == "containerd" {
+            1
+        } else if comm.starts_with("containerd-shim") || comm.starts_with("runc") {
+            if mentions_ours("cmdline") {
+                2
+            } else {
+                6
+            }
+        } else if comm == "fuse-overlayfs" {
+            3
+        } else if mentions_ours("cgroup") {
+            4
+        } else {
+            6
+        };
+        procs.insert(pid, (group, ticks));
+    }
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
+        })
+        .unwrap_or(0);
+    CpuSnap { procs, busy }
+}
+
+/// CPU milliseconds per task, by group, and how busy the machine was.
+struct CpuUse {
+    per_task_ms: [f64; GROUPS.len()],
+    machine_busy: f64,
+}
+
+impl CpuUse {
+    fn between(before: &CpuSnap, after: &CpuSnap, tasks: usize, elapsed: Duration) -> CpuUse {
+        // /proc counts in USER_HZ, 100 on Linux.
+        const TICK_MS: f64 = 10.0;
+        let mut ticks = [0u64; GROUPS.len()];
+        for (pid, (group, now)) in &after.procs {
+            let then = match before.procs.get(pid) {
+                Some((_, then)) if then <= now => *then,
+                _ => 0, // new since, or a reused pid
+            };
+            ticks[*group] += now - then;
+        }
+        let n = tasks.max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        CpuUse {
+            per_task_ms: ticks.map(|t| t as f64 * TICK_MS / n),
+            machine_busy: (after.busy.saturating_sub(before.busy)) as f64 * TICK_MS
+                / (elapsed.as_secs_f64() * 1e3 * cores),
+        }
+    }
+}
+
+/// Full ids of the containers that carry all these `key=value` labels.
+async fn container_ids(docker: &Docker, labels: &[String]) -> Vec<String> {
+    let options = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([("label".to_string(), labels.to_vec())])),
+        ..Default::default()
+    };
+    docker
+        .list_containers(Some(options))
+        .await
+        .map(|list| list.into_iter().filter_map(|c| c.id).collect())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -544,7 +701,12 @@ const POOL_MODES: [PoolMode; 3] = [
     },
 ];
 
-async fn bench_pool(s: &Settings, client: &warmpool::client::Client, m: &PoolMode) -> Row {
+async fn bench_pool(
+    s: &Settings,
+    client: &warmpool::client::Client,
+    m: &PoolMode,
+    ours: &Ours,
+) -> Row {
     let pool = m.pool;
     let server = std::cell::RefCell::new(Vec::new());
     let (lat, errors) = sequential(s.n_fast, 20, || async {
@@ -558,7 +720,7 @@ async fn bench_pool(s: &Settings, client: &warmpool::client::Client, m: &PoolMod
     let mut queued: Vec<f64> = server.iter().map(|s| s.1).collect();
     run.sort_by(f64::total_cmp);
     queued.sort_by(f64::total_cmp);
-    let (tasks, elapsed, cerrors) = concurrent(s.clients, s.secs, |_| async {
+    let phase = concurrent(s.clients, s.secs, ours, |_| async {
         http_task(client, pool).await.map(drop)
     })
     .await;
@@ -568,10 +730,11 @@ async fn bench_pool(s: &Settings, client: &warmpool::client::Client, m: &PoolMod
         n: lat.len(),
         p50: percentile(&lat, 50.0),
         p99: percentile(&lat, 99.0),
-        tasks,
-        tput: tasks as f64 / elapsed.as_secs_f64(),
-        errors: errors + cerrors,
+        tasks: phase.tasks,
+        tput: phase.tasks as f64 / phase.elapsed.as_secs_f64(),
+        errors: errors + phase.errors,
         server: Some((percentile(&run, 50.0), percentile(&queued, 50.0))),
+        cpu: phase.cpu,
     }
 }
 
@@ -681,18 +844,20 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         eprintln!("cold docker run: {} sequential...", s.n_cold);
         let (lat, errors) = sequential(s.n_cold, 2, || cold_run(&docker, &s.instance)).await;
         eprintln!("cold docker run: {} clients for {} s...", s.clients, s.secs);
-        let (tasks, elapsed, cerrors) =
-            concurrent(s.clients, s.secs, |_| cold_run(&docker, &s.instance)).await;
+        // Its containers come and go within the phase: their shims count as everything else.
+        let ours = Ours::default();
+        let phase = concurrent(s.clients, s.secs, &ours, |_| cold_run(&docker, &s.instance)).await;
         rows.push(Row {
             key: "cold",
             mode: "cold `docker run` (create+start+wait+rm)",
             n: lat.len(),
             p50: percentile(&lat, 50.0),
             p99: percentile(&lat, 99.0),
-            tasks,
-            tput: tasks as f64 / elapsed.as_secs_f64(),
-            errors: errors + cerrors,
+            tasks: phase.tasks,
+            tput: phase.tasks as f64 / phase.elapsed.as_secs_f64(),
+            errors: errors + phase.errors,
             server: None,
+            cpu: phase.cpu,
         });
     }
 
@@ -704,7 +869,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             "raw docker exec: {} clients on {} containers for {} s...",
             s.clients, s.pool, s.secs
         );
-        let (tasks, elapsed, cerrors) = concurrent(s.clients, s.secs, |c| {
+        let ours = Ours {
+            daemon: None,
+            containers: ids.clone(),
+        };
+        let phase = concurrent(s.clients, s.secs, &ours, |c| {
             raw_exec(&docker, &ids[c % ids.len()])
         })
         .await;
@@ -715,16 +884,28 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             n: lat.len(),
             p50: percentile(&lat, 50.0),
             p99: percentile(&lat, 99.0),
-            tasks,
-            tput: tasks as f64 / elapsed.as_secs_f64(),
-            errors: errors + cerrors,
+            tasks: phase.tasks,
+            tput: phase.tasks as f64 / phase.elapsed.as_secs_f64(),
+            errors: errors + phase.errors,
             server: None,
+            cpu: phase.cpu,
         });
     }
 
     for m in &daemon_modes {
         eprintln!("{}...", m.label);
-        rows.push(bench_pool(&s, &client, m).await);
+        let ours = Ours {
+            daemon: daemon.as_ref().map(Daemon::pid),
+            containers: container_ids(
+                &docker,
+                &[
+                    format!("warmpool.instance={}", s.instance),
+                    format!("warmpool.pool={}", m.pool),
+                ],
+            )
+            .await,
+        };
+        rows.push(bench_pool(&s, &client, m, &ours).await);
     }
     let main_rss = daemon.as_ref().map(|d| d.rss_kib());
     if let Some(mut d) = daemon.take() {
@@ -744,10 +925,15 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let warm = d.rss_kib();
         let secs = (s.secs / 2.0).max(1.0);
-        let (tasks, _, _) = concurrent(s.clients, secs, |_| async {
+        let ours = Ours {
+            daemon: Some(d.pid()),
+            ..Default::default()
+        };
+        let phase = concurrent(s.clients, secs, &ours, |_| async {
             http_task(&c, "rss").await.map(drop)
         })
         .await;
+        let tasks = phase.tasks;
         let loaded = d.rss_kib();
         let stopped = d.stop();
         rss = Some((took, warm, loaded, tasks, stopped));
@@ -828,6 +1014,30 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             loaded.1 as f64 / 1024.0
         );
         rss_ok = Some(warm.0.max(loaded.0) as f64 / 1024.0);
+    }
+    println!();
+    println!(
+        "**CPU per task** during the concurrent phase, in ms, by process group (from /proc; \
+         `(all)` groups are shared with everyone else on the engine; processes that ended \
+         within the phase count where their parent is)"
+    );
+    println!();
+    println!("| mode | {} | total | machine busy |", GROUPS.join(" | "));
+    println!("| --- |{} ---: | ---: |", " ---: |".repeat(GROUPS.len()));
+    for r in &rows {
+        let cells: Vec<String> = r
+            .cpu
+            .per_task_ms
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect();
+        println!(
+            "| {} | {} | {:.2} | {:.0}% |",
+            r.mode,
+            cells.join(" | "),
+            r.cpu.per_task_ms.iter().sum::<f64>(),
+            r.cpu.machine_busy * 100.0
+        );
     }
     println!();
     println!("**Machine**");
