@@ -7,6 +7,7 @@
 //! Run with `cargo test --test lifecycle -- --test-threads=1`.
 
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::*;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use warmpool::client::Client;
@@ -25,65 +26,11 @@ const LONG: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// `GET /v1/pools/NAME`.
-async fn pool_status(d: &Daemon, pool: &str) -> Value {
-    let (status, v) = d
-        .get(&format!("/v1/pools/{pool}"))
-        .await
-        .expect("daemon up");
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
-/// Polls the pool's status until `check` holds, or panics after `timeout` with the last one.
-async fn wait_pool(
-    d: &Daemon,
-    pool: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = pool_status(d, pool).await;
-        if check(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for pool {pool}: {what}; last status {v}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sum of the samples of `name` whose labels include every `labels` pair.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn metrics(d: &Daemon) -> String {
-    d.get_text("/metrics").await
-}
-
 /// Containers the pool retired are removed by the pool, never found again by the reaper as
 /// orphans (which would count them twice).
 fn assert_no_orphans(m: &str, pool: &str) {
     assert_eq!(
-        metric(
+        metric_in(
             m,
             "warmpool_containers_removed_total",
             &[("pool", pool), ("reason", "orphan")]
@@ -108,53 +55,6 @@ async fn wait_metrics(d: &Daemon, what: &str, timeout: Duration, check: impl Fn(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Runs a task through a client of its own (for tasks in the background).
-async fn run_task(client: &Client, pool: &str, body: Value) -> (u16, Value) {
-    let resp = client
-        .request(
-            "POST",
-            &format!("/v1/pools/{pool}/tasks"),
-            Some(body.to_string().into_bytes()),
-        )
-        .await
-        .expect("daemon reachable");
-    let status = resp.status;
-    let bytes = resp.bytes().await.expect("body");
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, v)
-}
-
-/// A POST over a plain connection, to see the response headers (Retry-After).
-async fn post_with_headers(addr: &str, path: &str, body: &str) -> (u16, String, Value) {
-    let host = addr.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = raw.split_once("\r\n\r\n").expect("a full response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let v = serde_json::from_str(rest.trim()).unwrap_or(Value::String(rest.to_string()));
-    (status, head.to_string(), v)
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 /// Containers of this daemon's pool, any state, via `docker ps -a` off the async threads.
@@ -342,7 +242,7 @@ health_check_interval = "2s"
     let m = metrics(&d).await;
     assert_no_orphans(&m, "kill");
     assert!(
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "kill"), ("reason", "unhealthy")]
@@ -490,19 +390,19 @@ acquire_timeout = "180s"
     .await;
     let m = metrics(&d).await;
     assert_no_orphans(&m, "burst");
-    let up = metric(
+    let up = metric_in(
         &m,
         "warmpool_scale_events_total",
         &[("pool", "burst"), ("direction", "up")],
     );
-    let down = metric(
+    let down = metric_in(
         &m,
         "warmpool_scale_events_total",
         &[("pool", "burst"), ("direction", "down")],
     );
     assert!(up > 0.0 && down > 0.0, "scale events up {up}, down {down}");
     assert!(
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "burst"), ("reason", "scale_down")]
@@ -550,7 +450,7 @@ acquire_timeout = "120s"
     let m = metrics(&d).await;
     assert_no_orphans(&m, "once");
     assert!(
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "once"), ("reason", "uses")]
@@ -633,14 +533,14 @@ acquire_timeout = "120s"
     let m = metrics(&d).await;
     assert_no_orphans(&m, "aging");
     assert!(
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "aging"), ("reason", "age")]
         ) > 0.0
     );
     assert_eq!(
-        metric(
+        metric_in(
             &m,
             "warmpool_tasks_total",
             &[("pool", "aging"), ("outcome", "error")]
@@ -680,7 +580,7 @@ health_check_interval = "500ms"
     .await;
     d.wait_ready(LONG).await;
     wait_metrics(&d, "three warm containers created", LONG, |m| {
-        metric(m, "warmpool_containers_created_total", &[("pool", "idle")]) >= 3.0
+        metric_in(m, "warmpool_containers_created_total", &[("pool", "idle")]) >= 3.0
     })
     .await;
     wait_pool(&d, "idle", "down to min", LONG, |v| v["live"] == 1).await;
@@ -704,7 +604,7 @@ health_check_interval = "500ms"
     let m = metrics(&d).await;
     assert_no_orphans(&m, "idle");
     let removed = |reason| {
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "idle"), ("reason", reason)],
@@ -714,7 +614,7 @@ health_check_interval = "500ms"
     assert_eq!(removed("scale_down"), 0.0);
     // Each idle removal lowers the target by one, which counts as a step down.
     assert_eq!(
-        metric(
+        metric_in(
             &m,
             "warmpool_scale_events_total",
             &[("pool", "idle"), ("direction", "down")]
@@ -784,11 +684,14 @@ acquire_timeout = "5s"
     d.wait_ready(LONG).await;
     let (status, v) = d.task("out", json!({"shell": "echo before"})).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(metric(&metrics(&d).await, "warmpool_engine_up", &[]), 1.0);
+    assert_eq!(
+        metric_in(&metrics(&d).await, "warmpool_engine_up", &[]),
+        1.0
+    );
 
     proxy.cut();
     wait_metrics(&d, "warmpool_engine_up 0", LONG, |m| {
-        metric(m, "warmpool_engine_up", &[]) == 0.0
+        metric_in(m, "warmpool_engine_up", &[]) == 0.0
     })
     .await;
     let (status, v) = d.get("/readyz").await.unwrap();
@@ -798,19 +701,14 @@ acquire_timeout = "5s"
         v["idle"] == 0
     })
     .await;
-    let (status, head, v) = post_with_headers(
-        &d.addr,
-        "/v1/pools/out/tasks",
-        &json!({"shell": "echo during"}).to_string(),
-    )
-    .await;
-    assert_eq!(status, 503, "{head}\n{v}");
+    let (status, headers, v) = task_with_headers(&d, "out", json!({"shell": "echo during"})).await;
+    assert_eq!(status, 503, "{headers:?}\n{v}");
     let code = v["error"]["code"].as_str().unwrap_or_default();
     assert!(
         code == "engine_unavailable" || code == "no_container",
         "{v}"
     );
-    assert!(header(&head, "retry-after").is_some(), "{head}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
     eprintln!("during the outage: {v}");
 
     proxy.restore();
@@ -821,7 +719,7 @@ acquire_timeout = "5s"
         restored.elapsed()
     );
     wait_metrics(&d, "warmpool_engine_up 1", LONG, |m| {
-        metric(m, "warmpool_engine_up", &[]) == 1.0
+        metric_in(m, "warmpool_engine_up", &[]) == 1.0
     })
     .await;
     let (status, v) = d.task("out", json!({"shell": "echo after"})).await;
@@ -884,7 +782,7 @@ health_check_interval = "2s"
     );
     let m = metrics(&d).await;
     assert!(
-        metric(
+        metric_in(
             &m,
             "warmpool_containers_removed_total",
             &[("pool", "reap"), ("reason", "orphan")]
@@ -924,5 +822,8 @@ max = 2
     let (status, v) = d.task("late", json!({"shell": "echo served"})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"], "served\n");
-    assert_eq!(metric(&metrics(&d).await, "warmpool_engine_up", &[]), 1.0);
+    assert_eq!(
+        metric_in(&metrics(&d).await, "warmpool_engine_up", &[]),
+        1.0
+    );
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TASK_SECRET: &str = "hunter2-value";
 const POOL_SECRET: &str = "pool-secret-4f9a";
@@ -38,24 +38,6 @@ exec = "docker-exec"
     )
 }
 
-/// POSTs a task with the token; returns status and JSON answer.
-async fn task(client: &warmpool::client::Client, pool: &str, body: Value) -> (u16, Value) {
-    let resp = client
-        .request(
-            "POST",
-            &format!("/v1/pools/{pool}/tasks"),
-            Some(body.to_string().into_bytes()),
-        )
-        .await
-        .unwrap();
-    let status = resp.status;
-    let bytes = resp.bytes().await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 /// Runs tasks of every outcome with a secret in their env on both pools, a request with a
 /// wrong token, and checks the whole log for the secrets.
 async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
@@ -65,7 +47,7 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
     let client = warmpool::client::Client::new(&d.addr, Some(TOKEN.to_string()));
     let env = json!({"SECRET_X": TASK_SECRET});
     for pool in ["shim", "dexec"] {
-        let (s, v) = task(
+        let (s, v) = run_task(
             &client,
             pool,
             // The values arrive (checked by length: the secrets must not appear in the argv
@@ -78,14 +60,14 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
             (200, &json!(0)),
             "{pool}: the env arrives: {v}"
         );
-        let (s, v) = task(
+        let (s, v) = run_task(
             &client,
             pool,
             json!({"shell": "echo \"$SECRET_X\" >&2; exit 4", "env": env}),
         )
         .await;
         assert_eq!((s, &v["exit_code"]), (200, &json!(4)), "{pool}: {v}");
-        let (s, v) = task(
+        let (s, v) = run_task(
             &client,
             pool,
             json!({"cmd": ["/no/such/command"], "env": env}),
@@ -97,7 +79,7 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
             v["error"].is_string(),
             "{pool}: a missing command is an error: {v}"
         );
-        let (s, v) = task(
+        let (s, v) = run_task(
             &client,
             pool,
             json!({"cmd": ["sleep", "30"], "env": env, "timeout": "1s"}),
@@ -106,7 +88,7 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
         assert_eq!((s, &v["timed_out"]), (200, &json!(true)), "{pool}: {v}");
     }
     let wrong = warmpool::client::Client::new(&d.addr, Some(format!("{TOKEN}-wrong")));
-    let (s, _) = task(&wrong, "shim", json!({"cmd": ["true"], "env": env})).await;
+    let (s, _) = run_task(&wrong, "shim", json!({"cmd": ["true"], "env": env})).await;
     assert_eq!(s, 401);
 
     // Shut down too: removal and shutdown paths log as well.

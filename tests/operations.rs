@@ -2,6 +2,7 @@
 //! stream of tasks, a refused reload, the API token and the unix socket.
 
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -35,15 +37,6 @@ fn sighup(d: &Daemon) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// The value of one metric series in the /metrics text, 0 when absent.
-async fn metric(d: &Daemon, series: &str) -> f64 {
-    d.get_text("/metrics")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// What `docker inspect` says of one container, reduced to what a reload may change.
@@ -263,7 +256,7 @@ async fn reloads_under_a_steady_stream_of_tasks_lose_none_and_touch_only_what_ch
         );
     }
     assert_eq!(
-        metric(&d, "warmpool_config_reloads_total{result=\"ok\"}").await,
+        metric(&d, "warmpool_config_reloads_total", &[("result", "ok")]).await,
         2.0
     );
 
@@ -374,7 +367,7 @@ max = 2
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: BTreeMap<&str, BTreeMap<String, Seen>> =
         ["a", "b"].iter().map(|p| (*p, pool_view(&d, p))).collect();
-    let errors_before = metric(&d, "warmpool_config_reloads_total{result=\"error\"}").await;
+    let errors_before = metric(&d, "warmpool_config_reloads_total", &[("result", "error")]).await;
 
     // Two problems in two places, plus a pool that would be new: nothing of it applies.
     write_config(
@@ -412,13 +405,14 @@ image = "warmpool/agent:latest"
         "problems name their place: {message}"
     );
     assert_eq!(
-        metric(&d, "warmpool_config_reloads_total{result=\"error\"}").await,
+        metric(&d, "warmpool_config_reloads_total", &[("result", "error")]).await,
         errors_before + 1.0
     );
     // SIGHUP with the same file: refused the same way, and counted.
     sighup(&d);
     let deadline = Instant::now() + LONG;
-    while metric(&d, "warmpool_config_reloads_total{result=\"error\"}").await < errors_before + 2.0
+    while metric(&d, "warmpool_config_reloads_total", &[("result", "error")]).await
+        < errors_before + 2.0
     {
         assert!(
             Instant::now() < deadline,
@@ -441,7 +435,7 @@ image = "warmpool/agent:latest"
         );
     }
     assert_eq!(
-        metric(&d, "warmpool_config_reloads_total{result=\"ok\"}").await,
+        metric(&d, "warmpool_config_reloads_total", &[("result", "ok")]).await,
         0.0
     );
     for p in ["a", "b"] {
@@ -542,24 +536,6 @@ max = 2
 
 fn token_client(d: &Daemon, token: Option<&str>) -> warmpool::client::Client {
     warmpool::client::Client::new(&d.addr, token.map(str::to_string))
-}
-
-async fn call(
-    client: &warmpool::client::Client,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let resp = client
-        .request(method, path, body.map(|b| b.to_string().into_bytes()))
-        .await
-        .unwrap();
-    let status = resp.status;
-    let bytes = resp.bytes().await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! with promtool.
 
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 /// Four pools, each there for one part of the story. `scale_interval` is short everywhere so
 /// the autoscaler acts (and counts) within the test; `health_check_interval` is short where
@@ -93,14 +95,6 @@ fn require_tool(name: &str) {
          (`apt-get update && apt-get install -y prometheus`, which has both the server and \
          promtool; .ci/run does this when promtool is missing)"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn unix_now() -> f64 {
@@ -382,13 +376,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-/// Pool status from the daemon's API.
-async fn pool_status(d: &Daemon, pool: &str) -> Value {
-    let (status, v) = d.get(&format!("/v1/pools/{pool}")).await.unwrap();
-    assert_eq!(status, 200, "{v}");
-    v
 }
 
 /// Runs `holder` (a task that keeps the pool's only container busy) and, once the pool

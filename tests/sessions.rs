@@ -3,6 +3,7 @@
 //! files and directories moving in and out through the API.
 
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 /// A pool that keeps a warm container around, so a session's first task takes one.
 const POOL: &str = r#"
@@ -27,15 +29,23 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// One request with a raw body; the answer's status and raw body.
 async fn http(d: &Daemon, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
-    let client = warmpool::client::Client::new(&d.addr, None);
-    let resp = client.request(method, path, body).await.unwrap();
-    let status = resp.status;
-    (status, resp.bytes().await.unwrap().to_vec())
+    let (status, _, bytes) = d.request(method, path, body).await;
+    (status, bytes)
 }
 
-fn as_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// A daemon on [`POOL`], ready.
+async fn ready() -> Daemon {
+    let d = Daemon::start(POOL).await;
+    d.wait_ready(LONG).await;
+    d
+}
+
+/// A ready daemon on [`POOL`] with one (lazy) session of pool `s`, named after `name`.
+async fn with_session(name: &str) -> (Daemon, String) {
+    let d = ready().await;
+    let id = sid(&d, name);
+    create(&d, "s", &id, None).await;
+    (d, id)
 }
 
 /// A session id no other test daemon on this engine uses (session ids end up in container
@@ -106,10 +116,6 @@ fn exists(instance: &str, full_id: &str) -> bool {
     containers(instance, None).iter().any(|c| c == full_id)
 }
 
-fn short(full: &str) -> String {
-    full.chars().take(12).collect()
-}
-
 /// Every byte value, in an order that is not the identity, a few times over.
 fn binary_blob(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + i / 256) % 256) as u8).collect()
@@ -126,10 +132,7 @@ fn stdout_bytes(v: &Value) -> Vec<u8> {
 
 #[tokio::test]
 async fn files_pass_from_task_to_task_and_through_the_file_endpoints() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
-    let id = sid(&d, "files");
-    create(&d, "s", &id, None).await;
+    let (d, id) = with_session("files").await;
 
     // A file written by one task is read by the next one, in the same container.
     let first = stask(&d, "s", &id, "echo hello from task one > /work/note.txt").await;
@@ -223,8 +226,7 @@ async fn files_pass_from_task_to_task_and_through_the_file_endpoints() {
 
 #[tokio::test]
 async fn sessions_never_share_a_container_and_pool_tasks_never_land_in_one() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
+    let d = ready().await;
     let (a, b) = (sid(&d, "alice"), sid(&d, "bob"));
     create(&d, "s", &a, None).await;
     create(&d, "s", &b, None).await;
@@ -341,8 +343,7 @@ async fn sessions_never_share_a_container_and_pool_tasks_never_land_in_one() {
 
 #[tokio::test]
 async fn the_idle_timeout_ends_a_session_and_removes_its_container() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
+    let d = ready().await;
     let (short_lived, long_lived, lazy) = (sid(&d, "brief"), sid(&d, "stays"), sid(&d, "lazy"));
     let v = create(&d, "s", &short_lived, Some("3s")).await;
     assert_eq!(v["idle_timeout"], "3s");
@@ -598,10 +599,7 @@ fn host_untar(bytes: &[u8], into: &Path) {
 
 #[tokio::test]
 async fn a_directory_round_trips_through_the_archive_endpoints() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
-    let id = sid(&d, "tar");
-    create(&d, "s", &id, None).await;
+    let (d, id) = with_session("tar").await;
     stask(&d, "s", &id, "true").await;
     let host = tempfile::tempdir().unwrap();
     let src = host.path().join("src");
@@ -786,10 +784,7 @@ async fn file_endpoints_answer_clear_errors() {
 
 #[tokio::test]
 async fn concurrent_tasks_of_a_session_run_one_at_a_time_in_arrival_order() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
-    let id = sid(&d, "fifo");
-    create(&d, "s", &id, None).await;
+    let (d, id) = with_session("fifo").await;
     stask(&d, "s", &id, "true").await;
     // Each task holds a lock directory for its whole run: `mkdir` fails if another task
     // holds it, which the task reports as exit 99.
@@ -826,16 +821,7 @@ async fn concurrent_tasks_of_a_session_run_one_at_a_time_in_arrival_order() {
             json!({"shell": script("order", pause), "env": {"I": i.to_string()}, "session": id});
         handles.push(tokio::spawn(async move {
             let client = warmpool::client::Client::new(&addr, None);
-            let resp = client
-                .request(
-                    "POST",
-                    "/v1/pools/s/tasks",
-                    Some(body.to_string().into_bytes()),
-                )
-                .await
-                .unwrap();
-            let status = resp.status;
-            (status, as_json(&resp.bytes().await.unwrap()))
+            run_task(&client, "s", body).await
         }));
         if i == 0 {
             let deadline = Instant::now() + LONG;
@@ -876,8 +862,7 @@ async fn concurrent_tasks_of_a_session_run_one_at_a_time_in_arrival_order() {
 
 #[tokio::test]
 async fn a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it() {
-    let mut d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
+    let mut d = ready().await;
     let id = sid(&d, "crash");
     create(&d, "s", &id, Some("10m")).await;
     let v = stask(
@@ -932,10 +917,7 @@ async fn a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it() {
 
 #[tokio::test]
 async fn the_cli_runs_tasks_in_a_session_and_status_lists_sessions() {
-    let d = Daemon::start(POOL).await;
-    d.wait_ready(LONG).await;
-    let id = sid(&d, "cli");
-    create(&d, "s", &id, None).await;
+    let (d, id) = with_session("cli").await;
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_warmpool"))
             .args(args)

@@ -401,17 +401,7 @@ async fn a_container_whose_shim_dies_is_noticed_and_replaced() {
         let client = warmpool::client::Client::new(&d.addr, None);
         tokio::spawn(async move {
             let body = json!({"cmd": ["sleep", "30"], "timeout": "60s"});
-            let resp = client
-                .request(
-                    "POST",
-                    "/v1/pools/fragile/tasks",
-                    Some(body.to_string().into_bytes()),
-                )
-                .await
-                .unwrap();
-            let status = resp.status;
-            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-            (status, v)
+            run_task(&client, "fragile", body).await
         })
     };
     wait_pool(

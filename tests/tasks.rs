@@ -22,18 +22,9 @@ fn spawn_task(
     let client = warmpool::client::Client::new(&d.addr, None);
     let path = format!("/v1/pools/{pool}/tasks");
     tokio::spawn(async move {
-        let resp = client
-            .request("POST", &path, Some(body.to_string().into_bytes()))
-            .await
-            .unwrap();
-        let status = resp.status;
-        let after = retry_after(&resp.headers);
-        let bytes = resp.bytes().await.unwrap();
-        (
-            status,
-            after,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let (status, headers, bytes) =
+            send(&client, "POST", &path, Some(body.to_string().into_bytes())).await;
+        (status, retry_after(&headers), as_json(&bytes))
     })
 }
 
@@ -48,10 +39,6 @@ async fn wait_idle(d: &Daemon, pool: &str) {
         |v| v["busy"] == 0 && v["idle"].as_u64() > Some(0),
     )
     .await;
-}
-
-fn short(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 #[tokio::test]

@@ -95,7 +95,8 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
-fn free_port() -> u16 {
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")
         .local_addr()
@@ -230,7 +231,7 @@ impl Daemon {
         let resp = self.client.request("GET", path, None).await?;
         let status = resp.status;
         let bytes = resp.bytes().await?;
-        Ok((status, parse(&bytes)))
+        Ok((status, as_json(&bytes)))
     }
 
     /// Raw text of a GET (e.g. /metrics).
@@ -241,10 +242,18 @@ impl Daemon {
 
     /// POST of a raw body.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let resp = self.client.request("POST", path, Some(body)).await.unwrap();
-        let status = resp.status;
-        let bytes = resp.bytes().await.unwrap();
-        (status, parse(&bytes))
+        let (status, _, bytes) = self.request("POST", path, Some(body)).await;
+        (status, as_json(&bytes))
+    }
+
+    /// One request with a raw body: status, response headers and raw body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, hyper::HeaderMap, Vec<u8>) {
+        send(&self.client, method, path, body).await
     }
 
     /// Runs a task on `pool`; returns the status and JSON answer.
@@ -308,9 +317,52 @@ impl Drop for Daemon {
     }
 }
 
-fn parse(bytes: &[u8]) -> Value {
+/// A body parsed as JSON, or a JSON string of the raw text when it is not JSON.
+pub fn as_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// One request through `client` (e.g. one with a token, or one moved into a spawned task):
+/// status, response headers and raw body.
+pub async fn send(
+    client: &warmpool::client::Client,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, hyper::HeaderMap, Vec<u8>) {
+    let resp = client.request(method, path, body).await.unwrap();
+    let status = resp.status;
+    let headers = resp.headers.clone();
+    (status, headers, resp.bytes().await.unwrap().to_vec())
+}
+
+/// A request with an optional JSON body through `client`: status and JSON answer.
+pub async fn call(
+    client: &warmpool::client::Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (status, _, bytes) = send(
+        client,
+        method,
+        path,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await;
+    (status, as_json(&bytes))
+}
+
+/// Runs a task on `pool` through `client`; returns the status and JSON answer.
+pub async fn run_task(client: &warmpool::client::Client, pool: &str, body: Value) -> (u16, Value) {
+    call(
+        client,
+        "POST",
+        &format!("/v1/pools/{pool}/tasks"),
+        Some(body),
+    )
+    .await
 }
 
 fn rand_u32() -> u32 {

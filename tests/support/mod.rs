@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{containers, docker, docker_try, Daemon};
+use crate::common::{as_json, containers, docker, docker_try, Daemon};
 
 /// An image holding nothing at all: the daemon bind-mounts the shim at `/.warmpool/shim`
 /// and mounts tmpfs on /tmp and the workdir, so an empty root is all a shim pool needs.
@@ -42,21 +42,14 @@ pub async fn task_with_headers(
     pool: &str,
     body: Value,
 ) -> (u16, hyper::HeaderMap, Value) {
-    let client = warmpool::client::Client::new(&d.addr, None);
-    let resp = client
+    let (status, headers, bytes) = d
         .request(
             "POST",
             &format!("/v1/pools/{pool}/tasks"),
             Some(body.to_string().into_bytes()),
         )
-        .await
-        .unwrap();
-    let status = resp.status;
-    let headers = resp.headers.clone();
-    let bytes = resp.bytes().await.unwrap();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, headers, v)
+        .await;
+    (status, headers, as_json(&bytes))
 }
 
 /// The `Retry-After` header as seconds, if present.
@@ -79,6 +72,11 @@ pub fn full_id(instance: &str, short: &str) -> String {
         "container {short} among this instance's {all:?}"
     );
     matches[0].clone()
+}
+
+/// The 12-character id the API reports for a full container id.
+pub fn short(full: &str) -> String {
+    full.chars().take(12).collect()
 }
 
 /// Whether the engine still knows the container (any state); `id` may be the 12-character
@@ -142,21 +140,32 @@ pub async fn wait_pool(
     }
 }
 
-/// The value of the sample of metric `name` whose labels include all of `labels` (in any
-/// order), 0 when there is none.
-pub async fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = d.get_text("/metrics").await;
+/// The text of `/metrics`.
+pub async fn metrics(d: &Daemon) -> String {
+    d.get_text("/metrics").await
+}
+
+/// Sum of the samples of metric `name` in a `/metrics` text whose labels include every
+/// `labels` pair (in any order), 0 when there is none.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (metric == name && all).then(|| value.parse().ok())?
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .unwrap_or(0.0)
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric_in`] of the daemon's `/metrics` now.
+pub async fn metric(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_in(&metrics(d).await, name, labels)
 }
 
 /// `docker exec` in a container; returns the exit code and stdout.
