@@ -8,13 +8,10 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, UploadToContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use bollard::Docker;
-use bytes::Bytes;
-use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
@@ -167,17 +164,6 @@ impl Runtime for DockerRuntime {
                 other => Err(other),
             },
         }
-    }
-
-    async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError> {
-        let nets = self
-            .client()?
-            .list_networks(Some(ListNetworksOptions {
-                filters: Some(managed_filter()),
-            }))
-            .await
-            .map_err(map_err)?;
-        Ok(nets.into_iter().filter_map(|n| n.name).collect())
     }
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
@@ -422,40 +408,6 @@ impl Runtime for DockerRuntime {
             // Not running and no exit code: not started yet. The attached start returns once
             // the stream is hijacked, which can be before the engine starts the process.
             Ok(info.exit_code)
-        }
-    }
-
-    async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) -> Result<(), RuntimeError> {
-        let options = UploadToContainerOptions {
-            path: dir.to_string(),
-            ..Default::default()
-        };
-        self.client()?
-            .upload_to_container(id, Some(options), bollard::body_full(tar))
-            .await
-            .map_err(map_err)
-    }
-
-    async fn get_archive(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError> {
-        let options = DownloadFromContainerOptions {
-            path: path.to_string(),
-        };
-        let mut stream = self
-            .client()?
-            .download_from_container(id, Some(options))
-            .map_err(map_err)
-            .boxed();
-        // Surface "no such path" as an error of the call, not of the first chunk.
-        match stream.next().await {
-            None => Ok(futures_util::stream::empty().boxed()),
-            Some(Err(e)) => Err(e),
-            Some(Ok(first)) => Ok(futures_util::stream::once(async move { Ok(first) })
-                .chain(stream)
-                .boxed()),
         }
     }
 }

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures_util::stream::BoxStream;
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::Notify;
@@ -155,11 +154,6 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError> {
-        self.check_up()?;
-        Ok(self.networks())
-    }
-
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.check_up()?;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -285,20 +279,6 @@ impl Runtime for FakeRuntime {
 
     async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>, RuntimeError> {
         Ok(Some(0))
-    }
-
-    async fn put_archive(&self, _id: &str, _dir: &str, _tar: Bytes) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-
-    async fn get_archive(
-        &self,
-        _id: &str,
-        _path: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError> {
-        Err(RuntimeError::NotFound(
-            "the fake engine has no files".into(),
-        ))
     }
 }
 

@@ -160,8 +160,6 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError>;
     async fn network_exists(&self, name: &str) -> Result<bool, RuntimeError>;
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Networks carrying `warmpool.managed=true`.
-    async fn list_managed_networks(&self) -> Result<Vec<String>, RuntimeError>;
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     /// Attach to stdin/stdout; done before `start` so nothing the entrypoint writes is lost.
     async fn attach(&self, id: &str) -> Result<Attached, RuntimeError>;
@@ -178,12 +176,4 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
     /// `None` while the exec runs, its exit code once it ended.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
-    /// Extracts a tar archive into `dir` of the container.
-    async fn put_archive(&self, id: &str, dir: &str, tar: Bytes) -> Result<(), RuntimeError>;
-    /// A tar archive of `path` in the container.
-    async fn get_archive(
-        &self,
-        id: &str,
-        path: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, RuntimeError>;
 }
