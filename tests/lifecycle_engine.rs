@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const TWO_POOLS: &str = r#"
@@ -41,18 +41,7 @@ async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
     let running = {
         let client = warmpool::client::Client::new(&d.addr, None);
         tokio::spawn(async move {
-            let body = json!({"shell": "sleep 1; echo finished"});
-            let resp = client
-                .request(
-                    "POST",
-                    "/v1/pools/web/tasks",
-                    Some(body.to_string().into_bytes()),
-                )
-                .await
-                .unwrap();
-            let status = resp.status;
-            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-            (status, v)
+            run_task(&client, "web", json!({"shell": "sleep 1; echo finished"})).await
         })
     };
     wait_pool(&d, "web", "the task to run", Duration::from_secs(10), |v| {

@@ -273,18 +273,12 @@ async fn a_timeout_kills_the_grandchildren_too() {
     let task = {
         let client = warmpool::client::Client::new(&d.addr, None);
         tokio::spawn(async move {
-            let body = json!({"shell": "sh -c 'sleep 4242; echo never' & wait", "timeout": "2s"});
-            let resp = client
-                .request(
-                    "POST",
-                    "/v1/pools/grand/tasks",
-                    Some(body.to_string().into_bytes()),
-                )
-                .await
-                .unwrap();
-            let status = resp.status;
-            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-            (status, v)
+            run_task(
+                &client,
+                "grand",
+                json!({"shell": "sh -c 'sleep 4242; echo never' & wait", "timeout": "2s"}),
+            )
+            .await
         })
     };
     // `ps` of the container (docker top), with the host's pids.
