@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 docker info >/dev/null 2>&1 || { echo "test.sh: no Docker engine answers (docker info failed)"; exit 1; }
+scripts/install-test-deps.sh
 scripts/build-demo-image.sh
 
 cargo fmt --all -- --check
