@@ -155,6 +155,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
     finally:
         proc.send_signal(signal.SIGTERM)
+        code: int | None
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -132,7 +132,7 @@ def test_session_by_id_is_joined_and_refused_on_another_pool(wp: Client) -> None
 
 def test_file_errors(wp: Client) -> None:
     with wp.session("main") as s:
-        s.run(["mkdir", "d"])
+        assert [type(ev) for ev in s.stream(["mkdir", "d"])] == [Exit]
         with pytest.raises(warmpool.NoSuchPath) as e1:
             s.read_file("/work/missing.txt")
         assert e1.value.status == 404
@@ -207,6 +207,16 @@ def test_request_errors(wp: Client) -> None:
         wp.run("main", "echo hi")  # type: ignore[arg-type]
 
 
+def test_answers_outside_the_error_format_are_protocol_errors(wp: Client) -> None:
+    # The daemon answers these without its {"error": ...} body (axum's own rejections).
+    with pytest.raises(warmpool.ProtocolError) as e:
+        wp.request("GET", "/v1/pools/main/tasks")
+    assert e.value.status == 405
+    with pytest.raises(warmpool.ProtocolError) as e:
+        wp.request("POST", "/v1/pools/main/tasks", params={"stream": "1"}, json={"cmd": ["true"]})
+    assert e.value.status == 400 and "stream" in e.value.message
+
+
 def test_wrong_or_missing_token(daemon: Daemon) -> None:
     for token in ["wrong", ""]:
         with daemon.client(token=token) as c, pytest.raises(warmpool.Unauthorized) as e:
@@ -219,7 +229,12 @@ def test_wrong_or_missing_token(daemon: Daemon) -> None:
 def _while_busy(wp: Client, pool: str, then: Callable[[], None]) -> None:
     """Holds the pool's only container with a task while ``then`` runs."""
     done = threading.Event()
-    holder = threading.Thread(target=lambda: (wp.run(pool, ["sleep", "3"]), done.set()))
+
+    def hold() -> None:
+        wp.run(pool, ["sleep", "3"])
+        done.set()
+
+    holder = threading.Thread(target=hold)
     holder.start()
     try:
         deadline = time.monotonic() + 10

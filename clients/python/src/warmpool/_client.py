@@ -433,8 +433,9 @@ class Session:
 
     def stream(self, cmd: list[str] | None = None, **kw: Any) -> Iterator[Event]:
         """:meth:`Client.stream` in this session."""
-        self._started = True
-        return self.client.stream(self.pool, cmd, session=self.id, **kw)
+        for ev in self.client.stream(self.pool, cmd, session=self.id, **kw):
+            self._started = True
+            yield ev
 
     def _ensure_started(self) -> None:
         # Files need the session's container, which its first task takes from the pool.
@@ -686,10 +687,11 @@ class AsyncSession:
         self._started = True
         return result
 
-    def stream(self, cmd: list[str] | None = None, **kw: Any) -> AsyncIterator[Event]:
+    async def stream(self, cmd: list[str] | None = None, **kw: Any) -> AsyncIterator[Event]:
         """See :meth:`Session.stream`."""
-        self._started = True
-        return self.client.stream(self.pool, cmd, session=self.id, **kw)
+        async for ev in self.client.stream(self.pool, cmd, session=self.id, **kw):
+            self._started = True
+            yield ev
 
     async def _ensure_started(self) -> None:
         if not self._started:
