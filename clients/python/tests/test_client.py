@@ -304,6 +304,14 @@ def test_connection_failure() -> None:
         c.health()
 
 
+def test_a_read_timeout_is_a_connection_failure(daemon: Daemon) -> None:
+    with daemon.client(timeout=0.5) as c, pytest.raises(warmpool.ConnectionFailed, match="in time"):
+        c.run("main", ["sleep", "2"])
+    with daemon.client(timeout=0.5) as c:  # a task timeout raises the client's for that task
+        assert c.run("main", ["sleep", "1"], timeout="20s").ok
+        assert c.run("main", ["sleep", "1"], timeout=5).ok
+
+
 # The asyncio client
 
 

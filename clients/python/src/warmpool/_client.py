@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -55,6 +56,22 @@ def _duration(t: Timeout) -> str | None:
     if t is None or isinstance(t, str):
         return t
     return f"{max(1, round(float(t) * 1000))}ms"
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def _seconds(t: Timeout) -> float | None:
+    """A task timeout in seconds: a number, or a duration string such as ``"1m30s"``
+    (``None`` when absent or not in that simple form)."""
+    if t is None or isinstance(t, (int, float)):
+        return None if t is None else float(t)
+    parts = re.findall(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)", t)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", t):
+        return None
+    if any(u not in _UNITS for _, u in parts):
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def _task_body(
@@ -119,9 +136,14 @@ def _json(resp: httpx.Response) -> Any:
 
 @contextmanager
 def _transport_errors(base: str) -> Generator[None, None, None]:
-    """httpx transport failures as :class:`ConnectionFailed`."""
+    """httpx transport failures (and timeouts) as :class:`ConnectionFailed`."""
     try:
         yield
+    except httpx.TimeoutException as e:
+        raise ConnectionFailed(
+            f"no answer from the warmpool daemon at {base} in time ({type(e).__name__}); "
+            "raise the client's timeout= for long tasks"
+        ) from e
     except httpx.TransportError as e:
         raise ConnectionFailed(
             f"cannot reach the warmpool daemon at {base} ({type(e).__name__}: {e}); is "
@@ -215,10 +237,11 @@ class _Base:
     def _task_timeout(self, timeout: Timeout) -> httpx.Timeout:
         """The read timeout for a task: at least its own timeout plus a margin."""
         secs = self.timeout
-        if isinstance(timeout, (int, float)) and secs is not None:
-            secs = max(secs, float(timeout) + 30.0)
-        elif timeout is not None:
-            secs = None  # a duration string: let the daemon enforce it
+        task = _seconds(timeout)
+        if task is not None and secs is not None:
+            secs = max(secs, task + 30.0)
+        elif timeout is not None and task is None:
+            secs = None  # a duration we cannot read: let the daemon enforce it
         return httpx.Timeout(secs, connect=10.0)
 
 
