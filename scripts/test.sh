@@ -18,3 +18,5 @@ rustc --edition 2021 --test shim/main.rs -o target/shim-tests
 target/shim-tests
 cargo test --locked --lib --bins
 cargo test --locked --test '*' -- --test-threads=1
+# Clients as their users run them: the Python client with pytest against a real daemon.
+scripts/test-python.sh
