@@ -8,11 +8,13 @@ use std::sync::Arc;
 /// (a reload keeps the last error around to report it).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read at all.
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: Arc<std::io::Error>,
     },
+    /// Every problem of the file, in file order, one per line when displayed.
     #[error("{}", display_problems(.0))]
     Invalid(Vec<Problem>),
 }
@@ -35,14 +37,17 @@ fn display_problems(problems: &[Problem]) -> String {
 /// One thing wrong with the file, placed where an editor can jump to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file name given to [`Config::parse`](super::Config::parse) or loaded.
     pub file: String,
     /// 1-based.
     pub line: usize,
     /// 1-based, in characters.
     pub col: usize,
+    /// `{key path} ({value as written}) {what is wrong}: {the fix}`, on one line.
     pub message: String,
 }
 
+/// `file:line:col: message`, the form editors and CI logs turn into links.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -44,8 +44,11 @@ use read::{Ctx, Pos};
 /// the daemon never has to know about `[defaults]` or built-in values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `[server]`, or its built-in defaults when the table is absent.
     pub server: ServerConfig,
+    /// `[docker]`, or its built-in defaults when the table is absent.
     pub docker: DockerConfig,
+    /// Every `[pools.NAME]` by name (at least one), merged over `[defaults]`.
     pub pools: BTreeMap<String, PoolConfig>,
 }
 

@@ -14,6 +14,7 @@ use super::error::Problem;
 use super::suggest::{did_you_mean, looks_like_pool, KeysOf, Section};
 use super::values::{human_size, parse_size};
 
+/// A place in the file, 1-based; the column counts characters, as editors do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Pos {
     pub(super) line: usize,
@@ -112,6 +113,9 @@ pub(super) struct Entry<'d> {
     pub(super) item: &'d Item,
 }
 
+/// The reading of one file: the text (for positions and for quoting values as written)
+/// and the problems found so far. Readers never stop at a problem; they report it and
+/// return `Slot::Bad`, so one pass finds everything.
 pub(super) struct Ctx<'t> {
     text: &'t str,
     file: &'t str,
@@ -121,6 +125,8 @@ pub(super) struct Ctx<'t> {
     keys_of: KeysOf,
 }
 
+/// A rule for a string value: `Err` holds the end of the message, such as "must not be
+/// empty: ...", which the reader prefixes with the key and the value as written.
 pub(super) type Check = fn(&str) -> Result<(), String>;
 
 impl<'t> Ctx<'t> {

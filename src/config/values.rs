@@ -18,12 +18,16 @@ pub(super) const DOCKER_MIN_MEMORY: u64 = 6 * MIB;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnExhausted {
+    /// Queue for up to `acquire_timeout`, at most `max_queue` tasks deep.
     Wait,
+    /// Refuse at once (503), for callers that would rather go elsewhere than wait.
     Fail,
+    /// Start one container beyond `max` for this task and remove it afterwards.
     Cold,
 }
 
 impl OnExhausted {
+    /// As written in `pools.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             OnExhausted::Wait => "wait",
@@ -39,14 +43,18 @@ impl fmt::Display for OnExhausted {
     }
 }
 
+/// How a pool runs tasks in its containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExecMode {
+    /// The in-container agent, the containers' entrypoint: about a millisecond a task.
     Shim,
+    /// One `docker exec` a task (tens of milliseconds), for images the shim cannot run in.
     DockerExec,
 }
 
 impl ExecMode {
+    /// As written in `pools.toml`.
     pub fn as_str(self) -> &'static str {
         match self {
             ExecMode::Shim => "shim",
@@ -61,10 +69,12 @@ impl fmt::Display for ExecMode {
     }
 }
 
-/// Serialized as the string written in `pools.toml`, so status output reads like the file.
+/// The network of a pool's containers. Serialized as the string written in `pools.toml`,
+/// so status output reads like the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum NetworkMode {
+    /// No network at all; the shim needs none.
     None,
     /// A bridge network of the pool's own, so that pools cannot reach each other.
     Isolated,
@@ -73,6 +83,7 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
+    /// As written in `pools.toml`; a named network is its name.
     pub fn as_str(&self) -> &str {
         match self {
             NetworkMode::None => "none",
@@ -82,6 +93,8 @@ impl NetworkMode {
     }
 }
 
+/// Any name other than `none` and `isolated` is a network the operator owns; whether it
+/// exists is checked at start, not here, because config is pure.
 impl From<String> for NetworkMode {
     fn from(s: String) -> Self {
         match s.as_str() {
