@@ -6,7 +6,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod exec;
-pub mod files;
 #[cfg(test)]
 mod lifecycle_tests;
 pub mod metrics;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::api::{ApiError, AppState};
+use super::{body_bytes, ApiError, AppState};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
 /// Exit codes of the shim's file commands, shared with `shim/main.rs`.
@@ -81,12 +81,12 @@ async fn run(
     }
 }
 
-pub async fn put_file(
+pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = crate::api::body_bytes(body)?;
+    let body = body_bytes(body)?;
     let path = absolute(&path)?;
     let size = body.len();
     run(
@@ -99,7 +99,7 @@ pub async fn put_file(
     Ok(Json(json!({"path": path, "bytes": size})).into_response())
 }
 
-pub async fn get_file(
+pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -114,12 +114,12 @@ pub async fn get_file(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-pub async fn put_archive(
+pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = crate::api::body_bytes(body)?;
+    let body = body_bytes(body)?;
     let dir = absolute(&dir)?;
     run(
         &state,
@@ -131,7 +131,7 @@ pub async fn put_archive(
     Ok(Json(json!({"dir": dir})).into_response())
 }
 
-pub async fn get_archive(
+pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {

@@ -1,0 +1,40 @@
+//! Operations endpoints: `POST /v1/admin/reload`, `GET /readyz`, `GET /metrics`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{reload, ApiError, AppState};
+
+pub(super) async fn admin_reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match reload(&state).await {
+        Ok(summary) => Ok(Json(json!({"result": "ok", "changes": summary}))),
+        Err(problems) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            format!("the new configuration was refused and the running one stays: {problems}"),
+        )),
+    }
+}
+
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    match state.supervisor.ready() {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(why) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response()
+        }
+    }
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.supervisor.metrics.render(),
+    )
+        .into_response()
+}
