@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod exec;
 #[cfg(test)]
 mod lifecycle_tests;

@@ -1,4 +1,5 @@
-//! Operations endpoints: `POST /v1/admin/reload`, `GET /readyz`, `GET /metrics`.
+//! Operations endpoints: `POST /v1/admin/reload`, `GET /readyz`, `GET /metrics`. The reload
+//! itself is the daemon's ([`super::Reload`]); this only answers for it.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -6,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{reload, ApiError, AppState};
+use super::{ApiError, AppState};
 
 pub(super) async fn admin_reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match reload(&state).await {
+    match state.reloader.reload().await {
         Ok(summary) => Ok(Json(json!({"result": "ok", "changes": summary}))),
         Err(problems) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

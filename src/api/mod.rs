@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::exec::ExecError;
 use crate::pool::AcquireError;
 use crate::session::SessionError;
-use crate::supervisor::{SubmitError, Supervisor};
+use crate::supervisor::{ReloadSummary, SubmitError, Supervisor};
 
 mod admin;
 mod files;
@@ -24,19 +24,50 @@ mod pools;
 mod sessions;
 mod tasks;
 
+/// What every handler gets: the supervisor, plus what the daemon around it provides.
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Arc<Supervisor>,
-    /// When set, `/v1/*` needs `Authorization: Bearer <token>`; a reload re-reads it.
-    pub token: Arc<parking_lot::RwLock<Option<Arc<String>>>>,
-    /// The pools.toml a reload reads.
-    pub config_path: Option<std::path::PathBuf>,
-    /// The server settings in force, to tell what a reload cannot change.
-    pub server: Arc<parking_lot::RwLock<crate::config::ServerConfig>>,
-    /// `server.max_request_body`, which also bounds files read back.
+    /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
+    pub token: Token,
+    /// Runs `POST /v1/admin/reload`; the daemon owns the file and the settings in force.
+    pub reloader: Arc<dyn Reload>,
+    /// `server.max_request_body` in bytes; it also bounds files read back.
     pub max_body: usize,
 }
 
+/// The bearer token `/v1/*` asks for (`None`: no token needed). Clones share one value, so
+/// the daemon can swap it on a reload while the API checks it.
+#[derive(Clone, Default)]
+pub struct Token(Arc<parking_lot::RwLock<Option<Arc<String>>>>);
+
+impl Token {
+    pub fn new(token: Option<Arc<String>>) -> Self {
+        Token(Arc::new(parking_lot::RwLock::new(token)))
+    }
+
+    /// The token in force now.
+    pub fn get(&self) -> Option<Arc<String>> {
+        self.0.read().clone()
+    }
+
+    /// Puts `token` in force for every request checked from now on.
+    pub fn set(&self, token: Option<Arc<String>>) {
+        *self.0.write() = token;
+    }
+}
+
+/// Reloading the configuration. The daemon implements it (it knows the file and the
+/// settings in force), so the HTTP layer never reads configuration itself.
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync {
+    /// Applies the configuration file anew. Errors: every problem found, as text; then
+    /// nothing changed and the running configuration stays.
+    async fn reload(&self) -> Result<ReloadSummary, String>;
+}
+
+/// The whole API (see docs/api.md): `/v1/*` behind the token, `/healthz`, `/readyz` and
+/// `/metrics` open, request bodies bounded by `state.max_body`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     let v1 = Router::new()
@@ -178,7 +209,7 @@ impl From<SessionError> for ApiError {
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.token.read().clone() else {
+    let Some(expected) = state.token.get() else {
         return next.run(req).await;
     };
     let given = req
@@ -210,60 +241,6 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// Compares without an early exit, so timing does not reveal how much of a token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// Reads `server.token_file`: the token is its content, trimmed; an empty file is refused
-/// so a daemon is never left open by mistake.
-pub fn read_token(server: &crate::config::ServerConfig) -> Result<Option<Arc<String>>, String> {
-    let Some(path) = &server.token_file else {
-        return Ok(None);
-    };
-    let t = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read server.token_file {}: {e}", path.display()))?;
-    let t = t.trim();
-    if t.is_empty() {
-        return Err(format!(
-            "server.token_file {} is empty: put the token in it",
-            path.display()
-        ));
-    }
-    Ok(Some(Arc::new(t.to_string())))
-}
-
-/// Reloads pools.toml: validated first; a bad file changes nothing and its problems are
-/// returned. Shared by SIGHUP and `POST /v1/admin/reload`.
-pub async fn reload(state: &AppState) -> Result<crate::supervisor::ReloadSummary, String> {
-    use crate::metrics::ReloadResult;
-    let sup = &state.supervisor;
-    let Some(path) = &state.config_path else {
-        return Err("this daemon was not started from a file".into());
-    };
-    let result = async {
-        let config = crate::config::Config::load(path).map_err(|e| e.to_string())?;
-        let token = read_token(&config.server)?;
-        {
-            let old = state.server.read();
-            if old.listen != config.server.listen || old.unix_socket != config.server.unix_socket {
-                tracing::warn!("server.listen and server.unix_socket apply at the next restart");
-            }
-        }
-        let summary = sup.reload(&config).await?;
-        *state.token.write() = token;
-        *state.server.write() = config.server.clone();
-        Ok::<_, String>(summary)
-    }
-    .await;
-    match &result {
-        Ok(summary) => {
-            sup.metrics.reloaded(ReloadResult::Ok);
-            tracing::info!(?summary, "configuration reloaded");
-        }
-        Err(problems) => {
-            sup.metrics.reloaded(ReloadResult::Error);
-            tracing::error!("reload refused, the running configuration stays:\n{problems}");
-        }
-    }
-    result
 }
 
 /// A raw body, or the reason there is none as a clear 413 or 400.
