@@ -5,13 +5,13 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{body_bytes, ApiError, AppState};
+use super::{body_bytes, ApiError, AppState, Path};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
 /// Exit codes of the shim's file commands, shared with `shim/main.rs`.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -100,15 +101,33 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see the API table in the README",
-            )
-        })
+        // After every route: it applies to the routes present when it is called.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// A path no route takes: the error envelope, not axum's empty 404.
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see the API table in the README",
+    )
+}
+
+/// A known path with a method it does not take: the error envelope instead of axum's empty
+/// 405. axum still adds the `Allow` header listing the methods the path takes.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
+    )
 }
 
 /// An error as the API answers it.
@@ -243,6 +262,53 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// axum's `Path`, but a path it cannot parse (say, a `%FF` that is not UTF-8) answers in
+/// the error envelope: 400 `invalid_request`.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(t)) => Ok(Path(t)),
+            Err(e) => Err(rejected(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, but a query string it cannot parse (say, `?stream=maybe`) answers in the
+/// error envelope: 400 `invalid_request`.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Query(t)),
+            Err(e) => Err(rejected(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// An extractor's refusal in the envelope; a server-side one (a route wired wrong) stays a 500.
+fn rejected(status: StatusCode, message: String) -> ApiError {
+    if status.is_client_error() {
+        ApiError::new(status, "invalid_request", message)
+    } else {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
 /// A raw body, or the reason there is none as a clear 413 or 400.
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
@@ -292,5 +358,128 @@ mod tests {
         assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("abc"), None);
+    }
+
+    /// A configuration reload is the daemon's; these tests have none.
+    struct NoReload;
+
+    #[async_trait::async_trait]
+    impl Reload for NoReload {
+        async fn reload(&self) -> Result<ReloadSummary, String> {
+            Err("no configuration file in this test".into())
+        }
+    }
+
+    /// The real router over a supervisor that was never started, on the in-memory engine.
+    fn app(token: Option<&str>) -> Router {
+        let supervisor = Supervisor::new(
+            crate::runtime::fake::FakeRuntime::new(),
+            Arc::new(crate::metrics::Metrics::new()),
+            None,
+            "test",
+            10,
+        );
+        router(AppState {
+            supervisor,
+            token: Token::new(token.map(|t| Arc::new(t.to_string()))),
+            reloader: Arc::new(NoReload),
+            max_body: 1 << 20,
+        })
+    }
+
+    /// Status, `Allow` header and JSON body of one request.
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
+        use tower::Service;
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(axum::body::Body::empty()).unwrap();
+        let resp = app.clone().call(req).await.unwrap();
+        let status = resp.status();
+        let allow = resp
+            .headers()
+            .get(header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: body {body:?} is not JSON: {e}"));
+        (status, allow, json)
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_answers_405_in_the_error_envelope_with_allow() {
+        let app = app(None);
+        for (method, path, allowed) in [
+            ("POST", "/v1/pools", "GET,HEAD"),
+            ("GET", "/v1/pools/coder/tasks", "POST"),
+            ("PATCH", "/v1/sessions/s1", "GET,HEAD,DELETE"),
+            ("POST", "/v1/sessions/s1/files/work/a.txt", "GET,HEAD,PUT"),
+            ("GET", "/v1/admin/reload", "POST"),
+            ("DELETE", "/metrics", "GET,HEAD"),
+            ("POST", "/healthz", "GET,HEAD"),
+        ] {
+            let (status, allow, body) = call(&app, method, path, None).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}"
+            );
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(method) && message.contains(path),
+                "{message}"
+            );
+            let mut allow: Vec<String> = allow.unwrap().split(',').map(str::to_string).collect();
+            let mut allowed: Vec<&str> = allowed.split(',').collect();
+            allow.sort();
+            allowed.sort();
+            assert_eq!(allow, allowed, "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_path_answers_404_not_found_in_the_error_envelope() {
+        let app = app(None);
+        for (method, path) in [("GET", "/nope"), ("POST", "/v1/pool"), ("GET", "/v2/pools")] {
+            let (status, _, body) = call(&app, method, path, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_eq!(body["error"]["code"], "not_found", "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_path_or_query_answers_400_in_the_error_envelope() {
+        let app = app(None);
+        for (method, path) in [
+            ("GET", "/v1/pools/%FF"),
+            ("POST", "/v1/pools/coder/tasks?stream=maybe"),
+        ] {
+            let (status, _, body) = call(&app, method, path, None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+            assert_eq!(body["error"]["code"], "invalid_request", "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_guards_v1_and_a_wrong_method_stays_405() {
+        let app = app(Some("s3cret"));
+        let (status, _, body) = call(&app, "GET", "/v1/pools", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, _, body) = call(&app, "GET", "/v1/pools", Some("s3cret")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"pools": []}));
+        // As before the envelope: the method check comes before the token check.
+        let (status, _, body) = call(&app, "POST", "/v1/pools", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
     }
 }

@@ -1,11 +1,11 @@
 //! `GET /v1/pools` and `GET /v1/pools/{pool}`: what each pool holds right now.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Path};
 use crate::supervisor::SubmitError;
 
 #[derive(Serialize)]

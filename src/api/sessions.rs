@@ -3,14 +3,14 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_body, ApiError, AppState};
+use super::{parse_body, ApiError, AppState, Path};
 use crate::session::{SessionError, SessionInfo};
 
 #[derive(Debug, Deserialize)]

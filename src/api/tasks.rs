@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_body, ApiError, AppState};
+use super::{parse_body, ApiError, AppState, Path, Query};
 use crate::exec::TaskEvent;
 use crate::session::SessionError;
 use crate::supervisor::{SubmitError, TaskReport, TaskRequest};
