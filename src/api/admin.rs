@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 
+/// `POST /v1/admin/reload`: `{"result": "ok", "changes": ReloadSummary}`, or 400
+/// `invalid_config` listing every problem (nothing changed then).
 pub(super) async fn admin_reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match state.reloader.reload().await {
         Ok(summary) => Ok(Json(json!({"result": "ok", "changes": summary}))),
@@ -20,6 +22,8 @@ pub(super) async fn admin_reload(State(state): State<AppState>) -> Result<Json<V
     }
 }
 
+/// `GET /readyz`: 200 when the engine answers and every pool has its `min`, else 503
+/// `not_ready` saying why.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     match state.supervisor.ready() {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
@@ -29,6 +33,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /metrics`: the Prometheus text format.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

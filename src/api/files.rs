@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{body_bytes, ApiError, AppState, Path};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
-/// Exit codes of the shim's file commands, shared with `shim/main.rs`.
+/// Exit codes of the shim's file commands; `shim/files.rs` uses the same numbers.
 pub mod code {
     pub const NOT_FOUND: i32 = 3;
     pub const NOT_WRITABLE: i32 = 4;
@@ -22,6 +22,8 @@ pub mod code {
     pub const BAD_ARCHIVE: i32 = 6;
 }
 
+/// The route's `{*path}` as an absolute path. Errors: 400 `invalid_path` for a `..`
+/// component, which could leave the directory the caller means.
 fn absolute(path: &str) -> Result<String, ApiError> {
     let p = format!("/{}", path.trim_start_matches('/'));
     if p.split('/').any(|c| c == "..") {
@@ -81,6 +83,7 @@ async fn run(
     }
 }
 
+/// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body; answers `{"path", "bytes"}`.
 pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -99,6 +102,7 @@ pub(super) async fn put_file(
     Ok(Json(json!({"path": path, "bytes": size})).into_response())
 }
 
+/// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`).
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -114,6 +118,7 @@ pub(super) async fn get_file(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
+/// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body into `dir`; answers `{"dir"}`.
 pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
@@ -131,6 +136,7 @@ pub(super) async fn put_archive(
     Ok(Json(json!({"dir": dir})).into_response())
 }
 
+/// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`).
 pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,

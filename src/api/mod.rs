@@ -1,5 +1,10 @@
-//! The HTTP API: JSON in and out, errors as `{"error": {"code", "message"}}` with a fitting
-//! status, a bounded body, and an optional bearer token on `/v1/*`.
+//! The HTTP API (docs/api.md is the contract): JSON in and out, every error as
+//! `{"error": {"code", "message"}}` with a fitting status, a bounded body, and an optional
+//! bearer token on `/v1/*`.
+//!
+//! This file holds what all endpoints share (the state, [`ApiError`], the token check, body
+//! and path parsing) and the router. Each resource has its own file, which uses this one;
+//! this one only names their handlers in the router, so no two files import each other.
 
 use std::sync::Arc;
 
@@ -28,6 +33,7 @@ mod tasks;
 /// What every handler gets: the supervisor, plus what the daemon around it provides.
 #[derive(Clone)]
 pub struct AppState {
+    /// The pools and sessions every endpoint works on.
     pub supervisor: Arc<Supervisor>,
     /// When set, `/v1/*` needs `Authorization: Bearer <token>`.
     pub token: Token,
@@ -43,6 +49,7 @@ pub struct AppState {
 pub struct Token(Arc<parking_lot::RwLock<Option<Arc<String>>>>);
 
 impl Token {
+    /// A token of its own, not shared with any other `Token` (clone it to share).
     pub fn new(token: Option<Arc<String>>) -> Self {
         Token(Arc::new(parking_lot::RwLock::new(token)))
     }
@@ -130,7 +137,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// An error as the API answers it.
+/// An error as the API answers it: `status` with the body
+/// `{"error": {"code": code, "message": message}}`, plus `Retry-After` (seconds) when the
+/// same request may succeed later. Codes are snake_case and listed in docs/api.md.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -140,6 +149,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// `message` is a sentence for a person: what was wrong and, where it helps, the fix.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -149,10 +159,12 @@ impl ApiError {
         }
     }
 
+    /// The machine-readable code, e.g. `"unknown_pool"`.
     pub fn code(&self) -> &'static str {
         self.code
     }
 
+    /// Adds `Retry-After: secs`, for a client that backs off.
     fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
@@ -174,6 +186,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A refused or failed task: 404 for an unknown pool, 400 for a bad request, 429 or 503
+/// (with `Retry-After`) when no container can be had now, 502 when the container failed.
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let msg = e.to_string();
@@ -209,6 +223,8 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// 404 `unknown_session`, 409 `session_pool_mismatch`, 400 `invalid_request`, or the
+/// task's own error.
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         let msg = e.to_string();
@@ -227,6 +243,8 @@ impl From<SessionError> for ApiError {
     }
 }
 
+/// Lets a `/v1/*` request through when no token is set or its bearer token matches; else 401
+/// `unauthorized`, saying whether the token was missing or wrong.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(expected) = state.token.get() else {
         return next.run(req).await;
@@ -309,7 +327,8 @@ fn rejected(status: StatusCode, message: String) -> ApiError {
     }
 }
 
-/// A raw body, or the reason there is none as a clear 413 or 400.
+/// A raw body, or why there is none: 413 `body_too_large` over `server.max_request_body`,
+/// else 400 `bad_body`.
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -324,7 +343,8 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
     })
 }
 
-/// Parses a JSON body, turning every way it can be wrong into a clear 400 or 413.
+/// Parses a JSON body into `T`. Errors: those of [`body_bytes`], and 400 `invalid_json` (with
+/// serde's reason: the field, the line and column) for a body that is not a `T`.
 pub fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState, Path};
 use crate::supervisor::SubmitError;
 
+/// One pool as `GET /v1/pools` shows it: container counts, sizing from the configuration,
+/// utilization (0 to 1, three decimals) and tasks waiting.
 #[derive(Serialize)]
 pub(super) struct PoolStatus {
     name: String,
@@ -49,6 +51,7 @@ fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> Pool
     }
 }
 
+/// `GET /v1/pools`: `{"pools": [PoolStatus, ...]}`.
 pub(super) async fn list_pools(State(state): State<AppState>) -> Json<Value> {
     let pools: Vec<PoolStatus> = state
         .supervisor
@@ -59,6 +62,7 @@ pub(super) async fn list_pools(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"pools": pools}))
 }
 
+/// `GET /v1/pools/{pool}`: one [`PoolStatus`], or 404 `unknown_pool`.
 pub(super) async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,

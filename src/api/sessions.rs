@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::{parse_body, ApiError, AppState, Path};
 use crate::session::{SessionError, SessionInfo};
 
+/// `POST /v1/sessions`'s body; unknown fields are refused so a typo is not ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionBody {
@@ -21,6 +22,8 @@ struct SessionBody {
     idle_timeout: Option<String>,
 }
 
+/// A session as the API shows it: the container id cut to 12 characters, `idle_seconds` to
+/// a tenth.
 fn session_json(info: &SessionInfo) -> Value {
     json!({
         "id": info.id,
@@ -34,6 +37,8 @@ fn session_json(info: &SessionInfo) -> Value {
     })
 }
 
+/// `POST /v1/sessions`: 201 with the new session, 200 with the live one of that id, 409 if
+/// that id is live on another pool, 400 for a bad body or `idle_timeout`.
 pub(super) async fn create_session(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -62,6 +67,7 @@ pub(super) async fn create_session(
     Ok((status, Json(session_json(&session.info()))).into_response())
 }
 
+/// `GET /v1/sessions`: `{"sessions": [...]}`.
 pub(super) async fn list_sessions(State(state): State<AppState>) -> Json<Value> {
     let list: Vec<Value> = state
         .supervisor
@@ -73,6 +79,7 @@ pub(super) async fn list_sessions(State(state): State<AppState>) -> Json<Value> 
     Json(json!({ "sessions": list }))
 }
 
+/// `GET /v1/sessions/{id}`: the session, or 404 `unknown_session`.
 pub(super) async fn get_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -85,6 +92,8 @@ pub(super) async fn get_session(
     Ok(Json(session_json(&s.info())))
 }
 
+/// `DELETE /v1/sessions/{id}`: ends it once its running task is done; answers the session
+/// as it ended (`"state": "ended"`), or 404 `unknown_session`.
 pub(super) async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -24,19 +24,29 @@ use crate::supervisor::{SubmitError, TaskReport, TaskRequest};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
+    /// The argv, run without a shell; exactly one of `cmd` and `shell`.
     pub cmd: Option<Vec<String>>,
+    /// One string for `/bin/sh -c`.
     pub shell: Option<String>,
+    /// Added to the pool's environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Absolute; the pool's `workdir` when absent.
     pub workdir: Option<String>,
+    /// Text stdin; at most one of `stdin` and `stdin_base64`.
     pub stdin: Option<String>,
     /// Binary-safe stdin, for input that is not UTF-8.
     pub stdin_base64: Option<String>,
+    /// A humantime duration (`"30s"`, `"2m"`), capped by the pool's `task_timeout`.
     pub timeout: Option<String>,
+    /// Run in this session's container instead of any warm one.
     pub session: Option<String>,
 }
 
 impl TaskBody {
+    /// The task to run and the session it names, if any. Errors: 400 `invalid_request` for
+    /// both or neither of `cmd`/`shell`, both stdins, bad base64, or a timeout that is not
+    /// a duration.
     pub fn into_request(self) -> Result<(TaskRequest, Option<String>), ApiError> {
         let session = self.session.clone();
         self.into_task().map(|t| (t, session))
@@ -90,6 +100,7 @@ impl TaskBody {
     }
 }
 
+/// `?stream=true` asks for NDJSON as the task runs.
 #[derive(Deserialize)]
 pub(super) struct TaskQuery {
     #[serde(default)]
@@ -130,10 +141,14 @@ fn report_json(report: &TaskReport) -> serde_json::Map<String, Value> {
     m
 }
 
+/// Milliseconds with microsecond precision, as the report's `queued_ms` and `run_ms`.
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// `POST /v1/pools/{pool}/tasks[?stream=true]`: 200 with the report (stdout and stderr
+/// inside), or NDJSON output lines then an `exit` line. 503 `starting` before start-up is
+/// over; otherwise the errors of [`TaskBody::into_request`] and the task's own.
 pub(super) async fn submit_task(
     State(state): State<AppState>,
     Path(pool): Path<String>,
