@@ -1,4 +1,5 @@
-//! Operations endpoints: `POST /v1/admin/reload`, `GET /readyz`, `GET /metrics`. The reload
+//! Operations endpoints: `POST /v1/admin/reload`, `GET /healthz`, `GET /readyz`,
+//! `GET /metrics`. The reload
 //! itself is the daemon's ([`super::Reload`]); this only answers for it.
 
 use axum::extract::State;
@@ -20,6 +21,11 @@ pub(super) async fn admin_reload(State(state): State<AppState>) -> Result<Json<V
             format!("the new configuration was refused and the running one stays: {problems}"),
         )),
     }
+}
+
+/// `GET /healthz`: liveness, `{"status": "ok"}` while the process serves.
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 200 when the engine answers and every pool has its `min`, else 503

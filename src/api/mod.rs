@@ -105,7 +105,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(v1)
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         // After every route: it applies to the routes present when it is called.
@@ -463,6 +463,16 @@ mod tests {
             allowed.sort();
             assert_eq!(allow, allowed, "{method} {path}");
         }
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok_and_readyz_says_why_not() {
+        let app = app(Some("s3cret"));
+        let (status, _, body) = call(&app, "GET", "/healthz", None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+        let (status, _, body) = call(&app, "GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "not_ready");
     }
 
     #[tokio::test]
