@@ -1,9 +1,9 @@
-//! The command line: `serve`, `check`, `run`, `status`. Errors end here as anyhow.
+//! The command line: `serve`, `check`, `run`, `status`: arguments, logging and what is
+//! printed. `serve` hands over to [`crate::daemon`]. Errors end here as anyhow.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use base64::Engine as _;
@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::{Config, ConfigError};
-use crate::supervisor::Supervisor;
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +134,8 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    // Problems in the file are printed as `check` prints them, before logging is set up, so
+    // they read as plain text whatever the log format.
     let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e @ ConfigError::Invalid(_)) => {
@@ -144,164 +145,8 @@ async fn serve(config_path: PathBuf, log_format: LogFormat) -> anyhow::Result<Ex
         Err(e) => return Err(e.into()),
     };
     init_logs(log_format);
-    // Before anything is created: from here on SIGTERM and Ctrl-C mean an orderly stop, never
-    // the default action that would kill the process with its containers left behind.
-    let mut signals = ShutdownSignals::new().context("cannot install the signal handlers")?;
-    // SIGHUP's default action ends the process: take it over before anything can take a
-    // while (waiting for the engine, warming pools), so a reload sent early (say, by a
-    // `systemctl reload` during start-up) is held until start-up is done, not fatal.
-    let mut hup = {
-        use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
-    };
-    let token = crate::api::read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?;
-    let runtime = crate::runtime::docker::DockerRuntime::new(config.docker.host.as_deref());
-    let shim_path = crate::shim::install(&crate::shim::default_dir())
-        .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let instance = std::env::var("WARMPOOL_INSTANCE").unwrap_or_else(|_| "default".into());
-    anyhow::ensure!(
-        !instance.is_empty()
-            && instance.len() <= 32
-            && instance
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
-        "WARMPOOL_INSTANCE {instance:?} must be 1 to 32 characters of a-z, 0-9, - and _"
-    );
-    let supervisor = Supervisor::new(
-        Arc::new(runtime),
-        metrics,
-        Some(shim_path),
-        &instance,
-        config.server.max_sessions,
-    );
-    let state = crate::api::AppState {
-        supervisor: supervisor.clone(),
-        token: Arc::new(parking_lot::RwLock::new(token)),
-        config_path: Some(config_path.clone()),
-        server: Arc::new(parking_lot::RwLock::new(config.server.clone())),
-        max_body: config.server.max_request_body as usize,
-    };
-    let app = crate::api::router(state.clone());
-    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
-    let mut servers = Vec::new();
-    if let Some(addr) = config.server.listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} (server.listen); is another warmpool running?")
-        })?;
-        tracing::info!(%addr, daemon = %supervisor.daemon_id, "listening");
-        let mut stopped = http_stopped.clone();
-        let app = app.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        }));
-    }
-    if let Some(path) = &config.server.unix_socket {
-        servers.push(serve_unix(path, app.clone(), http_stopped.clone())?);
-    }
-    // A signal while the pools are being set up stops the daemon too; a failed start removes
-    // what the pools set up before it had made.
-    let start = supervisor.start(&config);
-    tokio::pin!(start);
-    let signalled = tokio::select! {
-        started = &mut start => {
-            if let Err(e) = started {
-                supervisor.shutdown(std::time::Duration::ZERO).await;
-                return Err(e);
-            }
-            false
-        }
-        _ = signals.recv() => {
-            // Let the set-up step in flight finish: an engine request dropped half-way still
-            // completes in the engine, after the sweep of the shutdown. The bound is for an
-            // engine that never answered, which has nothing to clean up.
-            tracing::info!("signal during start-up; finishing the set-up in flight first");
-            let finish = std::time::Duration::from_secs(15);
-            if let Ok(Err(e)) = tokio::time::timeout(finish, &mut start).await {
-                tracing::warn!(error = %e, "start-up failed");
-            }
-            true
-        }
-    };
-    if !signalled {
-        tracing::info!(pools = config.pools.len(), "pools warming");
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
-                let _ = crate::api::reload(&state).await;
-            }
-        });
-        signals.recv().await;
-    }
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new tasks; a second signal exits at once");
-    tokio::spawn(async move {
-        signals.recv().await;
-        eprintln!("warmpool: second signal, exiting now (the next start removes what is left)");
-        std::process::exit(130);
-    });
-    supervisor.shutdown(config.server.shutdown_grace).await;
-    let _ = stop_http.send(true);
-    for s in servers {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
-    }
-    tracing::info!("stopped; every container removed");
+    crate::daemon::run(config_path, config).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Serves the API on a unix socket too, mode 0660, replacing a stale socket file.
-fn serve_unix(
-    path: &std::path::Path,
-    app: axum::Router,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(
-            meta.file_type().is_socket(),
-            "server.unix_socket {} exists and is not a socket; remove it or choose another path",
-            path.display()
-        );
-        std::fs::remove_file(path)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on server.unix_socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    tracing::info!(socket = %path.display(), "listening");
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    }))
-}
-
-/// SIGTERM and SIGINT, listened to from the moment this is created (a signal that arrives
-/// before the first `recv` is not lost).
-struct ShutdownSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(ShutdownSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
 
 fn client(addr: &str) -> crate::client::Client {

@@ -5,8 +5,8 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod exec;
-pub mod files;
 #[cfg(test)]
 mod lifecycle_tests;
 pub mod metrics;

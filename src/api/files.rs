@@ -5,16 +5,16 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::api::{ApiError, AppState};
+use super::{body_bytes, ApiError, AppState, Path};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
-/// Exit codes of the shim's file commands, shared with `shim/main.rs`.
+/// Exit codes of the shim's file commands; `shim/files.rs` uses the same numbers.
 pub mod code {
     pub const NOT_FOUND: i32 = 3;
     pub const NOT_WRITABLE: i32 = 4;
@@ -22,6 +22,8 @@ pub mod code {
     pub const BAD_ARCHIVE: i32 = 6;
 }
 
+/// The route's `{*path}` as an absolute path. Errors: 400 `invalid_path` for a `..`
+/// component, which could leave the directory the caller means.
 fn absolute(path: &str) -> Result<String, ApiError> {
     let p = format!("/{}", path.trim_start_matches('/'));
     if p.split('/').any(|c| c == "..") {
@@ -81,12 +83,13 @@ async fn run(
     }
 }
 
-pub async fn put_file(
+/// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body; answers `{"path", "bytes"}`.
+pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = crate::api::body_bytes(body)?;
+    let body = body_bytes(body)?;
     let path = absolute(&path)?;
     let size = body.len();
     run(
@@ -99,7 +102,8 @@ pub async fn put_file(
     Ok(Json(json!({"path": path, "bytes": size})).into_response())
 }
 
-pub async fn get_file(
+/// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`).
+pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -114,12 +118,13 @@ pub async fn get_file(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-pub async fn put_archive(
+/// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body into `dir`; answers `{"dir"}`.
+pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = crate::api::body_bytes(body)?;
+    let body = body_bytes(body)?;
     let dir = absolute(&dir)?;
     run(
         &state,
@@ -131,7 +136,8 @@ pub async fn put_archive(
     Ok(Json(json!({"dir": dir})).into_response())
 }
 
-pub async fn get_archive(
+/// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`).
+pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {

@@ -1,0 +1,105 @@
+//! `/v1/sessions`: create, list, show and end sessions. Their tasks go through `tasks.rs`,
+//! their files through `files.rs`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, ApiError, AppState, Path};
+use crate::session::{SessionError, SessionInfo};
+
+/// `POST /v1/sessions`'s body; unknown fields are refused so a typo is not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionBody {
+    pool: String,
+    id: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+/// A session as the API shows it: the container id cut to 12 characters, `idle_seconds` to
+/// a tenth.
+fn session_json(info: &SessionInfo) -> Value {
+    json!({
+        "id": info.id,
+        "pool": info.pool,
+        "state": info.state.as_str(),
+        "container": info.container.as_ref().map(|c| c.chars().take(12).collect::<String>()),
+        "tasks": info.tasks,
+        "idle_seconds": (info.idle.as_secs_f64() * 10.0).round() / 10.0,
+        "idle_timeout": humantime::format_duration(info.idle_timeout).to_string(),
+        "busy": info.busy,
+    })
+}
+
+/// `POST /v1/sessions`: 201 with the new session, 200 with the live one of that id, 409 if
+/// that id is live on another pool, 400 for a bad body or `idle_timeout`.
+pub(super) async fn create_session(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: SessionBody = parse_body(body)?;
+    let idle_timeout = body
+        .idle_timeout
+        .map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("idle_timeout {t:?} is not a duration ({e}); write e.g. \"5m\""),
+                )
+            })
+        })
+        .transpose()?;
+    let (session, created) = state
+        .supervisor
+        .create_session(&body.pool, body.id, idle_timeout)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(session_json(&session.info()))).into_response())
+}
+
+/// `GET /v1/sessions`: `{"sessions": [...]}`.
+pub(super) async fn list_sessions(State(state): State<AppState>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .supervisor
+        .sessions
+        .list()
+        .iter()
+        .map(|s| session_json(&s.info()))
+        .collect();
+    Json(json!({ "sessions": list }))
+}
+
+/// `GET /v1/sessions/{id}`: the session, or 404 `unknown_session`.
+pub(super) async fn get_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let s = state
+        .supervisor
+        .sessions
+        .get(&id)
+        .ok_or(SessionError::NotFound(id))?;
+    Ok(Json(session_json(&s.info())))
+}
+
+/// `DELETE /v1/sessions/{id}`: ends it once its running task is done; answers the session
+/// as it ended (`"state": "ended"`), or 404 `unknown_session`.
+pub(super) async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = state.supervisor.end_session(&id).await?;
+    let mut v = session_json(&info);
+    v["state"] = json!("ended");
+    Ok(Json(v))
+}

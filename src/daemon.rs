@@ -1,0 +1,271 @@
+//! The running daemon's wiring: the engine, the shim, the supervisor, the HTTP listeners,
+//! the signals, and reloading the configuration (SIGHUP and `POST /v1/admin/reload` share
+//! [`Reloader`]). The HTTP layer only serves; the command line only parses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::{AppState, Reload, Token};
+use crate::config::{Config, ServerConfig};
+use crate::metrics::{Metrics, ReloadResult};
+use crate::supervisor::{ReloadSummary, Supervisor};
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops it in order: no new tasks, running
+/// ones get `server.shutdown_grace`, every container is removed. `config` is the file at
+/// `config_path` as already loaded (and shown valid) by the caller, who also set up logging.
+///
+/// Errors: a listener that cannot bind, the shim that cannot be written, a bad
+/// `WARMPOOL_INSTANCE` or token file, or a failed start-up (what it made is removed first).
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    // Before anything is created: from here on SIGTERM and Ctrl-C mean an orderly stop, never
+    // the default action that would kill the process with its containers left behind.
+    let mut signals = ShutdownSignals::new().context("cannot install the signal handlers")?;
+    // SIGHUP's default action ends the process: take it over before anything can take a
+    // while (waiting for the engine, warming pools), so a reload sent early (say, by a
+    // `systemctl reload` during start-up) is held until start-up is done, not fatal.
+    let mut hup = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
+    };
+    let token = Token::new(read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?);
+    let runtime = crate::runtime::docker::DockerRuntime::new(config.docker.host.as_deref());
+    let shim_path = crate::shim::install(&crate::shim::default_dir())
+        .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
+    let metrics = Arc::new(Metrics::new());
+    let instance = instance_name()?;
+    let supervisor = Supervisor::new(
+        Arc::new(runtime),
+        metrics,
+        Some(shim_path),
+        &instance,
+        config.server.max_sessions,
+    );
+    let reloader = Arc::new(Reloader {
+        supervisor: supervisor.clone(),
+        config_path,
+        server: parking_lot::RwLock::new(config.server.clone()),
+        token: token.clone(),
+    });
+    let state = AppState {
+        supervisor: supervisor.clone(),
+        token,
+        reloader: reloader.clone(),
+        max_body: config.server.max_request_body as usize,
+    };
+    let app = crate::api::router(state);
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    if let Some(addr) = config.server.listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (server.listen); is another warmpool running?")
+        })?;
+        tracing::info!(%addr, daemon = %supervisor.daemon_id, "listening");
+        let mut stopped = http_stopped.clone();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    if let Some(path) = &config.server.unix_socket {
+        servers.push(serve_unix(path, app.clone(), http_stopped.clone())?);
+    }
+    // A signal while the pools are being set up stops the daemon too; a failed start removes
+    // what the pools set up before it had made.
+    let start = supervisor.start(&config);
+    tokio::pin!(start);
+    let signalled = tokio::select! {
+        started = &mut start => {
+            if let Err(e) = started {
+                supervisor.shutdown(Duration::ZERO).await;
+                return Err(e);
+            }
+            false
+        }
+        _ = signals.recv() => {
+            // Let the set-up step in flight finish: an engine request dropped half-way still
+            // completes in the engine, after the sweep of the shutdown. The bound is for an
+            // engine that never answered, which has nothing to clean up.
+            tracing::info!("signal during start-up; finishing the set-up in flight first");
+            let finish = Duration::from_secs(15);
+            if let Ok(Err(e)) = tokio::time::timeout(finish, &mut start).await {
+                tracing::warn!(error = %e, "start-up failed");
+            }
+            true
+        }
+    };
+    if !signalled {
+        tracing::info!(pools = config.pools.len(), "pools warming");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reloader.reload().await;
+            }
+        });
+        signals.recv().await;
+    }
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new tasks; a second signal exits at once");
+    tokio::spawn(async move {
+        signals.recv().await;
+        eprintln!("warmpool: second signal, exiting now (the next start removes what is left)");
+        std::process::exit(130);
+    });
+    supervisor.shutdown(config.server.shutdown_grace).await;
+    let _ = stop_http.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    tracing::info!("stopped; every container removed");
+    Ok(())
+}
+
+/// `WARMPOOL_INSTANCE` (default `default`): it goes into container names and labels, so it
+/// is held to what both accept.
+fn instance_name() -> anyhow::Result<String> {
+    let instance = std::env::var("WARMPOOL_INSTANCE").unwrap_or_else(|_| "default".into());
+    anyhow::ensure!(
+        !instance.is_empty()
+            && instance.len() <= 32
+            && instance
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
+        "WARMPOOL_INSTANCE {instance:?} must be 1 to 32 characters of a-z, 0-9, - and _"
+    );
+    Ok(instance)
+}
+
+/// Reads `server.token_file`: the token is its content, trimmed; `None` when no file is set.
+///
+/// Errors (as a sentence naming the file): the file cannot be read, or it is empty, which is
+/// refused so a daemon is never left open by mistake.
+pub fn read_token(server: &ServerConfig) -> Result<Option<Arc<String>>, String> {
+    let Some(path) = &server.token_file else {
+        return Ok(None);
+    };
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read server.token_file {}: {e}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!(
+            "server.token_file {} is empty: put the token in it",
+            path.display()
+        ));
+    }
+    Ok(Some(Arc::new(t.to_string())))
+}
+
+/// Reloads the configuration file the daemon started from. Shared by SIGHUP and
+/// `POST /v1/admin/reload` (through [`Reload`]).
+pub struct Reloader {
+    supervisor: Arc<Supervisor>,
+    config_path: PathBuf,
+    /// The server settings in force, to tell what a reload cannot change.
+    server: parking_lot::RwLock<ServerConfig>,
+    /// The token the API checks; a reload re-reads `server.token_file` into it.
+    token: Token,
+}
+
+impl Reloader {
+    /// Reads and validates the file first: a bad file (or token file) changes nothing, and
+    /// every problem found comes back as the error, one per line. On success the pools are
+    /// changed as the summary says and the new token is in force; `server.listen` and
+    /// `server.unix_socket` only apply at the next restart (a warning says so).
+    pub async fn reload(&self) -> Result<ReloadSummary, String> {
+        let sup = &self.supervisor;
+        let result = async {
+            let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+            let token = read_token(&config.server)?;
+            {
+                let old = self.server.read();
+                if old.listen != config.server.listen
+                    || old.unix_socket != config.server.unix_socket
+                {
+                    tracing::warn!(
+                        "server.listen and server.unix_socket apply at the next restart"
+                    );
+                }
+            }
+            let summary = sup.reload(&config).await?;
+            self.token.set(token);
+            *self.server.write() = config.server.clone();
+            Ok::<_, String>(summary)
+        }
+        .await;
+        match &result {
+            Ok(summary) => {
+                sup.metrics.reloaded(ReloadResult::Ok);
+                tracing::info!(?summary, "configuration reloaded");
+            }
+            Err(problems) => {
+                sup.metrics.reloaded(ReloadResult::Error);
+                tracing::error!("reload refused, the running configuration stays:\n{problems}");
+            }
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Reload for Reloader {
+    async fn reload(&self) -> Result<ReloadSummary, String> {
+        Reloader::reload(self).await
+    }
+}
+
+/// Serves the API on a unix socket too, mode 0660, replacing a stale socket file.
+fn serve_unix(
+    path: &Path,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "server.unix_socket {} exists and is not a socket; remove it or choose another path",
+            path.display()
+        );
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on server.unix_socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %path.display(), "listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    }))
+}
+
+/// SIGTERM and SIGINT, listened to from the moment this is created (a signal that arrives
+/// before the first `recv` is not lost).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
