@@ -18,12 +18,8 @@ use crate::exec::{Conn, DockerExecConn, ShimConn};
 use crate::metrics::{Acquisition, ContainerState, Metrics, RemoveReason};
 use crate::runtime::{ContainerSpec, Runtime, RuntimeError};
 
-/// How long a fresh container may take to greet us before it is given up on.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
 const PARALLEL_CREATES: usize = 3;
-/// How long a workdir reset may take before the container is considered wedged.
-pub const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a task got no container.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -509,7 +505,7 @@ impl Pool {
                 ExecMode::Shim => {
                     let attached = self.runtime.attach(&id).await.map_err(|e| e.to_string())?;
                     self.runtime.start(&id).await.map_err(|e| e.to_string())?;
-                    let conn = ShimConn::connect(attached, Some(START_TIMEOUT))
+                    let conn = ShimConn::connect(attached, Some(crate::exec::START_TIMEOUT))
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(Conn::Shim(conn))

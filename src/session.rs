@@ -412,7 +412,7 @@ impl Supervisor {
             session.meta.lock().container = Some(container.clone());
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
-                if let Err(e) = conn.reset(&paths, crate::pool::RESET_TIMEOUT).await {
+                if let Err(e) = conn.reset(&paths, crate::exec::RESET_TIMEOUT).await {
                     session.meta.lock().container = None;
                     let _ = self.runtime.remove(&container).await;
                     session.meta.lock().container = None;

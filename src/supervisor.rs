@@ -318,7 +318,7 @@ impl Supervisor {
         }
         let attached = self.runtime.attach(&c.id).await.ok()?;
         let conn = crate::exec::ShimConn::connect(attached, None).await.ok()?;
-        let busy = conn.ping(Duration::from_secs(2)).await.ok()?;
+        let busy = conn.ping(crate::exec::ADOPT_PING_TIMEOUT).await.ok()?;
         let conn = crate::exec::Conn::Shim(conn);
         match session {
             Some(id) => {
@@ -547,7 +547,7 @@ impl Supervisor {
             let pool = pool.clone();
             let cmd = cfg.health_cmd.clone();
             tokio::spawn(async move {
-                let result = conn.probe(cmd.as_deref(), Duration::from_secs(5)).await;
+                let result = conn.probe(cmd.as_deref(), crate::exec::PROBE_TIMEOUT).await;
                 let healthy = result.is_ok();
                 if let Err(e) = &result {
                     tracing::warn!(pool = %pool.name, error = %e, "health check failed; replacing the container");
