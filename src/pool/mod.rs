@@ -15,6 +15,7 @@ mod factory;
 mod health;
 mod lease;
 mod state;
+mod wake;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -36,6 +37,7 @@ use state::{MemberState, NewMember, Rules, State, Waiter};
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
 pub use lease::Lease;
 pub use state::{Counts, Desired, Plan};
+pub use wake::{Wake, Wakes};
 
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
 const PARALLEL_CREATES: usize = 3;
@@ -57,56 +59,6 @@ pub enum AcquireError {
     Exhausted { pool: String, max: usize },
     #[error("pool {0} is shutting down and takes no new tasks")]
     Closed(String),
-}
-
-/// Why a pool's reconcile loop was woken before its next tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// A task had to queue: demand the autoscaler acts on at once.
-    Queued,
-    /// A container left the pool (retired, found dead, taken by a session).
-    Retired,
-    /// A container start ended, well or not.
-    StartEnded,
-    /// A reload changed the pool's config.
-    Config,
-    /// The engine answers again after an outage.
-    Engine,
-    /// The pool was closed.
-    Closed,
-}
-
-impl Wake {
-    const ALL: [Wake; 6] = [
-        Wake::Queued,
-        Wake::Retired,
-        Wake::StartEnded,
-        Wake::Config,
-        Wake::Engine,
-        Wake::Closed,
-    ];
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
-
-/// The reasons a loop was woken for since it last looked.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub struct Wakes(u8);
-
-impl Wakes {
-    pub fn contains(&self, w: Wake) -> bool {
-        self.0 & w.bit() != 0
-    }
-}
-
-impl std::fmt::Debug for Wakes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set()
-            .entries(Wake::ALL.iter().filter(|w| self.contains(**w)))
-            .finish()
-    }
 }
 
 /// The pools of a daemon by name, shared by the supervisor and the sessions.
@@ -238,7 +190,7 @@ impl Pool {
     /// with every reason given since.
     pub async fn woken(&self) -> Wakes {
         self.notify.notified().await;
-        Wakes(self.wakes.swap(0, Ordering::AcqRel))
+        Wakes::from_bits(self.wakes.swap(0, Ordering::AcqRel))
     }
 
     /// Takes an idle container, or queues for one up to `acquire_timeout`.
