@@ -32,6 +32,8 @@ pub struct Factory {
 }
 
 impl Factory {
+    /// `daemon_id` and `instance` label every container; `shim_path` is the host's shim
+    /// binary (`None`: shim pools cannot start, docker-exec ones can).
     pub fn new(
         runtime: Arc<dyn Runtime>,
         daemon_id: String,

@@ -66,6 +66,7 @@ pub enum AcquireError {
 pub struct Pools(RwLock<BTreeMap<String, Arc<Pool>>>);
 
 impl Pools {
+    /// The pool of that name, if it exists (a reload may have removed it).
     pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
         self.0.read().get(name).cloned()
     }
@@ -75,16 +76,20 @@ impl Pools {
         self.0.read().values().cloned().collect()
     }
 
+    /// Adds (or replaces) a pool under its name.
     pub fn insert(&self, pool: Arc<Pool>) {
         self.0.write().insert(pool.name.clone(), pool);
     }
 
+    /// Takes a pool out; tasks already holding it go on with it.
     pub fn remove(&self, name: &str) -> Option<Arc<Pool>> {
         self.0.write().remove(name)
     }
 }
 
+/// One pool of containers of one spec. Shared as `Arc<Pool>`; every method takes `&self`.
 pub struct Pool {
+    /// The pool's name, as in pools.toml; the `pool` label of every metric.
     pub name: String,
     cfg: RwLock<Arc<PoolConfig>>,
     spec: RwLock<Arc<ContainerSpec>>,
@@ -139,14 +144,17 @@ impl Pool {
         self.me.upgrade().expect("a pool outlives its own calls")
     }
 
+    /// The pool's current config (a reload may replace it at any time).
     pub fn config(&self) -> Arc<PoolConfig> {
         self.cfg.read().clone()
     }
 
+    /// The container spec new containers are created with.
     pub fn spec(&self) -> Arc<ContainerSpec> {
         self.spec.read().clone()
     }
 
+    /// The hash of [`Pool::spec`]; a member of another hash is stale.
     pub fn spec_hash(&self) -> Arc<str> {
         self.spec_hash.read().clone()
     }
@@ -166,6 +174,7 @@ impl Pool {
         self.wake(Wake::Config);
     }
 
+    /// The pool's counts now.
     pub fn counts(&self) -> Counts {
         self.state.lock().counts()
     }
@@ -590,6 +599,7 @@ impl Pool {
         self.wake(Wake::Closed);
     }
 
+    /// [`Pool::close`] was called: no new task is taken.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
     }

@@ -84,8 +84,11 @@ pub(super) struct Waiter {
 /// Counts at one instant, for the autoscaler, the API and the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
+    /// Ready and free.
     pub idle: usize,
+    /// Running a task (or leased and about to).
     pub busy: usize,
+    /// Being created and started, not yet ready.
     pub starting: usize,
     /// Idle containers taken out of rotation for a moment while their health probe runs.
     pub probing: usize,
@@ -93,7 +96,9 @@ pub struct Counts {
     pub retiring: usize,
     /// Being removed because they failed: a failed probe, a dead agent, a timed-out task.
     pub unhealthy: usize,
+    /// Tasks waiting for a container.
     pub queued: usize,
+    /// What the autoscaler wants, between `min` and `max`.
     pub target: usize,
 }
 

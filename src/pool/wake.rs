@@ -41,6 +41,7 @@ impl Wakes {
         Wakes(bits)
     }
 
+    /// Whether `w` is among the reasons.
     pub fn contains(&self, w: Wake) -> bool {
         self.0 & w.bit() != 0
     }

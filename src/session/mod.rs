@@ -74,6 +74,7 @@ struct Inner {
 }
 
 impl Sessions {
+    /// No session yet; at most `max` live at once.
     pub fn new(
         pools: Arc<Pools>,
         runtime: Arc<dyn Runtime>,
@@ -99,6 +100,7 @@ impl Sessions {
         self.0.max.load(Ordering::Relaxed)
     }
 
+    /// The live session of that id.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         self.0.map.lock().get(id).cloned()
     }

@@ -31,7 +31,6 @@ use crate::session::{Session, SessionError, SessionInfo, Sessions};
 
 pub use crate::pool::SHIM_IN_CONTAINER;
 pub use crate::task::{SubmitError, TaskReport, TaskRequest};
-pub use reload::ReloadSummary;
 
 /// Why a pool's reconcile ran: logged with what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +43,27 @@ pub enum Cause {
     Woken(Wakes),
 }
 
+/// What a reload changed, pool by pool.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Container spec changed: containers are being replaced, surge first.
+    pub replaced: Vec<String>,
+    /// Sizing or timing only: no container touched.
+    pub retuned: Vec<String>,
+}
+
+/// The daemon's core: pools, sessions, their loops, and the engine they run on. Built by
+/// [`Supervisor::new`], started by [`Supervisor::start`], stopped by `shutdown`.
 pub struct Supervisor {
+    /// Random per run; labels every container this run creates.
     pub daemon_id: String,
     /// The installation this daemon belongs to (`WARMPOOL_INSTANCE`, default "default").
     pub instance: String,
+    /// The container engine.
     pub runtime: Arc<dyn Runtime>,
+    /// The daemon's metrics, rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
     pools: Arc<Pools>,
     factory: Factory,
@@ -63,11 +78,14 @@ pub struct Supervisor {
     /// to close, which is "every task is done" (mini-redis' shutdown_complete).
     tasks_tx: parking_lot::Mutex<Option<mpsc::Sender<()>>>,
     tasks_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// The live sessions.
     pub sessions: Sessions,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Supervisor {
+    /// A supervisor with no pool yet; `shim_path` is the host's shim binary, `instance` the
+    /// installation (`WARMPOOL_INSTANCE`), `max_sessions` the bound on live sessions.
     pub fn new(
         runtime: Arc<dyn Runtime>,
         metrics: Arc<Metrics>,
@@ -106,10 +124,12 @@ impl Supervisor {
         })
     }
 
+    /// The pool of that name.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.pools.get(name)
     }
 
+    /// Every pool, in name order.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.pools.list()
     }
@@ -119,6 +139,7 @@ impl Supervisor {
         self.started.load(Ordering::Acquire)
     }
 
+    /// The engine answered its last ping.
     pub fn engine_up(&self) -> bool {
         self.engine_up.load(Ordering::Acquire)
     }
@@ -266,6 +287,7 @@ impl Supervisor {
             scale_up_threshold: cfg.scale_up_threshold,
             scale_down_threshold: cfg.scale_down_threshold,
         };
+        tracing::trace!(pool = %pool.name, ?cause, ?c, "observed");
         // The pool's target wins over ours: a reload may have clamped it.
         let memory = scaling::Memory {
             target: c.target,

@@ -4,24 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Supervisor;
+use super::{ReloadSummary, Supervisor};
 use crate::config::{Config, NetworkMode, PoolConfig};
 use crate::metrics::RemoveReason;
 use crate::pool::Pool;
 
 /// How long a removed pool's container removals may take before the reload goes on.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What a reload changed, pool by pool.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ReloadSummary {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Container spec changed: containers are being replaced, surge first.
-    pub replaced: Vec<String>,
-    /// Sizing or timing only: no container touched.
-    pub retuned: Vec<String>,
-}
 
 impl Supervisor {
     /// Applies a new configuration: validated by the caller, applied as a difference. A new
