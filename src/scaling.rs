@@ -19,23 +19,31 @@ pub struct Observation {
     pub live: usize,
     /// Tasks waiting for a container.
     pub queued: usize,
+    /// The pool's configured bounds.
     pub min: usize,
+    /// See `min`.
     pub max: usize,
+    /// Utilization above which the pool grows.
     pub scale_up_threshold: f64,
+    /// Utilization below which, for a whole window, the pool shrinks.
     pub scale_down_threshold: f64,
 }
 
 /// What the autoscaler remembers between two looks.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Memory {
+    /// The target decided at the last look.
     pub target: usize,
     /// Since when utilization has been below the low threshold without a break.
     pub low_since: Option<Instant>,
 }
 
+/// A change of the target, counted in `warmpool_scale_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// The target went up.
     Up,
+    /// The target went down.
     Down,
 }
 

@@ -128,7 +128,9 @@ pub fn outcome_of(exit: &TaskExit) -> Outcome {
 
 /// A task that ran on a container: how it ended and how long it ran.
 pub struct Ran {
+    /// How it ended, or why the container could not tell.
     pub result: Result<TaskExit, ExecError>,
+    /// From spawn to exit.
     pub run: Duration,
 }
 

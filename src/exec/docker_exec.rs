@@ -15,7 +15,9 @@ use crate::runtime::{ExecChunk, ExecSpec, Runtime, RuntimeError};
 /// its output, which a background child holding stdout would keep open forever.
 #[derive(Clone)]
 pub struct DockerExecConn {
+    /// The engine the execs run on.
     pub runtime: Arc<dyn Runtime>,
+    /// The container's id.
     pub container: String,
 }
 

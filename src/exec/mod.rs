@@ -1,6 +1,6 @@
 //! How a task runs inside a container: through the in-container shim over one attached
-//! stream (about a millisecond, [`shim`]), or through a per-task `docker exec` (about 50 ms,
-//! [`docker_exec`]) for images where the shim cannot run. Both sit behind [`Conn`], so the
+//! stream (about a millisecond, `shim.rs`), or through a per-task `docker exec` (about 50 ms,
+//! `docker_exec.rs`) for images where the shim cannot run. Both sit behind [`Conn`], so the
 //! pool does not care which.
 //!
 //! Exec owns every timeout of talking to a container (greeting, probe, wipe, backstop): they
@@ -33,10 +33,15 @@ pub const ADOPT_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// One task, as the container will run it.
 #[derive(Debug, Clone, Default)]
 pub struct TaskSpec {
+    /// The command and its arguments, run without a shell.
     pub argv: Vec<String>,
+    /// Added to the container's environment.
     pub env: BTreeMap<String, String>,
+    /// Absolute path the task starts in.
     pub workdir: String,
+    /// Fed to the task's stdin, then closed.
     pub stdin: Bytes,
+    /// The task is killed (its whole process group) after this.
     pub timeout: Duration,
     /// Per stream; the rest is drained and dropped.
     pub max_output: u64,
@@ -50,17 +55,24 @@ pub struct TaskSpec {
 /// Output as it comes.
 #[derive(Debug, Clone)]
 pub enum TaskEvent {
+    /// A chunk of the task's stdout.
     Stdout(Bytes),
+    /// A chunk of the task's stderr.
     Stderr(Bytes),
 }
 
 /// How a task ended, when it ran at all.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskExit {
+    /// The exit code; `None` when killed by a signal (shim) or never known.
     pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
     pub signal: Option<i32>,
+    /// Killed at its timeout.
     pub timed_out: bool,
+    /// Stdout went over `max_output`; the rest was dropped.
     pub stdout_truncated: bool,
+    /// Stderr went over `max_output`; the rest was dropped.
     pub stderr_truncated: bool,
     /// The command could not be started (no such file, permission denied).
     pub spawn_error: Option<String>,
@@ -70,9 +82,12 @@ pub struct TaskExit {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExecError {
     #[error("the container's agent stopped answering ({0}); the container is being replaced")]
+    /// The channel to the container broke (or a wipe failed): why.
     Dead(String),
+    /// The task outlived its timeout by this backstop without the container reporting it.
     #[error("the task did not end {0:?} after its timeout; the container is being replaced")]
     Hung(Duration),
+    /// The engine refused an operation (docker-exec); not the container's fault.
     #[error("container engine error: {0}")]
     Engine(String),
 }
@@ -90,7 +105,9 @@ const BACKSTOP: Duration = Duration::from_secs(5);
 /// The daemon's end of one container's task channel.
 #[derive(Clone)]
 pub enum Conn {
+    /// Frames on the container's attached stream, to its shim.
     Shim(Arc<ShimConn>),
+    /// One `docker exec` per task.
     DockerExec(DockerExecConn),
 }
 

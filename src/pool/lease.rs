@@ -32,7 +32,9 @@ pub(super) trait Home: Send + Sync {
 pub struct Lease {
     home: Arc<dyn Home>,
     member: u64,
+    /// The container's id.
     pub container: String,
+    /// The channel to run the task on.
     pub conn: Conn,
     /// The task waited for a container that was started while it waited (no running one
     /// was free). Waiting for a busy container to free up is not a cold start.

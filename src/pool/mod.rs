@@ -6,10 +6,10 @@
 //! `.await`), so two tasks can never get the same container; a [`Lease`] puts its container
 //! back or retires it when dropped, on every path, cancellation included. The reconcile loop
 //! (in the supervisor) tells the pool what it should be ([`Desired`]); [`Pool::converge`]
-//! decides how with the pure [`state::plan`] and carries it out.
+//! decides how with the pure `plan` (state.rs) and carries it out.
 //!
 //! Files: `state.rs` (bookkeeping and the rules), `lease.rs`, `factory.rs` (container specs,
-//! networks, create and connect, adoption), `health.rs` (probes).
+//! networks, create and connect, adoption), `health.rs` (probes), `wake.rs` (why the loop woke).
 
 mod factory;
 mod health;
@@ -45,18 +45,22 @@ const PARALLEL_CREATES: usize = 3;
 /// Why a task got no container.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AcquireError {
+    /// `max_queue` tasks already wait.
     #[error(
         "pool {pool} has {queued} tasks queued, its max_queue; retry later or raise max_queue"
     )]
     QueueFull { pool: String, queued: usize },
+    /// No container within `acquire_timeout`; `hint` carries the last start error.
     #[error("no container of pool {pool} became free within acquire_timeout ({timeout:?}){hint}")]
     Timeout {
         pool: String,
         timeout: Duration,
         hint: String,
     },
+    /// `on_exhausted = "fail"` and the pool is at `max`.
     #[error("every container of pool {pool} is busy and it is at max ({max}); on_exhausted = \"fail\" refuses at once")]
     Exhausted { pool: String, max: usize },
+    /// The pool is closed (shutdown, or a reload removed it).
     #[error("pool {0} is shutting down and takes no new tasks")]
     Closed(String),
 }
@@ -482,7 +486,7 @@ impl Pool {
         });
     }
 
-    /// Brings the pool toward `desired`: decides with [`state::plan`] under the lock, then
+    /// Brings the pool toward `desired`: decides with the pure `plan` (state.rs) under the lock, then
     /// retires and starts what the plan says. Returns the plan, for the caller to log and
     /// meter. A closed pool does nothing.
     pub fn converge(&self, desired: Desired) -> Plan {

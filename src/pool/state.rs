@@ -219,7 +219,7 @@ pub struct Desired {
     pub engine_up: bool,
 }
 
-/// What [`plan`] decided: carried out by the pool outside the decision.
+/// What the pool's pure `plan` decided: carried out by the pool outside the decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Members to retire, and why.

@@ -13,11 +13,14 @@ const NAME_MARK: &str = "-s-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
+    /// No task ran yet: no container.
     NotStarted,
+    /// Holds a container.
     Running,
 }
 
 impl SessionState {
+    /// As the API spells it.
     pub fn as_str(&self) -> &'static str {
         match self {
             SessionState::NotStarted => "not_started",
@@ -29,13 +32,21 @@ impl SessionState {
 /// What the API shows of a session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    /// The session id (given, or `s-<ulid>`).
     pub id: String,
+    /// The pool its container came from.
     pub pool: String,
+    /// Whether it holds a container yet.
     pub state: SessionState,
+    /// The container's id, once it has one.
     pub container: Option<String>,
+    /// Tasks run so far.
     pub tasks: u64,
+    /// Since its last task ended; 0 while one runs or waits.
     pub idle: Duration,
+    /// It ends after this long idle.
     pub idle_timeout: Duration,
+    /// A task runs or waits.
     pub busy: bool,
 }
 
@@ -50,8 +61,11 @@ pub(super) struct Meta {
 
 /// A live session; the API reads it through [`Session::info`].
 pub struct Session {
+    /// The session id.
     pub id: String,
+    /// The pool its container comes from.
     pub pool: String,
+    /// It ends after this long idle.
     pub idle_timeout: Duration,
     /// Held for the whole of each task, so tasks run one at a time; tokio's mutex is fair,
     /// so they run in arrival order.
@@ -76,6 +90,7 @@ impl Session {
         }
     }
 
+    /// A snapshot for the API.
     pub fn info(&self) -> SessionInfo {
         let m = self.meta.lock();
         SessionInfo {

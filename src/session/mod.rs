@@ -38,16 +38,20 @@ const REAP_EVERY: Duration = Duration::from_millis(500);
 /// Why a session call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
+    /// 404 `unknown_session`.
     #[error("no session {0:?} (it ended, or never existed)")]
     NotFound(String),
+    /// 409: the id is live on another pool.
     #[error("session {id:?} exists on pool {existing}, not {asked}")]
     PoolMismatch {
         id: String,
         existing: String,
         asked: String,
     },
+    /// 400: a bad id or idle timeout, or files asked of a session with no container.
     #[error("{0}")]
     Invalid(String),
+    /// The task's own error, mapped as a pool task's is.
     #[error(transparent)]
     Submit(#[from] SubmitError),
 }
