@@ -17,3 +17,4 @@ pub mod session;
 pub mod shim;
 pub mod shim_proto;
 pub mod supervisor;
+pub mod task;

@@ -742,3 +742,30 @@ async fn shutdown_returns_with_no_container_start_in_flight() {
     assert_eq!(counts(&sup).starting, 0, "a start was still in flight");
     assert!(fake.live().is_empty(), "{:?}", fake.live());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_whose_container_dies_fails_as_the_container_not_the_request() {
+    let (sup, _fake) = setup(pool_cfg(1, 1, 2)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    sup.create_session("p", Some("s1".into()), None).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = sup
+        .session_task("p", "s1", task(&["die"]), tx)
+        .await
+        .unwrap_err();
+    // The API answers this 502 container_failed (an Invalid would be a 400).
+    assert!(
+        matches!(
+            err,
+            crate::session::SessionError::Submit(SubmitError::Exec(ExecError::Dead(_)))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("files are lost"), "{err}");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let report = sup
+        .session_task("p", "s1", task(&["echo", "x"]), tx)
+        .await
+        .unwrap();
+    assert_eq!(report.exit.exit_code, Some(0));
+}

@@ -19,23 +19,31 @@ pub struct Observation {
     pub live: usize,
     /// Tasks waiting for a container.
     pub queued: usize,
+    /// The pool's configured bounds.
     pub min: usize,
+    /// See `min`.
     pub max: usize,
+    /// Utilization above which the pool grows.
     pub scale_up_threshold: f64,
+    /// Utilization below which, for a whole window, the pool shrinks.
     pub scale_down_threshold: f64,
 }
 
 /// What the autoscaler remembers between two looks.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Memory {
+    /// The target decided at the last look.
     pub target: usize,
     /// Since when utilization has been below the low threshold without a break.
     pub low_since: Option<Instant>,
 }
 
+/// A change of the target, counted in `warmpool_scale_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// The target went up.
     Up,
+    /// The target went down.
     Down,
 }
 
@@ -44,6 +52,28 @@ pub enum Step {
 /// cold starts are not, so the pool is slow to shrink and quick to grow.
 pub fn stabilization_window(scale_interval: Duration) -> Duration {
     scale_interval * 12
+}
+
+/// A pool's utilization: the demand on it (`busy` tasks running plus `queued` ones waiting)
+/// over its `live` containers (idle, busy, being probed and starting), capped at 1: 0 to 1,
+/// 0 for an empty pool with no demand, 1 for an empty pool with some. The cap changes no
+/// decision: above 1 means tasks queue, and a queued task grows the pool anyway.
+///
+/// The one definition: the autoscaler acts on it, `warmpool_pool_utilization_ratio` and
+/// `GET /v1/pools` show it (docs/scaling.md, "What it looks at"). Queued tasks count because
+/// a pool with every container busy and tasks waiting is more than fully used; starting
+/// containers count because they are already on their way to meet that demand.
+pub fn utilization(busy: usize, queued: usize, live: usize) -> f64 {
+    let demand = busy + queued;
+    if live == 0 {
+        if demand > 0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        (demand as f64 / live as f64).min(1.0)
+    }
 }
 
 /// The containers needed for `demand` busy ones to sit at the high threshold.
@@ -61,15 +91,7 @@ pub fn decide(
     let clamp = |n: usize| n.clamp(obs.min, obs.max.max(obs.min));
     let current = clamp(mem.target);
     let demand = obs.busy + obs.queued;
-    let utilization = if obs.live == 0 {
-        if demand > 0 {
-            1.0
-        } else {
-            0.0
-        }
-    } else {
-        demand as f64 / obs.live as f64
-    };
+    let utilization = utilization(obs.busy, obs.queued, obs.live);
 
     if obs.queued > 0 || utilization > obs.scale_up_threshold {
         // Headroom for the busy ones, plus one container per queued task.

@@ -1,10 +1,11 @@
 //! The container engine, behind a small trait.
 //!
 //! Everything above this module speaks in terms of [`ContainerSpec`] and [`Runtime`], so the
-//! pool logic can be driven by the in-memory [`fake`] engine under paused tokio time, while
+//! pool logic can be driven by the in-memory `fake` engine (test builds only) under paused tokio time, while
 //! [`docker`] (the only module that knows bollard) is exercised by the integration tests.
 
 pub mod docker;
+#[cfg(test)]
 pub mod fake;
 
 use std::collections::BTreeMap;

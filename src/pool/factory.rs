@@ -1,0 +1,269 @@
+//! Where containers come from: the container spec a pool's config asks for, the networks of
+//! `isolated` pools, create → attach → start → greeting, and re-attaching a container a
+//! previous run left (adoption).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{ExecMode, NetworkMode, PoolConfig};
+use crate::exec::{Conn, DockerExecConn, ShimConn, ADOPT_PING_TIMEOUT, START_TIMEOUT};
+use crate::metrics::{Metrics, RemoveReason};
+use crate::runtime::{
+    ContainerSpec, Runtime, RuntimeError, LABEL_DAEMON, LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL,
+    LABEL_SPEC,
+};
+
+/// Where the shim binary sits inside every shim container.
+pub const SHIM_IN_CONTAINER: &str = "/.warmpool/shim";
+
+/// Builds the specs and networks of one daemon's pools; remembers the networks it made so
+/// shutdown removes them.
+pub struct Factory {
+    runtime: Arc<dyn Runtime>,
+    daemon_id: String,
+    instance: String,
+    /// Host path of the shim binary, bind-mounted read-only into shim containers.
+    shim_path: Option<PathBuf>,
+    /// Networks this daemon created (or reused) for `isolated` pools; shutdown removes them.
+    networks: Mutex<BTreeSet<String>>,
+}
+
+impl Factory {
+    /// `daemon_id` and `instance` label every container; `shim_path` is the host's shim
+    /// binary (`None`: shim pools cannot start, docker-exec ones can).
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        daemon_id: String,
+        instance: String,
+        shim_path: Option<PathBuf>,
+    ) -> Factory {
+        Factory {
+            runtime,
+            daemon_id,
+            instance,
+            shim_path,
+            networks: Mutex::default(),
+        }
+    }
+
+    /// The container spec a pool's config asks for; its hash (label `warmpool.spec`) is what
+    /// tells a current container from one a reload made stale.
+    pub fn container_spec(&self, cfg: &PoolConfig) -> ContainerSpec {
+        let mut labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), cfg.name.clone()),
+            (LABEL_DAEMON.to_string(), self.daemon_id.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+        ]);
+        let user_ids = cfg.security.user.split(':').collect::<Vec<_>>();
+        let owner = match (user_ids.first(), user_ids.get(1)) {
+            (Some(u), Some(g)) if u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok() => {
+                format!(",uid={u},gid={g}")
+            }
+            (Some(u), None) if u.parse::<u32>().is_ok() => format!(",uid={u},gid={u}"),
+            _ => String::new(),
+        };
+        // The tmpfs belong to the task user, so a read-only root still leaves it room to work.
+        let tmpfs = BTreeMap::from([
+            (
+                "/tmp".to_string(),
+                format!("rw,exec,nosuid,size=256m,mode=1777{owner}"),
+            ),
+            (
+                cfg.workdir.clone(),
+                format!("rw,exec,nosuid,size=1g,mode=0755{owner}"),
+            ),
+        ]);
+        let (entrypoint, binds) = match (cfg.exec, &self.shim_path) {
+            (ExecMode::Shim, Some(path)) => (
+                vec![SHIM_IN_CONTAINER.to_string()],
+                vec![format!("{}:{}:ro", path.display(), SHIM_IN_CONTAINER)],
+            ),
+            // docker-exec pools only need a main process that stays up and ends on TERM.
+            _ => (
+                vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done".to_string(),
+                ],
+                vec![],
+            ),
+        };
+        let network = match &cfg.network {
+            NetworkMode::None => "none".to_string(),
+            NetworkMode::Isolated => self.isolated_network(&cfg.name),
+            NetworkMode::Named(n) => n.clone(),
+        };
+        let mut spec = ContainerSpec {
+            image: cfg.image.clone(),
+            entrypoint,
+            env: cfg.env.clone(),
+            labels: BTreeMap::new(),
+            memory_bytes: cfg.memory,
+            nano_cpus: cfg.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: cfg.pids_limit,
+            user: cfg.security.user.clone(),
+            read_only_rootfs: cfg.security.read_only_rootfs,
+            tmpfs,
+            cap_drop: cfg.security.cap_drop.clone(),
+            no_new_privileges: cfg.security.no_new_privileges,
+            runtime: cfg.security.runtime.clone(),
+            network,
+            binds,
+            workdir: cfg.workdir.clone(),
+            open_stdin: cfg.exec == ExecMode::Shim,
+        };
+        spec.labels = labels.clone();
+        labels.insert(LABEL_SPEC.to_string(), spec.hash());
+        spec.labels = labels;
+        spec
+    }
+
+    /// `warmpool-<pool>`, or `warmpool-<instance>-<pool>` beside other installations: the
+    /// bridge of an `isolated` pool.
+    pub fn isolated_network(&self, pool: &str) -> String {
+        if self.instance == "default" {
+            format!("warmpool-{pool}")
+        } else {
+            format!("warmpool-{}-{pool}", self.instance)
+        }
+    }
+
+    /// Creates (or reuses) the bridge of an `isolated` pool.
+    ///
+    /// Errors: the engine refused to create it; the message names the pool and network.
+    pub async fn ensure_isolated_network(&self, pool: &str) -> anyhow::Result<()> {
+        let labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_POOL.to_string(), pool.to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+        ]);
+        let net = self.isolated_network(pool);
+        // Recorded first: a start cut short right after the create still removes it.
+        self.networks.lock().insert(net.clone());
+        self.runtime
+            .ensure_network(&net, &labels)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("pool {pool}: cannot create its isolated network {net}: {e}")
+            })
+    }
+
+    /// What a pool needs before its first container: its network, when it has its own, or
+    /// the named one it joins. A missing image is logged, not refused: it may be built later.
+    ///
+    /// Errors: the isolated network cannot be created, or the named one does not exist.
+    pub async fn prepare(&self, cfg: &PoolConfig) -> anyhow::Result<()> {
+        match &cfg.network {
+            NetworkMode::Isolated => self.ensure_isolated_network(&cfg.name).await?,
+            NetworkMode::Named(n) => {
+                if !self.runtime.network_exists(n).await.unwrap_or(true) {
+                    anyhow::bail!(
+                        "pool {}: network {n:?} does not exist; create it (docker network create {n}) or use network = \"isolated\"",
+                        cfg.name
+                    );
+                }
+            }
+            NetworkMode::None => {}
+        }
+        if !self.runtime.image_exists(&cfg.image).await.unwrap_or(true) {
+            tracing::error!(pool = %cfg.name, image = %cfg.image, "image not found on the engine; tasks will fail until it is built or loaded (scripts/build-demo-image.sh builds warmpool/agent:latest)");
+        }
+        Ok(())
+    }
+
+    /// Removes the isolated network of a pool a reload removed.
+    pub async fn remove_network_of(&self, pool: &str) {
+        let net = self.isolated_network(pool);
+        if let Err(e) = self.runtime.remove_network(&net).await {
+            tracing::warn!(network = %net, error = %e, "could not remove the removed pool's network");
+        }
+        self.networks.lock().remove(&net);
+    }
+
+    /// Removes every network this daemon set up, including one of a pool whose setup a
+    /// signal or an error cut short before the pool existed.
+    pub async fn remove_networks(&self) {
+        let nets: Vec<String> = self.networks.lock().iter().cloned().collect();
+        for net in nets {
+            if let Err(e) = self.runtime.remove_network(&net).await {
+                tracing::warn!(network = %net, error = %e, "could not remove network");
+            }
+        }
+    }
+}
+
+/// create → attach → start → greeting. Whatever fails, nothing is left behind; the error is
+/// a message for the tasks that wait.
+pub(super) async fn create_and_connect(
+    runtime: &Arc<dyn Runtime>,
+    metrics: &Metrics,
+    pool: &str,
+    name: &str,
+    spec: &ContainerSpec,
+    exec: ExecMode,
+) -> Result<(String, Conn), String> {
+    let id = runtime
+        .create(name, spec)
+        .await
+        .map_err(|e| describe_start_error(&spec.image, e))?;
+    // Counted as soon as it exists on the engine, so a failed start is created and removed
+    // like any other container, and created - removed is what the engine holds.
+    metrics.created(pool);
+    let result = async {
+        match exec {
+            ExecMode::Shim => {
+                let attached = runtime.attach(&id).await.map_err(|e| e.to_string())?;
+                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                let conn = ShimConn::connect(attached, Some(START_TIMEOUT))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Conn::Shim(conn))
+            }
+            ExecMode::DockerExec => {
+                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                Ok(Conn::DockerExec(DockerExecConn {
+                    runtime: runtime.clone(),
+                    container: id.clone(),
+                }))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(conn) => Ok((id, conn)),
+        Err(e) => {
+            // It never served: it failed, as a container that fails its probe does.
+            if runtime.remove(&id).await.is_ok() {
+                metrics.removed(pool, RemoveReason::Unhealthy);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Re-attaches a running shim container a previous daemon run left, and asks its shim
+/// whether a task runs in it. `None` when it does not answer: it is not worth adopting.
+pub async fn reattach(runtime: &Arc<dyn Runtime>, container: &str) -> Option<(Conn, bool)> {
+    let attached = runtime.attach(container).await.ok()?;
+    let conn = ShimConn::connect(attached, None).await.ok()?;
+    let busy = conn.ping(ADOPT_PING_TIMEOUT).await.ok()?;
+    Some((Conn::Shim(conn), busy))
+}
+
+/// A fresh container's name: `warmpool-<pool>-<8 hex digits>`.
+pub(super) fn container_name(pool: &str) -> String {
+    format!("warmpool-{pool}-{:08x}", rand::random::<u32>())
+}
+
+fn describe_start_error(image: &str, e: RuntimeError) -> String {
+    match e {
+        RuntimeError::NotFound(m) if m.contains("image") || m.contains(image) => format!(
+            "image {image} is not on the engine and cannot be pulled here ({m}); build or load it (scripts/build-demo-image.sh builds warmpool/agent:latest)"
+        ),
+        other => other.to_string(),
+    }
+}

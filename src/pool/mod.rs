@@ -1,0 +1,679 @@
+//! One pool: its containers and their states, the FIFO queue of tasks waiting for one, and the
+//! lease that hands a container to exactly one task at a time.
+//!
+//! The pool owns its members: nothing outside this module reads or writes its state. Every
+//! claim and hand-off happens in one critical section under the pool's lock (never across an
+//! `.await`), so two tasks can never get the same container; a [`Lease`] puts its container
+//! back or retires it when dropped, on every path, cancellation included. The reconcile loop
+//! (in the supervisor) tells the pool what it should be ([`Desired`]); [`Pool::converge`]
+//! decides how with the pure `plan` (state.rs) and carries it out.
+//!
+//! Files: `state.rs` (bookkeeping and the rules), `lease.rs`, `factory.rs` (container specs,
+//! networks, create and connect, adoption), `health.rs` (probes), `wake.rs` (why the loop woke).
+
+mod factory;
+mod health;
+mod lease;
+mod state;
+mod wake;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{OnExhausted, PoolConfig};
+use crate::exec::Conn;
+use crate::metrics::{Acquisition, ContainerState, Metrics, RemoveReason};
+use crate::runtime::{ContainerSpec, Runtime};
+use lease::Home;
+use state::{MemberState, NewMember, Rules, State, Waiter};
+
+pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
+pub use lease::Lease;
+pub use state::{Counts, Desired, Plan};
+pub use wake::{Wake, Wakes};
+
+/// Creates in flight at once per pool: the engine slows sharply when many start together.
+const PARALLEL_CREATES: usize = 3;
+
+/// Why a task got no container.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcquireError {
+    /// `max_queue` tasks already wait.
+    #[error(
+        "pool {pool} has {queued} tasks queued, its max_queue; retry later or raise max_queue"
+    )]
+    QueueFull { pool: String, queued: usize },
+    /// No container within `acquire_timeout`; `hint` carries the last start error.
+    #[error("no container of pool {pool} became free within acquire_timeout ({timeout:?}){hint}")]
+    Timeout {
+        pool: String,
+        timeout: Duration,
+        hint: String,
+    },
+    /// `on_exhausted = "fail"` and the pool is at `max`.
+    #[error("every container of pool {pool} is busy and it is at max ({max}); on_exhausted = \"fail\" refuses at once")]
+    Exhausted { pool: String, max: usize },
+    /// The pool is closed (shutdown, or a reload removed it).
+    #[error("pool {0} is shutting down and takes no new tasks")]
+    Closed(String),
+}
+
+/// The pools of a daemon by name, shared by the supervisor and the sessions.
+#[derive(Default)]
+pub struct Pools(RwLock<BTreeMap<String, Arc<Pool>>>);
+
+impl Pools {
+    /// The pool of that name, if it exists (a reload may have removed it).
+    pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
+        self.0.read().get(name).cloned()
+    }
+
+    /// Every pool, in name order.
+    pub fn list(&self) -> Vec<Arc<Pool>> {
+        self.0.read().values().cloned().collect()
+    }
+
+    /// Adds (or replaces) a pool under its name.
+    pub fn insert(&self, pool: Arc<Pool>) {
+        self.0.write().insert(pool.name.clone(), pool);
+    }
+
+    /// Takes a pool out; tasks already holding it go on with it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Pool>> {
+        self.0.write().remove(name)
+    }
+}
+
+/// One pool of containers of one spec. Shared as `Arc<Pool>`; every method takes `&self`.
+pub struct Pool {
+    /// The pool's name, as in pools.toml; the `pool` label of every metric.
+    pub name: String,
+    cfg: RwLock<Arc<PoolConfig>>,
+    spec: RwLock<Arc<ContainerSpec>>,
+    /// The spec's hash, computed once per config rather than on every release.
+    spec_hash: RwLock<Arc<str>>,
+    state: Mutex<State>,
+    runtime: Arc<dyn Runtime>,
+    metrics: Arc<Metrics>,
+    /// Wakes the pool's reconcile loop early; `wakes` says why.
+    notify: Notify,
+    wakes: AtomicU8,
+    creates: Semaphore,
+    /// The pool's background work (starts, removals, probes), so shutdown can join it.
+    work: TaskTracker,
+    /// The counts as last published, for waiting on them without polling.
+    counts: watch::Sender<Counts>,
+    me: Weak<Pool>,
+}
+
+impl Pool {
+    /// A pool with no container yet; its target starts at `max(warm, min)`.
+    pub fn new(
+        cfg: PoolConfig,
+        spec: ContainerSpec,
+        runtime: Arc<dyn Runtime>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
+        metrics.init_pool(&cfg.name);
+        let pool = Arc::new_cyclic(|me| Pool {
+            name: cfg.name.clone(),
+            state: Mutex::new(State {
+                target: cfg.warm.max(cfg.min),
+                ..Default::default()
+            }),
+            cfg: RwLock::new(Arc::new(cfg)),
+            spec_hash: RwLock::new(spec.hash().into()),
+            spec: RwLock::new(Arc::new(spec)),
+            runtime,
+            metrics,
+            notify: Notify::new(),
+            wakes: AtomicU8::new(0),
+            creates: Semaphore::new(PARALLEL_CREATES),
+            work: TaskTracker::new(),
+            counts: watch::Sender::new(Counts::default()),
+            me: me.clone(),
+        });
+        pool.publish(&pool.state.lock());
+        pool
+    }
+
+    fn me(&self) -> Arc<Pool> {
+        self.me.upgrade().expect("a pool outlives its own calls")
+    }
+
+    /// The pool's current config (a reload may replace it at any time).
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.cfg.read().clone()
+    }
+
+    /// The container spec new containers are created with.
+    pub fn spec(&self) -> Arc<ContainerSpec> {
+        self.spec.read().clone()
+    }
+
+    /// The hash of [`Pool::spec`]; a member of another hash is stale.
+    pub fn spec_hash(&self) -> Arc<str> {
+        self.spec_hash.read().clone()
+    }
+
+    /// Applies a new config (and spec): the target is clamped to the new bounds at once;
+    /// members of another spec are replaced by the loop, surge first.
+    pub fn set_config(&self, cfg: PoolConfig, spec: ContainerSpec) {
+        let (min, max) = (cfg.min, cfg.max);
+        *self.cfg.write() = Arc::new(cfg);
+        *self.spec_hash.write() = spec.hash().into();
+        *self.spec.write() = Arc::new(spec);
+        {
+            let mut st = self.state.lock();
+            st.target = st.target.clamp(min, max.max(min));
+            self.publish(&st);
+        }
+        self.wake(Wake::Config);
+    }
+
+    /// The pool's counts now.
+    pub fn counts(&self) -> Counts {
+        self.state.lock().counts()
+    }
+
+    /// Waits until the pool's counts satisfy `done`, at most `limit`; false when it did not
+    /// happen in time. Woken by every change of the counts, not by polling.
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&Counts) -> bool) -> bool {
+        let mut rx = self.counts.subscribe();
+        let reached = tokio::time::timeout(limit, rx.wait_for(|c| done(c)))
+            .await
+            .is_ok();
+        reached
+    }
+
+    /// Wakes the pool's reconcile loop now rather than at its next tick.
+    pub fn wake(&self, why: Wake) {
+        self.wakes.fetch_or(why.bit(), Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// Resolves at the next [`Pool::wake`] (or at once if one came since the last call),
+    /// with every reason given since.
+    pub async fn woken(&self) -> Wakes {
+        self.notify.notified().await;
+        Wakes::from_bits(self.wakes.swap(0, Ordering::AcqRel))
+    }
+
+    /// Takes an idle container, or queues for one up to `acquire_timeout`.
+    ///
+    /// Errors: the queue is full, `on_exhausted = "fail"` at max, no container within
+    /// `acquire_timeout` (with the last start error as a hint), or the pool is closed.
+    pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+        let cfg = self.config();
+        let started = Instant::now();
+        let (waiter_id, mut rx) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(AcquireError::Closed(self.name.clone()));
+            }
+            if let Some(lease) = self.take_idle(&mut st) {
+                self.acquired(Acquisition::Warm, started);
+                self.publish(&st);
+                return Ok(lease);
+            }
+            let c = st.counts();
+            let at_max = c.live() >= cfg.max && st.waiters.len() >= c.starting;
+            if cfg.on_exhausted == OnExhausted::Fail && at_max {
+                return Err(AcquireError::Exhausted {
+                    pool: self.name.clone(),
+                    max: cfg.max,
+                });
+            }
+            if st.waiters.len() >= cfg.max_queue {
+                return Err(AcquireError::QueueFull {
+                    pool: self.name.clone(),
+                    queued: st.waiters.len(),
+                });
+            }
+            // Only for a task that will wait for it: a refused one must not start a container.
+            if cfg.on_exhausted == OnExhausted::Cold && at_max {
+                st.starting += 1;
+                self.spawn_start(true);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.next_id += 1;
+            let id = st.next_id;
+            st.waiters.push_back(Waiter { id, tx });
+            self.publish(&st);
+            (id, rx)
+        };
+        // Demand: let the reconcile loop grow the pool now rather than at its next tick.
+        self.wake(Wake::Queued);
+        let waited = tokio::time::timeout(cfg.acquire_timeout, &mut rx).await;
+        let lease = match waited {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(_)) => return Err(AcquireError::Closed(self.name.clone())),
+            Err(_) => {
+                let mut st = self.state.lock();
+                let before = st.waiters.len();
+                st.waiters.retain(|w| w.id != waiter_id);
+                if st.waiters.len() == before {
+                    // Handed a container in the same instant: it is in the channel, use it.
+                    drop(st);
+                    match rx.try_recv() {
+                        Ok(lease) => lease,
+                        Err(_) => return Err(AcquireError::Closed(self.name.clone())),
+                    }
+                } else {
+                    self.publish(&st);
+                    let hint = st
+                        .last_start_error
+                        .as_ref()
+                        .map(|e| format!("; the last container start failed: {e}"))
+                        .unwrap_or_default();
+                    return Err(AcquireError::Timeout {
+                        pool: self.name.clone(),
+                        timeout: cfg.acquire_timeout,
+                        hint,
+                    });
+                }
+            }
+        };
+        // Cold only when the container was started while this task waited; one that
+        // another task (or a workdir reset, or a health probe) handed back is warm.
+        let how = if lease.cold {
+            Acquisition::Cold
+        } else {
+            Acquisition::Warm
+        };
+        self.acquired(how, started);
+        Ok(lease)
+    }
+
+    fn acquired(&self, kind: Acquisition, started: Instant) {
+        self.metrics
+            .acquired(&self.name, kind, started.elapsed().as_secs_f64());
+    }
+
+    /// Claims an idle member in the caller's critical section.
+    fn take_idle(&self, st: &mut State) -> Option<Lease> {
+        while let Some(id) = st.idle.pop() {
+            let Some(m) = st.members.get_mut(&id) else {
+                continue;
+            };
+            if m.state != MemberState::Idle {
+                continue;
+            }
+            if m.conn.is_dead() {
+                // Found dead on the way out: replace it (the loop starts the replacement).
+                self.retire_locked(st, id, RemoveReason::Unhealthy);
+                self.wake(Wake::Retired);
+                continue;
+            }
+            m.state = MemberState::Busy;
+            return Some(self.lease(id, st));
+        }
+        None
+    }
+
+    fn lease(&self, id: u64, st: &State) -> Lease {
+        let m = &st.members[&id];
+        let home: Arc<dyn Home> = self.me();
+        Lease::new(home, id, m.container.clone(), m.conn.clone(), m.dirty)
+    }
+
+    /// A member became available: hand it to the first waiter still waiting, else idle it.
+    /// `fresh` says it was just started, so a waiter that gets it had a cold start.
+    fn offer(&self, st: &mut State, id: u64, fresh: bool) {
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
+        m.state = MemberState::Busy;
+        while let Some(w) = st.waiters.pop_front() {
+            let mut lease = self.lease(id, st);
+            lease.cold = fresh;
+            match w.tx.send(lease) {
+                Ok(()) => return,
+                // That waiter gave up; its lease must not run Drop under our lock.
+                Err(mut lease) => lease.disarm(),
+            }
+        }
+        let m = st.members.get_mut(&id).expect("member present");
+        m.state = MemberState::Idle;
+        st.idle.push(id);
+    }
+
+    /// Where a lease ends: back to idle, or retired ([`state::Member::retire_reason`]). The
+    /// workdir is wiped when the container is next leased, not here, so a client's next task
+    /// finds its container idle at once.
+    fn release(&self, id: u64, used: bool, dirty: bool, verdict: Option<RemoveReason>) {
+        let cfg = self.config();
+        let spec_hash = self.spec_hash();
+        let mut st = self.state.lock();
+        let closed = st.closed;
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
+        if used {
+            m.uses += 1;
+            m.last_used = Instant::now();
+        }
+        m.dirty = dirty || (used && cfg.reset_workdir && matches!(m.conn, Conn::Shim(_)));
+        let rules = Rules {
+            spec_hash: &spec_hash,
+            max_uses: cfg.max_uses,
+            closed,
+            now: Instant::now(),
+        };
+        match verdict.or_else(|| m.retire_reason(&rules)) {
+            Some(reason) => {
+                self.retire_locked(&mut st, id, reason);
+                self.publish(&st);
+                drop(st);
+                self.wake(Wake::Retired);
+            }
+            None => {
+                self.offer(&mut st, id, false);
+                self.publish(&st);
+            }
+        }
+    }
+
+    /// Takes a member out of the pool and removes its container in the background.
+    fn retire_locked(&self, st: &mut State, id: u64, reason: RemoveReason) {
+        let Some(m) = st.members.remove(&id) else {
+            return;
+        };
+        st.idle.retain(|i| *i != id);
+        let failed = reason == RemoveReason::Unhealthy;
+        if failed {
+            st.retiring_unhealthy += 1;
+        } else {
+            st.retiring += 1;
+        }
+        st.removing.insert(m.container.clone());
+        tracing::debug!(pool = %self.name, container = %m.name, reason = reason.as_str(), "retiring container");
+        let pool = self.me();
+        self.work.spawn(async move {
+            drop(m.conn);
+            // Counted once it is gone; a failed removal is left to the reaper, which counts
+            // it as an orphan when it succeeds.
+            match pool.runtime.remove(&m.container).await {
+                Ok(()) => pool.metrics.removed(&pool.name, reason),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, container = %m.name, error = %e, "removing container failed; the reaper will retry");
+                }
+            }
+            let mut st = pool.state.lock();
+            st.removing.remove(&m.container);
+            st.gone.push((m.container.clone(), Instant::now()));
+            if failed {
+                st.retiring_unhealthy -= 1;
+            } else {
+                st.retiring -= 1;
+            }
+            pool.publish(&st);
+        });
+    }
+
+    /// Starts one container in the background; `st.starting` was already counted by the
+    /// caller under the lock, so concurrent decisions see it.
+    fn spawn_start(&self, extra: bool) {
+        let pool = self.me();
+        self.work.spawn(async move {
+            let _permit = pool.creates.acquire().await;
+            if pool.is_closed() {
+                // Shut down while this start waited for its turn: nothing to create.
+                let mut st = pool.state.lock();
+                st.starting -= 1;
+                pool.publish(&st);
+                return;
+            }
+            let begun = Instant::now();
+            let spec = pool.spec();
+            let spec_hash = spec.hash();
+            let cfg = pool.config();
+            let name = factory::container_name(&pool.name);
+            pool.state.lock().creating.insert(name.clone());
+            let result = factory::create_and_connect(
+                &pool.runtime,
+                &pool.metrics,
+                &pool.name,
+                &name,
+                &spec,
+                cfg.exec,
+            )
+            .await;
+            let mut st = pool.state.lock();
+            // Out of `creating` in the same critical section that makes it a member (or
+            // records it gone), so the reaper always knows it.
+            st.creating.remove(&name);
+            st.starting -= 1;
+            match result {
+                Ok((container, conn)) => {
+                    pool.metrics
+                        .started(&pool.name, begun.elapsed().as_secs_f64());
+                    st.start_failures = 0;
+                    st.backoff_until = None;
+                    st.last_start_error = None;
+                    let new = NewMember {
+                        container,
+                        name,
+                        conn,
+                        spec_hash,
+                        extra,
+                    };
+                    let id = st.add_member(new, cfg.max_age);
+                    if st.closed {
+                        pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
+                    } else {
+                        pool.offer(&mut st, id, true);
+                    }
+                }
+                Err(e) => {
+                    st.gone.push((name, Instant::now()));
+                    st.start_failures += 1;
+                    st.backoff_until = Some(Instant::now() + state::backoff(st.start_failures));
+                    tracing::warn!(pool = %pool.name, error = %e, "container start failed");
+                    st.last_start_error = Some(e);
+                }
+            }
+            pool.publish(&st);
+            drop(st);
+            pool.wake(Wake::StartEnded);
+        });
+    }
+
+    /// Brings the pool toward `desired`: decides with the pure `plan` (state.rs) under the lock, then
+    /// retires and starts what the plan says. Returns the plan, for the caller to log and
+    /// meter. A closed pool does nothing.
+    pub fn converge(&self, desired: Desired) -> Plan {
+        let cfg = self.config();
+        let spec_hash = self.spec_hash();
+        let mut st = self.state.lock();
+        if st.closed {
+            return Plan {
+                target: st.target,
+                ..Plan::default()
+            };
+        }
+        let plan = state::plan(&st, &cfg, &spec_hash, desired, Instant::now());
+        for (id, reason) in &plan.retire {
+            self.retire_locked(&mut st, *id, *reason);
+        }
+        st.starting += plan.start;
+        for _ in 0..plan.start {
+            self.spawn_start(false);
+        }
+        st.target = plan.target;
+        self.publish(&st);
+        plan
+    }
+
+    /// Probes the idle containers in the background; each verdict puts its container back
+    /// or replaces it.
+    pub fn check_health(&self) {
+        let cmd = self.config().health_cmd.clone();
+        let probes = {
+            let mut st = self.state.lock();
+            let due = health::take_due(&mut st, Instant::now(), Duration::ZERO);
+            self.publish(&st);
+            due
+        };
+        for (id, conn) in probes {
+            let pool = self.me();
+            let cmd = cmd.clone();
+            self.work.spawn(async move {
+                let result = health::probe(&pool.name, &conn, cmd.as_deref()).await;
+                pool.metrics.health_checked(&pool.name, result);
+                pool.probed(id, result == crate::metrics::HealthResult::Healthy);
+            });
+        }
+    }
+
+    /// The probe's verdict: back into rotation, or replaced.
+    fn probed(&self, id: u64, healthy: bool) {
+        let mut st = self.state.lock();
+        if !st.members.contains_key(&id) {
+            return;
+        }
+        if healthy {
+            self.offer(&mut st, id, false);
+        } else {
+            self.retire_locked(&mut st, id, RemoveReason::Unhealthy);
+        }
+        self.publish(&st);
+        drop(st);
+        if !healthy {
+            self.wake(Wake::Retired);
+        }
+    }
+
+    /// Adds an already running, attached container of the current spec (adoption after a
+    /// restart).
+    pub fn adopt(&self, container: String, name: String, conn: Conn) {
+        let cfg = self.config();
+        let new = NewMember {
+            container,
+            name,
+            conn,
+            spec_hash: self.spec_hash().to_string(),
+            extra: false,
+        };
+        let mut st = self.state.lock();
+        let id = st.add_member(new, cfg.max_age);
+        self.offer(&mut st, id, false);
+        self.publish(&st);
+    }
+
+    /// The engine answers again: failures from the outage say nothing about it now.
+    pub fn engine_back(&self) {
+        {
+            let mut st = self.state.lock();
+            st.start_failures = 0;
+            st.backoff_until = None;
+        }
+        self.wake(Wake::Engine);
+    }
+
+    /// Containers the pool knows (members, being created, being removed, removed lately),
+    /// for the reaper, which took its listing at `listed_at`. What went before the listing
+    /// began cannot be in it or a later one, so it is forgotten here.
+    pub fn known_containers(&self, listed_at: Instant) -> Vec<String> {
+        let mut st = self.state.lock();
+        let mut known: Vec<String> = st.members.values().map(|m| m.container.clone()).collect();
+        known.extend(st.creating.iter().cloned());
+        known.extend(st.removing.iter().cloned());
+        known.extend(st.gone.iter().map(|(id, _)| id.clone()));
+        st.gone.retain(|(_, at)| *at >= listed_at);
+        known
+    }
+
+    /// Refuses new tasks and fails the queued ones; running tasks go on.
+    pub fn close(&self) {
+        {
+            let mut st = self.state.lock();
+            st.closed = true;
+            // Dropping the senders wakes every waiter with "closed".
+            st.waiters.clear();
+            self.publish(&st);
+        }
+        self.wake(Wake::Closed);
+    }
+
+    /// [`Pool::close`] was called: no new task is taken.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Retires every member, busy ones included (their tasks' leases find them gone).
+    pub fn retire_all(&self, reason: RemoveReason) {
+        let mut st = self.state.lock();
+        let ids: Vec<u64> = st.members.keys().copied().collect();
+        for id in ids {
+            self.retire_locked(&mut st, id, reason);
+        }
+        self.publish(&st);
+    }
+
+    /// Joins the pool's background work: starts in flight (a closed pool retires what
+    /// comes up), removals, probes. For a closed pool; waits at most `limit`, false when
+    /// work was still running then.
+    pub async fn join_work(&self, limit: Duration) -> bool {
+        self.work.close();
+        tokio::time::timeout(limit, self.work.wait()).await.is_ok()
+    }
+
+    /// Sets every gauge of this pool from the state, in one place.
+    fn publish(&self, st: &State) {
+        let c = st.counts();
+        let cfg = self.config();
+        let m = &self.metrics;
+        let n = self.name.as_str();
+        // A container whose probe is in flight is an idle one (it goes straight back unless
+        // the probe fails); unhealthy ones are those being removed because they failed.
+        for (state, value) in [
+            (ContainerState::Idle, c.idle + c.probing),
+            (ContainerState::Busy, c.busy),
+            (ContainerState::Starting, c.starting),
+            (ContainerState::Unhealthy, c.unhealthy),
+            (ContainerState::Retiring, c.retiring),
+        ] {
+            m.set_containers(n, state, value as i64);
+        }
+        m.set_queue_length(n, c.queued as i64);
+        m.set_utilization(n, c.utilization());
+        m.set_target(n, c.target as i64);
+        m.set_bounds(n, cfg.min as i64, cfg.max as i64);
+        self.counts.send_replace(c);
+    }
+}
+
+impl Home for Pool {
+    fn home_name(&self) -> &str {
+        &self.name
+    }
+
+    fn give_back(
+        self: Arc<Self>,
+        member: u64,
+        used: bool,
+        dirty: bool,
+        retire: Option<RemoveReason>,
+    ) {
+        self.release(member, used, dirty, retire);
+    }
+
+    fn take_out(self: Arc<Self>, member: u64) {
+        {
+            let mut st = self.state.lock();
+            if st.members.remove(&member).is_some() {
+                st.idle.retain(|i| *i != member);
+            }
+            self.publish(&st);
+        }
+        self.wake(Wake::Retired);
+    }
+}

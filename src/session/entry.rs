@@ -1,0 +1,194 @@
+//! One session: its container slot, its bookkeeping, and how its id travels in the
+//! container's name.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::exec::Conn;
+
+/// How a session's container name starts, after `warmpool-<pool>`.
+const NAME_MARK: &str = "-s-";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// No task ran yet: no container.
+    NotStarted,
+    /// Holds a container.
+    Running,
+}
+
+impl SessionState {
+    /// As the API spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionState::NotStarted => "not_started",
+            SessionState::Running => "running",
+        }
+    }
+}
+
+/// What the API shows of a session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The session id (given, or `s-<ulid>`).
+    pub id: String,
+    /// The pool its container came from.
+    pub pool: String,
+    /// Whether it holds a container yet.
+    pub state: SessionState,
+    /// The container's id, once it has one.
+    pub container: Option<String>,
+    /// Tasks run so far.
+    pub tasks: u64,
+    /// Since its last task ended; 0 while one runs or waits.
+    pub idle: Duration,
+    /// It ends after this long idle.
+    pub idle_timeout: Duration,
+    /// A task runs or waits.
+    pub busy: bool,
+}
+
+pub(super) struct Meta {
+    pub(super) container: Option<String>,
+    pub(super) tasks: u64,
+    pub(super) last_used: Instant,
+    /// Tasks running or waiting: a session with any is never idle.
+    pub(super) active: usize,
+    pub(super) ended: bool,
+}
+
+/// A live session; the API reads it through [`Session::info`].
+pub struct Session {
+    /// The session id.
+    pub id: String,
+    /// The pool its container comes from.
+    pub pool: String,
+    /// It ends after this long idle.
+    pub idle_timeout: Duration,
+    /// Held for the whole of each task, so tasks run one at a time; tokio's mutex is fair,
+    /// so they run in arrival order.
+    pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,
+    pub(super) meta: Mutex<Meta>,
+}
+
+impl Session {
+    pub(super) fn new(id: String, pool: String, idle_timeout: Duration) -> Session {
+        Session {
+            id,
+            pool,
+            idle_timeout,
+            slot: tokio::sync::Mutex::new(None),
+            meta: Mutex::new(Meta {
+                container: None,
+                tasks: 0,
+                last_used: Instant::now(),
+                active: 0,
+                ended: false,
+            }),
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn info(&self) -> SessionInfo {
+        let m = self.meta.lock();
+        SessionInfo {
+            id: self.id.clone(),
+            pool: self.pool.clone(),
+            state: if m.container.is_some() {
+                SessionState::Running
+            } else {
+                SessionState::NotStarted
+            },
+            container: m.container.clone(),
+            tasks: m.tasks,
+            idle: if m.active > 0 {
+                Duration::ZERO
+            } else {
+                m.last_used.elapsed()
+            },
+            idle_timeout: self.idle_timeout,
+            busy: m.active > 0,
+        }
+    }
+
+    pub(super) fn idle_expired(&self) -> bool {
+        let m = self.meta.lock();
+        m.active == 0 && !m.ended && m.last_used.elapsed() >= self.idle_timeout
+    }
+}
+
+/// Session ids end up in container names: the engine's name alphabet, at most 64 long.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "session id {id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// The container name a session's container gets.
+pub fn container_name(pool: &str, session: &str) -> String {
+    format!("warmpool-{pool}{NAME_MARK}{session}")
+}
+
+/// The session id in a container name, if it is a session's.
+pub fn session_of_name(pool: &str, name: &str) -> Option<String> {
+    name.strip_prefix(&format!("warmpool-{pool}{NAME_MARK}"))
+        .filter(|id| validate_id(id).is_ok())
+        .map(str::to_string)
+}
+
+/// Marks a session busy for as long as one of its tasks runs or waits.
+pub(super) struct ActiveGuard<'a>(&'a Session);
+
+impl<'a> ActiveGuard<'a> {
+    pub(super) fn new(s: &'a Session) -> Self {
+        s.meta.lock().active += 1;
+        ActiveGuard(s)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.meta.lock();
+        m.active -= 1;
+        m.last_used = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_checked_for_the_container_name_alphabet() {
+        assert!(validate_id("acme-website-john").is_ok());
+        assert!(validate_id("a.b_c-1").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("-x").is_err());
+        assert!(validate_id("a/b").is_err());
+        assert!(validate_id(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn a_session_container_name_round_trips() {
+        let name = container_name("coder", "acme-john");
+        assert_eq!(name, "warmpool-coder-s-acme-john");
+        assert_eq!(
+            session_of_name("coder", &name).as_deref(),
+            Some("acme-john")
+        );
+        assert_eq!(session_of_name("coder", "warmpool-coder-1234abcd"), None);
+        assert_eq!(session_of_name("tester", &name), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! What a previous run left behind (adopted or removed at start), and the reaper that
+//! removes containers of this installation that no pool and no session holds.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Supervisor;
+use crate::config::ExecMode;
+use crate::metrics::RemoveReason;
+use crate::runtime::{
+    ContainerSummary, RuntimeError, LABEL_DAEMON, LABEL_INSTANCE, LABEL_POOL, LABEL_SPEC,
+};
+
+impl Supervisor {
+    /// Managed containers of this installation (any daemon run of it).
+    pub(super) async fn list_ours(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let all = self.runtime.list_managed().await?;
+        Ok(all
+            .into_iter()
+            .filter(|c| {
+                c.labels.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance.as_str())
+            })
+            .collect())
+    }
+
+    /// Every container of this instance is from a previous run (this daemon has created
+    /// nothing yet). Running shim containers that still fit are re-attached and adopted:
+    /// idle ones of the current spec back into their pool, session ones into their session.
+    /// The rest, stuck `created` and `exited` ones included, are removed.
+    pub(super) async fn adopt_or_remove(&self, list: Vec<ContainerSummary>) {
+        let work = list.into_iter().map(|c| async move {
+            let pool_name = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+            if let Some(what) = self.try_adopt(&c, &pool_name).await {
+                tracing::info!(container = %c.name, "adopted {what} left by a previous run");
+                return;
+            }
+            tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
+            if self.runtime.remove(&c.id).await.is_ok() {
+                self.metrics.removed(&pool_name, RemoveReason::Orphan);
+            }
+        });
+        futures_util::future::join_all(work).await;
+    }
+
+    async fn try_adopt(&self, c: &ContainerSummary, pool_name: &str) -> Option<&'static str> {
+        let pool = self.pool(pool_name)?;
+        let cfg = pool.config();
+        if c.state != "running" || cfg.exec != ExecMode::Shim {
+            return None;
+        }
+        let session = crate::session::session_of_name(pool_name, &c.name);
+        let current = c.labels.get(LABEL_SPEC).map(String::as_str) == Some(&*pool.spec_hash());
+        if session.is_none() && !current {
+            return None;
+        }
+        let (conn, busy) = crate::pool::reattach(&self.runtime, &c.id).await?;
+        match session {
+            Some(id) => {
+                self.sessions.adopt(&id, pool_name, c.id.clone(), conn);
+                Some("a session's container")
+            }
+            None if !busy => {
+                pool.adopt(c.id.clone(), c.name.clone(), conn);
+                Some("an idle container")
+            }
+            None => None,
+        }
+    }
+
+    /// Removes containers of this daemon that no pool knows (a failed start, a crash
+    /// between create and start), every `health_check_interval` (the shortest of all pools).
+    pub(super) async fn reap_loop(self: Arc<Self>) {
+        loop {
+            let interval = self
+                .pools()
+                .iter()
+                .map(|p| p.config().health_check_interval)
+                .min()
+                .unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            self.reap_once().await;
+        }
+    }
+
+    /// One pass of the reaper (docs/scaling.md, "The reaper").
+    pub async fn reap_once(&self) {
+        let listed_at = Instant::now();
+        let Ok(list) = self.list_ours().await else {
+            return;
+        };
+        // Known: members, containers being created or removed, and those removed while the
+        // list was taken (a container removed during the listing may be in it; removing it
+        // again would "succeed" and count it a second time, as an orphan).
+        let mut known = HashSet::new();
+        for pool in self.pools() {
+            known.extend(pool.known_containers(listed_at));
+        }
+        // Containers held outside the pools: sessions'.
+        known.extend(self.sessions.containers());
+        for c in list {
+            let ours = c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id);
+            if known.contains(&c.id) || known.contains(&c.name) {
+                continue;
+            }
+            let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+            if ours || c.state != "running" {
+                tracing::info!(container = %c.name, state = %c.state, "reaping a container no pool knows");
+                if self.runtime.remove(&c.id).await.is_ok() {
+                    self.metrics.removed(&pool, RemoveReason::Orphan);
+                }
+            }
+        }
+    }
+}
