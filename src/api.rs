@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(v1)
+        .merge(crate::mcp::routes(&state))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
