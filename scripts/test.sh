@@ -18,3 +18,5 @@ rustc --edition 2021 --test shim/main.rs -o target/shim-tests
 target/shim-tests
 cargo test --locked --lib --bins
 cargo test --locked --test '*' -- --test-threads=1
+# The MCP server through the official Python MCP client, over stdio and /mcp.
+scripts/test-mcp.sh
