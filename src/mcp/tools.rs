@@ -548,8 +548,8 @@ fn tool_list(pools: &str) -> Vec<Tool> {
         ),
         tool(
             "write_file",
-            "Write a file in a session's container, replacing it (parent directories are \
-             created). The root is read-only: write under the workdir or /tmp."
+            "Write a file in a session's container, replacing it; its directory must exist \
+             (run_command mkdir -p). The root is read-only: write under the workdir or /tmp."
                 .into(),
             json!({
                 "type": "object",
