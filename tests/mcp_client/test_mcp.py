@@ -267,3 +267,19 @@ async def _connect_without_token(daemon):
         async with streamable_http_client(daemon.url + "/mcp", http_client=http) as (read, write):
             async with ClientSession(read, write) as s:
                 await asyncio.wait_for(s.initialize(), 20)
+
+
+def test_stdio_without_a_daemon_says_so_in_a_tool_error():
+    class Nowhere:
+        url = "http://127.0.0.1:9"  # discard: nothing answers HTTP there
+        token = None
+
+    async def main():
+        async with connect(Nowhere, "stdio", None) as s:
+            return await s.list_tools(), await s.call_tool("list_pools", {})
+
+    tools, pools = asyncio.run(main())
+    assert len(tools.tools) == len(TOOLS)
+    assert_api_error(pools, "daemon_unreachable")
+    assert "is `warmpool serve` running?" in text(pools)
+    assert pools.structured_content["status"] is None
