@@ -74,34 +74,33 @@ pub fn routes<S: Clone + Send + Sync + 'static>(state: &AppState) -> Router<S> {
     let backend = Backend::new(&format!("http://{}", self_addr(listen)), move || {
         token.read().as_ref().map(|t| t.to_string())
     });
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if !listen.ip().is_unspecified() {
-        hosts.push(listen.ip().to_string());
-    }
-    let mut config = StreamableHttpServerConfig::default()
+    let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         // Big enough that an oversize file reaches the API and gets its own 413 answer
         // (`body_too_large`) as a tool error; JSON escaping can double a text.
-        .with_max_request_body_bytes(state.max_body.saturating_mul(2) + (1 << 20));
-    config = if state.token.read().is_some() || listen.ip().is_unspecified() {
-        // With a token a foreign page cannot call /mcp anyway (DNS rebinding gets it
-        // nowhere), and on 0.0.0.0 any of the host's names is legitimate.
-        config.disable_allowed_hosts()
-    } else {
-        config.with_allowed_hosts(hosts)
-    };
+        .with_max_request_body_bytes(state.max_body.saturating_mul(2) + (1 << 20))
+        // [`guard`] checks the Host, knowing whether a token is in force at each request.
+        .disable_allowed_hosts();
     let service = StreamableHttpService::new(
         move || Ok(Warmpool::new(backend.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
+    // On 0.0.0.0 any of the host's names is legitimate; otherwise the loopback names and
+    // the address it listens on.
+    let hosts = (!listen.ip().is_unspecified()).then(|| {
+        let mut h = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        h.push(listen.ip().to_string());
+        Arc::new(h)
+    });
+    let guard_state = Guard {
+        state: state.clone(),
+        hosts,
+    };
     Router::new()
         .route_service("/mcp", service)
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ))
+        .route_layer(axum::middleware::from_fn_with_state(guard_state, guard))
 }
 
 /// Where the daemon reaches itself: its listen address, loopback when it listens on all.
@@ -113,10 +112,32 @@ fn self_addr(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The bearer check of `/v1/*`, with the same answers, for `/mcp`.
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.token.read().clone() else {
-        return next.run(req).await;
+#[derive(Clone)]
+struct Guard {
+    state: AppState,
+    /// The `Host` names accepted when no token is in force (`None`: any).
+    hosts: Option<Arc<Vec<String>>>,
+}
+
+/// With a token in force: the bearer check of `/v1/*`, with the same answers. Without one:
+/// only loopback (or listen-address) `Host` names, so that a web page cannot reach a local
+/// daemon's tools through DNS rebinding (with a token it could not anyway).
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let Some(expected) = g.state.token.read().clone() else {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return match &g.hosts {
+            Some(hosts) if !host_allowed(host, hosts) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!("/mcp without a token answers only to the loopback names and the listen address, not Host {host:?} (set server.token_file to open it to other names)"),
+            )
+            .into_response(),
+            _ => next.run(req).await,
+        };
     };
     let given = req
         .headers()
@@ -142,6 +163,19 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
+/// Whether a `Host` value (name or address, with or without a port) is one of `hosts`.
+fn host_allowed(host: &str, hosts: &[String]) -> bool {
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    hosts.contains(&name)
+}
+
 /// Compares without an early exit, so timing does not reveal how much of a token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
@@ -159,6 +193,28 @@ mod tests {
         assert_eq!(self_addr(a).to_string(), "[::1]:7070");
         let a: SocketAddr = "10.1.2.3:80".parse().unwrap();
         assert_eq!(self_addr(a), a);
+    }
+
+    #[test]
+    fn only_loopback_and_listen_hosts_pass_without_a_token() {
+        let hosts = ["localhost", "127.0.0.1", "::1", "10.0.0.5"].map(String::from);
+        for ok in [
+            "localhost:7070",
+            "LOCALHOST",
+            "127.0.0.1:7070",
+            "[::1]:7070",
+            "10.0.0.5",
+        ] {
+            assert!(host_allowed(ok, &hosts), "{ok}");
+        }
+        for bad in [
+            "evil.example:7070",
+            "",
+            "127.0.0.2",
+            "localhost.evil.example",
+        ] {
+            assert!(!host_allowed(bad, &hosts), "{bad}");
+        }
     }
 
     #[test]

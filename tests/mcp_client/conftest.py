@@ -27,7 +27,7 @@ MAX_BODY_KIB = 64
 POOLS = """
 [server]
 listen = "127.0.0.1:{port}"
-token_file = "{token_file}"
+{token_line}
 max_request_body = "{max_body}KiB"
 shutdown_grace = "1s"
 
@@ -47,16 +47,19 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, token: str | None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.token = TOKEN
+        self.token = token
         self.instance = "mcp%08x" % random.getrandbits(32)
-        token_file = tmp / "token"
-        token_file.write_text(TOKEN + "\n")
+        token_line = ""
+        if token:
+            token_file = tmp / "token"
+            token_file.write_text(token + "\n")
+            token_line = f'token_file = "{token_file}"'
         self.config = tmp / "pools.toml"
         self.config.write_text(
-            POOLS.format(port=self.port, token_file=token_file, max_body=MAX_BODY_KIB)
+            POOLS.format(port=self.port, token_line=token_line, max_body=MAX_BODY_KIB)
         )
         self.log_path = tmp / "daemon.log"
         env = dict(os.environ, WARMPOOL_INSTANCE=self.instance, RUST_LOG="warmpool=info")
@@ -127,12 +130,23 @@ class Daemon:
             subprocess.run(["docker", "network", "rm", n], capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory):
+def start(tmp_path_factory, token):
     assert BIN.exists(), f"{BIN} is missing: run cargo build first (scripts/test-mcp.sh does)"
-    d = Daemon(tmp_path_factory.mktemp("warmpool"))
+    d = Daemon(tmp_path_factory.mktemp("warmpool"), token)
     try:
         d.wait_ready()
         yield d
     finally:
         d.stop()
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    """A daemon with a bearer token."""
+    yield from start(tmp_path_factory, TOKEN)
+
+
+@pytest.fixture(scope="session")
+def open_daemon(tmp_path_factory):
+    """A daemon without a token."""
+    yield from start(tmp_path_factory, None)

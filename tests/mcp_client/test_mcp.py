@@ -283,3 +283,23 @@ def test_stdio_without_a_daemon_says_so_in_a_tool_error():
     assert_api_error(pools, "daemon_unreachable")
     assert "is `warmpool serve` running?" in text(pools)
     assert pools.structured_content["status"] is None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_daemon_without_a_token(open_daemon, transport):
+    async def body(s):
+        return await s.call_tool("run_command", {"pool": "py", "command": "echo open"})
+
+    r = session_run(open_daemon, transport, body)
+    assert not r.is_error, text(r)
+    assert r.structured_content["stdout"] == "open\n"
+
+
+def test_mcp_without_a_token_answers_only_loopback_host_names(open_daemon):
+    d = open_daemon
+    status, answer = d.http("POST", "/mcp", INITIALIZE, headers={**MCP_HEADERS, "Host": "evil.example"})
+    assert status == 403, answer
+    assert answer["error"]["code"] == "forbidden_host"
+    for host in [f"localhost:{d.port}", f"127.0.0.1:{d.port}"]:
+        status, answer = d.http("POST", "/mcp", INITIALIZE, headers={**MCP_HEADERS, "Host": host})
+        assert status == 200, answer
