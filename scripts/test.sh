@@ -18,5 +18,7 @@ rustc --edition 2021 --test shim/main.rs -o target/shim-tests
 target/shim-tests
 cargo test --locked --lib --bins
 cargo test --locked --test '*' -- --test-threads=1
-# Clients as their users run them: the Python client with pytest against a real daemon.
+# Clients as their users run them: the Python client with pytest against a real daemon,
 scripts/test-python.sh
+# The MCP server through the official Python MCP client, over stdio and /mcp.
+scripts/test-mcp.sh

@@ -55,6 +55,8 @@ enum Command {
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
+    /// Speak MCP on stdin/stdout to an MCP client, forwarding to a running daemon.
+    Mcp(crate::mcp::McpArgs),
     /// Show the pools and sessions of a running daemon.
     Status {
         #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
@@ -80,6 +82,7 @@ pub fn main() -> ExitCode {
                 cmd,
             } => run(&addr, &pool, session, timeout, cmd).await,
             Command::Status { addr } => status(&addr).await,
+            Command::Mcp(args) => crate::mcp::stdio(args).await,
         }
     });
     match result {

@@ -49,13 +49,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         server: parking_lot::RwLock::new(config.server.clone()),
         token: token.clone(),
     });
+    let max_body = config.server.max_request_body as usize;
+    // /mcp forwards to this daemon's own API, so it sits beside it, not inside it.
+    let mcp = crate::mcp::routes(config.server.listen, token.clone(), max_body);
     let state = AppState {
         supervisor: supervisor.clone(),
         token,
         reloader: reloader.clone(),
-        max_body: config.server.max_request_body as usize,
+        max_body,
     };
-    let app = crate::api::router(state);
+    let app = crate::api::router(state).merge(mcp);
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     if let Some(addr) = config.server.listen {

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod exec;
 #[cfg(test)]
 mod lifecycle_tests;
+pub mod mcp;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;

@@ -180,7 +180,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub(super) fn human_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
