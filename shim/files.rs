@@ -69,7 +69,10 @@ fn write_file(path: &Path) -> Result<(), Failure> {
 fn read_file(path: &Path) -> Result<(), Failure> {
     let meta = fs::metadata(path).map_err(|e| fail(path, "read", e))?;
     if !meta.is_file() {
-        return Err((WRONG_KIND, format!("{} is not a regular file", path.display())));
+        return Err((
+            WRONG_KIND,
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     let mut f = File::open(path).map_err(|e| fail(path, "read", e))?;
     io::copy(&mut f, &mut io::stdout().lock()).map_err(|e| fail(path, "read", e))?;
@@ -80,7 +83,14 @@ fn read_file(path: &Path) -> Result<(), Failure> {
 fn header(name: &[u8], kind: u8, mode: u32, size: u64, mtime: u64, link: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     if name.len() > 100 {
-        out.extend(header(b"././@LongLink", b'L', 0, name.len() as u64 + 1, 0, b""));
+        out.extend(header(
+            b"././@LongLink",
+            b'L',
+            0,
+            name.len() as u64 + 1,
+            0,
+            b"",
+        ));
         out.extend_from_slice(name);
         out.push(0);
         pad(&mut out);
@@ -184,15 +194,20 @@ fn parse_octal(h: &[u8]) -> Result<u64, Failure> {
     if text.is_empty() {
         return Ok(0);
     }
-    u64::from_str_radix(text, 8).map_err(|_| (BAD_ARCHIVE, format!("bad number {text:?} in a tar header")))
+    u64::from_str_radix(text, 8)
+        .map_err(|_| (BAD_ARCHIVE, format!("bad number {text:?} in a tar header")))
 }
 
 /// A header's checksum: the sum of its bytes with the checksum field read as spaces (some
 /// old writers summed signed bytes, which is accepted too). Without this check, any body
 /// would be taken for entries with garbage names.
 fn check_sum(h: &[u8]) -> Result<(), Failure> {
-    let stored = parse_octal(&h[148..156])
-        .map_err(|_| (BAD_ARCHIVE, "the body is not a tar archive (bad header checksum)".to_string()))?;
+    let stored = parse_octal(&h[148..156]).map_err(|_| {
+        (
+            BAD_ARCHIVE,
+            "the body is not a tar archive (bad header checksum)".to_string(),
+        )
+    })?;
     let field = |i: usize| if (148..156).contains(&i) { b' ' } else { h[i] };
     let unsigned: u64 = (0..BLOCK).map(|i| field(i) as u64).sum();
     let signed: i64 = (0..BLOCK).map(|i| field(i) as i8 as i64).sum();
@@ -218,14 +233,20 @@ fn safe_join(dir: &Path, name: &[u8]) -> Result<PathBuf, Failure> {
                 out.push(part);
                 let last = i + 1 == comps.len();
                 if !last && fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return Err((BAD_ARCHIVE, format!("refusing to write through the symlink {}", out.display())));
+                    return Err((
+                        BAD_ARCHIVE,
+                        format!("refusing to write through the symlink {}", out.display()),
+                    ));
                 }
             }
             Component::CurDir => {}
             _ => {
                 return Err((
                     BAD_ARCHIVE,
-                    format!("refusing the archive entry {:?}: absolute or with '..'", rel),
+                    format!(
+                        "refusing the archive entry {:?}: absolute or with '..'",
+                        rel
+                    ),
                 ))
             }
         }
@@ -267,7 +288,10 @@ fn extract(dir: &Path, data: &[u8]) -> Result<(), Failure> {
         let size = parse_octal(&h[124..136])? as usize;
         let body_end = at + size;
         if body_end > data.len() {
-            return Err((BAD_ARCHIVE, "the archive ends in the middle of an entry".into()));
+            return Err((
+                BAD_ARCHIVE,
+                "the archive ends in the middle of an entry".into(),
+            ));
         }
         let body = &data[at..body_end];
         at = body_end.div_ceil(BLOCK) * BLOCK;
@@ -385,7 +409,11 @@ mod tests {
     fn headers_carry_long_names_and_valid_checksums() {
         let long = vec![b'n'; 150];
         let h = header(&long, b'0', 0o644, 3, 0, b"");
-        assert_eq!(h.len(), BLOCK * 3, "long-name header, its name block, the header");
+        assert_eq!(
+            h.len(),
+            BLOCK * 3,
+            "long-name header, its name block, the header"
+        );
         assert_eq!(h[156], b'L');
         let last = &h[BLOCK * 2..];
         let stored = parse_octal(&last[148..156]).unwrap();
@@ -422,7 +450,10 @@ mod tests {
     #[test]
     fn what_is_not_a_tar_archive_is_refused() {
         let d = scratch("junk");
-        assert_eq!(extract(&d, b"not a tar archive").unwrap_err().0, BAD_ARCHIVE);
+        assert_eq!(
+            extract(&d, b"not a tar archive").unwrap_err().0,
+            BAD_ARCHIVE
+        );
         assert_eq!(extract(&d, &[b'j'; BLOCK * 3]).unwrap_err().0, BAD_ARCHIVE);
         let mut a = archive(&[(b"f", b'0', b"hello")]);
         a[0] = b'g'; // the name changed, the checksum did not
@@ -447,7 +478,10 @@ mod tests {
         let dst = scratch("dst");
         extract(&dst, &tarball).unwrap();
         assert_eq!(fs::read(dst.join("a.txt")).unwrap(), b"alpha");
-        assert_eq!(fs::read(dst.join("sub/deeper/bin")).unwrap(), [0u8, 255, 1, 2]);
+        assert_eq!(
+            fs::read(dst.join("sub/deeper/bin")).unwrap(),
+            [0u8, 255, 1, 2]
+        );
         assert_eq!(fs::read(dst.join("sub").join(&long)).unwrap(), b"long");
         assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("a.txt"));
     }
