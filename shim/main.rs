@@ -25,6 +25,7 @@ mod shim_proto;
 
 mod files;
 mod protocol;
+mod sweep;
 mod sys;
 mod task;
 mod wipe;
@@ -52,6 +53,14 @@ fn main() {
     // start with an empty signal mask and default dispositions without a `pre_exec` hook.
     if let Err(e) = sys::catch_shutdown_signals() {
         die(1, &format!("cannot set up the signal handlers: {e}"));
+    }
+
+    // Outside a container's pid namespace orphans would go to the real init, out of reach of
+    // the sweep that ends what each task leaves behind (see `sweep.rs`).
+    if sys::my_pid() != 1 {
+        if let Err(e) = sys::become_subreaper() {
+            eprintln!("warmpool-shim: cannot become a child subreaper: {e}");
+        }
     }
 
     // Own descriptors for the protocol stream: unbuffered (one write per frame) and close-on-exec.

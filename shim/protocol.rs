@@ -114,6 +114,19 @@ impl Shim {
         self.idle.notify_all();
     }
 
+    /// Like [`Shim::finish`], but the container is not fit for another task (something of the
+    /// last one could not be ended): send the last event, then exit with `busy` still held so
+    /// that nothing else starts. The daemon sees the shim gone and replaces the container; the
+    /// kernel ends what is left in the pid namespace when its init exits.
+    pub fn give_up(&self, last: &Event, why: &str) -> ! {
+        let _busy = lock(&self.busy);
+        self.out.send(last);
+        die(
+            4,
+            &format!("{why}; exiting so that the container is replaced"),
+        )
+    }
+
     fn start_task(&'static self, spawn: Spawn) {
         let id = spawn.id;
         let mut busy = lock(&self.busy);

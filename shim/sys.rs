@@ -47,6 +47,49 @@ extern "C" {
     fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
     fn __errno_location() -> *mut i32;
+    fn getpid() -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+}
+
+const PR_SET_CHILD_SUBREAPER: i32 = 36;
+
+/// This process's pid (in its own pid namespace: 1 when it is the container's init).
+pub fn my_pid() -> i32 {
+    // SAFETY: getpid takes nothing and cannot fail.
+    unsafe { getpid() }
+}
+
+/// Make orphaned descendants reparent to this process rather than to the namespace's init,
+/// so that it can find and reap them when it is not PID 1 itself.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// SIGKILL one process. ESRCH (already gone) is harmless; EPERM leaves it to the caller's
+/// next look to notice.
+pub fn kill_pid(pid: i32) {
+    if pid > 1 {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        unsafe { kill(pid, SIGKILL) };
+    }
+}
+
+/// SIGKILL every process of our pid namespace but ourselves, in one call the kernel makes
+/// atomic against forks (a fork bomb cannot outrun it). Only for the namespace's init: from
+/// any other process `kill(-1)` reaches every process of the user, so this refuses then.
+pub fn kill_namespace() -> bool {
+    if my_pid() != 1 {
+        return false;
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours. As PID 1, -1 means
+    // every process of this namespace (and those below it) except ourselves.
+    unsafe { kill(-1, SIGKILL) };
+    true
 }
 
 /// SIGKILL a whole process group: the task and everything it started that did not leave

@@ -3,7 +3,7 @@
 
 use crate::protocol::{Output, Shim};
 use crate::shim_proto::{Event, Exit, Spawn};
-use crate::{lock, pid_of, sys, wait, wait_timeout, CHUNK};
+use crate::{lock, pid_of, sweep, sys, wait, wait_timeout, CHUNK};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -136,8 +136,14 @@ impl Shim {
             timed_out = true;
             sys::kill_group(pid);
         });
-        // Whatever the task left running in its group goes with it.
+        // Whatever the task left running goes with it: its group at once, then every other
+        // process of the container (a loop that left the group must not spy on the next
+        // task). Before the output is closed, so that the pipes they held reach EOF.
         sys::kill_group(pid);
+        let swept = sweep::end_all(
+            sweep::Scope::for_pid(sys::my_pid()),
+            Instant::now() + sweep::DEADLINE,
+        );
         let [stdout_truncated, stderr_truncated] = output.close(GRACE);
         let exit = Exit {
             id,
@@ -149,7 +155,13 @@ impl Shim {
             spawn_error: None,
             reset_error: None,
         };
-        self.finish(lock(&self.busy), &Event::Exit(exit));
+        match swept {
+            Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
+            Err(left) => self.give_up(
+                &Event::Exit(exit),
+                &format!("task {id} left processes that could not be ended: {left}"),
+            ),
+        }
     }
 }
 
