@@ -27,6 +27,7 @@ mod files;
 mod protocol;
 mod sweep;
 mod sys;
+mod tar;
 mod task;
 mod wipe;
 
@@ -44,7 +45,7 @@ const CHUNK: usize = 64 << 10;
 
 fn main() {
     // The same binary serves a session's file transfers, run as ordinary tasks.
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(code) = files::dispatch(&args) {
         std::process::exit(code);
     }

@@ -35,9 +35,24 @@ impl Shim {
             reset: _,
         } = spawn;
         let (program, args) = argv.split_first().ok_or("empty argv")?;
+        // The kernel takes C strings: say which argument cannot be passed, rather than std's
+        // "nul byte found in provided data".
+        if let Some(i) = argv.iter().position(|a| a.contains(&0)) {
+            return Err(format!(
+                "not started: argument {i} ({:?}) contains a NUL byte, which no program can \
+                 receive (a path cannot contain one either)",
+                String::from_utf8_lossy(&argv[i])
+            ));
+        }
         let mut cmd = Command::new(OsStr::from_bytes(program));
         cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
         for (key, value) in &env {
+            if value.contains(&0) {
+                return Err(format!(
+                    "not started: the value of the environment variable {:?} contains a NUL byte",
+                    String::from_utf8_lossy(key)
+                ));
+            }
             if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
                 return Err(format!(
                     "invalid environment variable name {:?}",
