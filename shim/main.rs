@@ -2,12 +2,16 @@
 //!
 //! It is the container's entrypoint (PID 1). The daemon attaches once to the container's
 //! stdin/stdout and sends framed requests (see `src/shim_proto.rs`); the shim runs one task at
-//! a time in its own process group, streams its output back, and reports how it ended. That
-//! replaces a `docker exec` per task (about 50 ms) with a spawn (1 to 2 ms, mostly the kernel's
-//! fork and exec).
+//! a time in its own process group, streams its output back, ends every process the task left
+//! behind (`sweep.rs`), and reports how it ended. That replaces a `docker exec` per task
+//! (about 50 ms) with a spawn (1 to 2 ms, mostly the kernel's fork and exec).
 //!
 //! Built with plain `rustc` as one static binary, std only, so it runs in any image, even one
 //! holding nothing else. Its stderr is for its own diagnostics only.
+//!
+//! Files: `protocol.rs` reads requests and answers them, `task.rs` runs and supervises a task,
+//! `sweep.rs` ends what it left, `wipe.rs` resets the workdir, `files.rs` and `tar.rs` serve
+//! file transfers (the same binary, run as a task), `sys.rs` holds every libc declaration.
 //!
 //! Threads: the main thread reads requests and never waits on a task; one reaper thread reaps
 //! every child (PID 1 inherits all orphans); one signal thread handles SIGTERM/SIGINT; and a
