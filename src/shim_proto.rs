@@ -92,7 +92,10 @@ pub enum Event {
         id: u64,
         data: Vec<u8>,
     },
-    /// The task is over; no more output events for this id follow.
+    /// The task is over; no more output events for this id follow. Sent once every process
+    /// the task started has been ended (the shim kills every other process of the container).
+    /// When one cannot be ended, the shim sends this Exit and then exits itself, so that the
+    /// container is replaced rather than reused.
     Exit(Exit),
     Pong {
         nonce: u64,

@@ -1,0 +1,254 @@
+//! Ending whatever a task left behind. Nothing a task started may outlive it: a loop that
+//! left the task's process group (`setsid cmd &`) would otherwise keep running into the next
+//! tenant's task, reading and writing its files.
+//!
+//! As the container's init (PID 1) the shim sees every process of the container in /proc:
+//! after each task it SIGKILLs all of them but itself (`kill(-1)`, which the kernel makes
+//! atomic against forks), lets the reaper reap them, and looks again until none is left or
+//! the deadline passes. Outside a container's pid namespace (a shim started by hand), only
+//! its own descendants are ended: `kill(-1)` would reach every process of the user.
+
+use crate::sys;
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long what a task left behind may take to die. Well inside the daemon's 5 s backstop
+/// after a task's timeout.
+pub const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Which processes to end.
+#[derive(Clone, Copy)]
+pub enum Scope {
+    /// Every process of our pid namespace but ourselves (we are its init).
+    Namespace,
+    /// The descendants of this pid (not the pid itself).
+    Below(i32),
+}
+
+impl Scope {
+    /// The scope a shim running as `pid` may sweep.
+    pub fn for_pid(pid: i32) -> Scope {
+        if pid == 1 {
+            Scope::Namespace
+        } else {
+            Scope::Below(pid)
+        }
+    }
+}
+
+/// One process as /proc shows it.
+#[derive(Debug, PartialEq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub state: char,
+    pub comm: String,
+}
+
+/// SIGKILL every process in `scope` and wait until /proc lists none, up to `deadline`.
+/// Err describes those still there at the deadline (unkillable: another user's, stuck in the
+/// kernel), for the caller to give up on the container.
+pub fn end_all(scope: Scope, deadline: Instant) -> Result<(), String> {
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let left = match processes(scope) {
+            Ok(left) => left,
+            Err(e) => {
+                // Without /proc nothing can be checked: kill what we can and say so.
+                if matches!(scope, Scope::Namespace) {
+                    sys::kill_namespace();
+                }
+                eprintln!("warmpool-shim: cannot list processes in /proc: {e}");
+                return Ok(());
+            }
+        };
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(describe(&left));
+        }
+        // Zombies are dead already: the reaper (theirs is us, or becomes us once their parent
+        // is killed) takes them out of /proc.
+        if left.iter().any(|p| p.state != 'Z') {
+            match scope {
+                Scope::Namespace => {
+                    sys::kill_namespace();
+                }
+                Scope::Below(_) => left.iter().for_each(|p| sys::kill_pid(p.pid)),
+            }
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The processes in `scope`, from /proc.
+fn processes(scope: Scope) -> io::Result<Vec<Proc>> {
+    let me = sys::my_pid();
+    let mut all = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Gone between the listing and here: nothing to end.
+        let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(p) = parse_stat(pid, &stat) {
+            all.push(p);
+        }
+    }
+    Ok(match scope {
+        Scope::Namespace => all,
+        Scope::Below(root) => descendants(root, all),
+    })
+}
+
+/// `/proc/PID/stat`: `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so
+/// it ends at the last `)`.
+fn parse_stat(pid: i32, stat: &[u8]) -> Option<Proc> {
+    let text = String::from_utf8_lossy(stat);
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let mut rest = text.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        state,
+        comm,
+    })
+}
+
+fn descendants(root: i32, all: Vec<Proc>) -> Vec<Proc> {
+    let mut family: HashSet<i32> = HashSet::from([root]);
+    let mut rest = all;
+    let mut found = Vec::new();
+    loop {
+        let (mine, others): (Vec<Proc>, Vec<Proc>) =
+            rest.into_iter().partition(|p| family.contains(&p.ppid));
+        if mine.is_empty() {
+            return found;
+        }
+        family.extend(mine.iter().map(|p| p.pid));
+        found.extend(mine);
+        rest = others;
+    }
+}
+
+fn describe(left: &[Proc]) -> String {
+    const SHOWN: usize = 10;
+    let mut text: Vec<String> = left
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("pid {} ({}, state {})", p.pid, p.comm, p.state))
+        .collect();
+    if left.len() > SHOWN {
+        text.push(format!("and {} more", left.len() - SHOWN));
+    }
+    text.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn stat_lines_are_parsed_even_with_odd_command_names() {
+        let p = parse_stat(42, b"42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0").unwrap();
+        assert_eq!(
+            p,
+            Proc {
+                pid: 42,
+                ppid: 7,
+                state: 'S',
+                comm: "a) b (c)".into()
+            }
+        );
+        assert_eq!(parse_stat(1, b"garbage"), None);
+    }
+
+    #[test]
+    fn descendants_are_found_at_any_depth_and_nothing_else() {
+        let p = |pid, ppid| Proc {
+            pid,
+            ppid,
+            state: 'S',
+            comm: String::new(),
+        };
+        let found = descendants(10, vec![p(13, 12), p(11, 10), p(99, 1), p(12, 11)]);
+        let mut pids: Vec<i32> = found.iter().map(|p| p.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, [11, 12, 13]);
+    }
+
+    /// A loop that left its session (setsid) is found below its ancestor and ended.
+    #[test]
+    fn a_setsid_loop_below_a_process_is_ended() {
+        let mut sh = Command::new("sh")
+            .args([
+                "-c",
+                "setsid sh -c 'while :; do sleep 0.05; done' </dev/null >/dev/null 2>&1 & wait",
+            ])
+            .spawn()
+            .unwrap();
+        let root = i32::try_from(sh.id()).unwrap();
+        let start = Instant::now();
+        while processes(Scope::Below(root)).unwrap().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the loop never started"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        end_all(Scope::Below(root), Instant::now() + DEADLINE).unwrap();
+        assert_eq!(processes(Scope::Below(root)).unwrap(), []);
+        sh.wait().unwrap();
+    }
+
+    #[test]
+    fn what_cannot_be_ended_is_reported_at_the_deadline() {
+        // The `true` subshell becomes a zombie of a `sleep` that never reaps it: nothing the sweep can end.
+        let mut parent = Command::new("sh")
+            .args(["-c", "true & exec sleep 5"])
+            .spawn()
+            .unwrap();
+        let root = i32::try_from(parent.id()).unwrap();
+        let start = Instant::now();
+        let zombie = loop {
+            let below = processes(Scope::Below(root)).unwrap();
+            if let Some(p) = below.into_iter().find(|p| p.state == 'Z') {
+                break p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no zombie appeared"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let err = end_all(
+            Scope::Below(root),
+            Instant::now() + Duration::from_millis(100),
+        );
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        let err = err.unwrap_err();
+        let expected = format!("pid {} ({}, state Z)", zombie.pid, zombie.comm);
+        assert!(err.contains(&expected), "{err}");
+    }
+}

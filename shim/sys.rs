@@ -1,0 +1,203 @@
+//! The few libc calls std does not wrap, all in one place. Values are those of Linux `x86_64`
+//! with glibc (the one target this is built for).
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+pub const ECHILD: i32 = 10;
+const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+const SA_RESTART: i32 = 0x1000_0000;
+const O_CLOEXEC: i32 = 0o2_000_000;
+const O_NONBLOCK: i32 = 0o4000;
+const F_SETFL: i32 = 4;
+const P_ALL: u32 = 0;
+const WNOHANG: i32 = 1;
+const WEXITED: i32 = 4;
+const WNOWAIT: i32 = 0x0100_0000;
+/// Also children whose exit signal is not SIGCHLD: PID 1 must reap whatever it inherits.
+const WALL: i32 = 0x4000_0000;
+
+/// glibc's `sigset_t`: 1024 bits.
+#[repr(C)]
+struct SigSet([u64; 16]);
+/// glibc's `siginfo_t`: 128 bytes; its contents are not needed here.
+#[repr(C)]
+struct SigInfo([u64; 16]);
+/// glibc's `struct sigaction` on x86_64 (152 bytes; `sigaction()` fills in the restorer).
+#[repr(C)]
+struct SigAction {
+    handler: usize,
+    mask: SigSet,
+    flags: i32,
+    restorer: usize,
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn waitid(idtype: u32, id: u32, info: *mut SigInfo, options: i32) -> i32;
+    fn sigemptyset(set: *mut SigSet) -> i32;
+    fn sigaction(sig: i32, act: *const SigAction, old: *mut SigAction) -> i32;
+    fn pipe2(fds: *mut i32, flags: i32) -> i32;
+    fn fcntl(fd: i32, cmd: i32, arg: i32) -> i32;
+    fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
+    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+    fn __errno_location() -> *mut i32;
+    fn getpid() -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+}
+
+const PR_SET_CHILD_SUBREAPER: i32 = 36;
+
+/// This process's pid (in its own pid namespace: 1 when it is the container's init).
+pub fn my_pid() -> i32 {
+    // SAFETY: getpid takes nothing and cannot fail.
+    unsafe { getpid() }
+}
+
+/// Make orphaned descendants reparent to this process rather than to the namespace's init,
+/// so that it can find and reap them when it is not PID 1 itself.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// SIGKILL one process. ESRCH (already gone) is harmless; EPERM leaves it to the caller's
+/// next look to notice.
+pub fn kill_pid(pid: i32) {
+    if pid > 1 {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        unsafe { kill(pid, SIGKILL) };
+    }
+}
+
+/// SIGKILL every process of our pid namespace but ourselves, in one call the kernel makes
+/// atomic against forks (a fork bomb cannot outrun it). Only for the namespace's init: from
+/// any other process `kill(-1)` reaches every process of the user, so this refuses then.
+pub fn kill_namespace() -> bool {
+    if my_pid() != 1 {
+        return false;
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours. As PID 1, -1 means
+    // every process of this namespace (and those below it) except ourselves.
+    unsafe { kill(-1, SIGKILL) };
+    true
+}
+
+/// SIGKILL a whole process group: the task and everything it started that did not leave
+/// the group.
+pub fn kill_group(pgid: i32) {
+    // Never 0 (our own group) or 1 (kill(-1) means every process we may signal).
+    if pgid > 1 {
+        // SAFETY: kill takes plain integers and touches no memory of ours. ESRCH (the
+        // group is already gone) is the expected, harmless failure.
+        unsafe { kill(-pgid, SIGKILL) };
+    }
+}
+
+/// Block until some child has exited, without reaping it (so that a spawn in progress
+/// can still reap its own failed child). Err(ECHILD) when there is no child at all.
+pub fn wait_for_exited_child() -> io::Result<()> {
+    let mut info = SigInfo([0; 16]);
+    // SAFETY: `info` is a properly sized, writable siginfo_t that outlives the call.
+    let r = unsafe { waitid(P_ALL, 0, &raw mut info, WEXITED | WNOWAIT | WALL) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reap one exited child if there is one.
+pub fn reap_any() -> Option<(i32, ExitStatus)> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid, writable int for the duration of the call.
+    let pid = unsafe { waitpid(-1, &raw mut status, WNOHANG | WALL) };
+    (pid > 0).then(|| (pid, ExitStatus::from_raw(status)))
+}
+
+/// The write end of the pipe the signal handler writes to, and its read end.
+static SIGNAL_WRITE: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL_READ: AtomicI32 = AtomicI32::new(-1);
+
+/// Writes the signal's number to the pipe: nothing else, since only async-signal-safe
+/// calls may be made here. The write end is non-blocking (a full pipe drops the byte; one
+/// is enough), and errno is put back for the code the signal interrupted.
+extern "C" fn on_shutdown_signal(sig: i32) {
+    // SAFETY: errno is this thread's own; write() is async-signal-safe and reads one byte
+    // that outlives the call.
+    unsafe {
+        let errno = __errno_location();
+        let saved = *errno;
+        let byte = sig as u8;
+        write(SIGNAL_WRITE.load(Ordering::Relaxed), &raw const byte, 1);
+        *errno = saved;
+    }
+}
+
+/// Catch SIGTERM and SIGINT with [`on_shutdown_signal`] (the self-pipe trick), so that
+/// [`wait_shutdown_signal`] can take them on a thread of its own. A caught signal is
+/// delivered even to PID 1, which the kernel spares signals left at their default action.
+/// Nothing is blocked, so the tasks' signal mask stays empty; exec (and posix_spawn,
+/// before it runs anything in the child) resets caught signals to their default action.
+/// `SA_RESTART` keeps the other threads' blocking calls going.
+pub fn catch_shutdown_signals() -> io::Result<()> {
+    let mut fds = [-1i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { pipe2(fds.as_mut_ptr(), O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { fcntl(fds[1], F_SETFL, O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    SIGNAL_READ.store(fds[0], Ordering::Relaxed);
+    SIGNAL_WRITE.store(fds[1], Ordering::Relaxed);
+    let mut action = SigAction {
+        handler: on_shutdown_signal as extern "C" fn(i32) as usize,
+        mask: SigSet([0; 16]),
+        flags: SA_RESTART,
+        restorer: 0,
+    };
+    // SAFETY: `action` is a valid struct sigaction for the duration of the calls, its
+    // handler an `extern "C" fn(i32)`; a null old-action pointer is allowed.
+    unsafe {
+        sigemptyset(&raw mut action.mask);
+        for sig in [SIGTERM, SIGINT] {
+            if sigaction(sig, &raw const action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Block until SIGTERM or SIGINT arrives; returns its number.
+pub fn wait_shutdown_signal() -> i32 {
+    let fd = SIGNAL_READ.load(Ordering::Relaxed);
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into `byte`, which outlives the call.
+        let n = unsafe { read(fd, &raw mut byte, 1) };
+        if n == 1 {
+            return i32::from(byte);
+        }
+        let e = io::Error::last_os_error();
+        if n < 0 && e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        // We hold the write end, so neither EOF nor an error can happen; do not spin.
+        eprintln!("warmpool-shim: reading the signal pipe: {e}");
+        loop {
+            std::thread::park();
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Session files that come back as they were sent (issue 11, item 6), against the real
+//! engine through the files and archive endpoints: hard links, long link targets, refused
+//! archives that change nothing, and clear errors for unreadable files, a full disk and
+//! a path with a NUL byte.
+
+mod common;
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const POOL: &str = r#"
+[pools.f]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+"#;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A ready daemon with one session that has run a task (so it has a container).
+async fn session(name: &str) -> (Daemon, String) {
+    let d = Daemon::start(POOL).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-{name}", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "f", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    sh(&d, &id, "true").await;
+    (d, id)
+}
+
+/// Runs `shell` in the session; its stdout.
+async fn sh(d: &Daemon, id: &str, shell: &str) -> String {
+    let (status, v) = d.task("f", json!({"shell": shell, "session": id})).await;
+    assert_eq!(status, 200, "{shell:?}: {v}");
+    assert_eq!(v["exit_code"], 0, "{shell:?}: {v}");
+    v["stdout"].as_str().unwrap().to_string()
+}
+
+async fn http(d: &Daemon, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    let (status, _, bytes) = d.request(method, path, body).await;
+    (status, bytes)
+}
+
+fn error(body: &[u8]) -> (String, String) {
+    let v: Value = as_json(body);
+    (
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn host_tar(dir: &Path, format: &str) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg(format!("--format={format}"))
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn host_untar(bytes: &[u8], into: &Path) {
+    let mut child = Command::new("tar")
+        .arg("-C")
+        .arg(into)
+        .args(["-xf", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A hand-made ustar archive of `(name, type flag, link target, body)` entries, for what GNU
+/// tar will not write (a hard link out of the directory).
+fn raw_tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, body) in entries {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0001750\0");
+        h[116..124].copy_from_slice(b"0001750\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = *kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[tokio::test]
+async fn a_gnu_tar_with_a_hard_link_extracts_both_names_with_their_data() {
+    let (d, id) = session("hardlink").await;
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("a"), b"the data\n").unwrap();
+    std::fs::hard_link(host.path().join("a"), host.path().join("b")).unwrap();
+    for format in ["gnu", "pax"] {
+        let dir = format!("work/hl-{format}");
+        let (status, body) = http(
+            &d,
+            "PUT",
+            &format!("/v1/sessions/{id}/archive/{dir}"),
+            Some(host_tar(host.path(), format)),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let out = sh(
+            &d,
+            &id,
+            &format!("cd /{dir} && cat a b && ls -i a b | awk '{{print $1}}' | uniq | wc -l"),
+        )
+        .await;
+        assert_eq!(
+            out, "the data\nthe data\n1\n",
+            "{format}: one file, two names"
+        );
+
+        // And it comes back as a hard link.
+        let (status, tarball) =
+            http(&d, "GET", &format!("/v1/sessions/{id}/archive/{dir}"), None).await;
+        assert_eq!(status, 200);
+        let back = tempfile::tempdir().unwrap();
+        host_untar(&tarball, back.path());
+        use std::os::unix::fs::MetadataExt;
+        let ino = |n: &str| std::fs::metadata(back.path().join(n)).unwrap().ino();
+        assert_eq!(ino("a"), ino("b"), "{format}");
+        assert_eq!(std::fs::read(back.path().join("a")).unwrap(), b"the data\n");
+    }
+}
+
+#[tokio::test]
+async fn archives_that_would_leave_their_directory_are_refused_and_change_nothing() {
+    let (d, id) = session("refused").await;
+    sh(
+        &d,
+        &id,
+        "echo secret > /tmp/outside && mkdir -p /work/t && echo before > /work/t/kept",
+    )
+    .await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a hard link out of the directory",
+            raw_tar(&[
+                ("first", b'0', "", b"x"),
+                ("b", b'1', "../../tmp/outside", b""),
+            ]),
+            "hard link",
+        ),
+        (
+            "an absolute hard link",
+            raw_tar(&[("first", b'0', "", b"x"), ("b", b'1', "/tmp/outside", b"")]),
+            "hard link",
+        ),
+        (
+            "an entry with ..",
+            raw_tar(&[
+                ("first", b'0', "", b"x"),
+                ("kept", b'0', "", b"after"),
+                ("../evil", b'0', "", b"x"),
+            ]),
+            "..",
+        ),
+        (
+            "a write through a symlink the archive makes",
+            raw_tar(&[
+                ("first", b'0', "", b"x"),
+                ("out", b'2', "/tmp", b""),
+                ("out/evil", b'0', "", b"x"),
+            ]),
+            "symlink",
+        ),
+    ];
+    for (what, tarball, says) in cases {
+        let (status, body) = http(
+            &d,
+            "PUT",
+            &format!("/v1/sessions/{id}/archive/work/t"),
+            Some(tarball),
+        )
+        .await;
+        let (code, message) = error(&body);
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "bad_archive"),
+            "{what}: {message}"
+        );
+        assert!(message.contains(says), "{what}: {message}");
+        let listing = sh(&d, &id, "ls -A /work/t; cat /work/t/kept; ls -A /tmp").await;
+        assert_eq!(
+            listing, "kept\nbefore\noutside\n",
+            "{what}: nothing changed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_symlink_targets_survive_uploads_and_downloads() {
+    let (d, id) = session("longlink").await;
+    let target = format!("{}/{}/target", "t".repeat(80), "u".repeat(80));
+    // Made in the container, downloaded.
+    sh(
+        &d,
+        &id,
+        &format!("mkdir -p /work/l && ln -s {target} /work/l/made-there"),
+    )
+    .await;
+    // Made on the host, uploaded in both dialects.
+    let host = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&target, host.path().join("sent")).unwrap();
+    for format in ["gnu", "pax"] {
+        let (status, body) = http(
+            &d,
+            "PUT",
+            &format!("/v1/sessions/{id}/archive/work/l/{format}"),
+            Some(host_tar(host.path(), format)),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let seen = sh(&d, &id, &format!("readlink /work/l/{format}/sent")).await;
+        assert_eq!(seen.trim_end(), target, "{format} upload");
+    }
+    let (status, tarball) = http(
+        &d,
+        "GET",
+        &format!("/v1/sessions/{id}/archive/work/l"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let back = tempfile::tempdir().unwrap();
+    host_untar(&tarball, back.path());
+    for link in ["made-there", "gnu/sent", "pax/sent"] {
+        let got = std::fs::read_link(back.path().join(link)).unwrap();
+        assert_eq!(got.to_str().unwrap(), target, "{link} downloaded");
+    }
+}
+
+/// The shim's answers for an unreadable file, a full disk and a NUL byte. The daemon maps
+/// the shim's new exit codes (7 not readable, 8 no space) to statuses in src/files.rs; until
+/// it does they come as 500 `file_transfer_failed`, with the shim's message.
+#[tokio::test]
+async fn unreadable_full_and_nul_paths_are_told_apart() {
+    let (d, id) = session("errors").await;
+    sh(&d, &id, "echo s > /work/secret && chmod 000 /work/secret").await;
+    let (status, body) = http(
+        &d,
+        "GET",
+        &format!("/v1/sessions/{id}/files/work/secret"),
+        None,
+    )
+    .await;
+    let (code, message) = error(&body);
+    assert_ne!(code, "not_writable", "{status} {message}");
+    assert!(
+        message.contains("not readable"),
+        "{status} {code}: {message}"
+    );
+    assert!(!message.contains("read-only"), "{status} {code}: {message}");
+
+    // Fill /tmp (a 256 MiB tmpfs), then upload into it.
+    let (status, v) = d
+        .task("f", json!({"shell": "dd if=/dev/zero of=/tmp/fill bs=1M count=300 2>/dev/null; true", "session": id}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, body) = http(
+        &d,
+        "PUT",
+        &format!("/v1/sessions/{id}/files/tmp/upload"),
+        Some(vec![b'x'; 64 << 10]),
+    )
+    .await;
+    let (code, message) = error(&body);
+    assert!(
+        message.contains("no space left"),
+        "{status} {code}: {message}"
+    );
+    let archive = raw_tar(&[("d/", b'5', "", b""), ("d/f", b'0', "", &[b'y'; 64 << 10])]);
+    let (status, body) = http(
+        &d,
+        "PUT",
+        &format!("/v1/sessions/{id}/archive/tmp/unpacked"),
+        Some(archive),
+    )
+    .await;
+    let (code, message) = error(&body);
+    assert!(
+        message.contains("no space left"),
+        "{status} {code}: {message}"
+    );
+    let left = sh(&d, &id, "ls -A /tmp").await;
+    assert_eq!(left, "fill\n", "a failed upload leaves nothing behind");
+
+    // A NUL byte cannot be in a path: said so, not taken for a pool that cannot move files.
+    let (status, body) = http(
+        &d,
+        "PUT",
+        &format!("/v1/sessions/{id}/files/work/a%00b"),
+        Some(b"x".to_vec()),
+    )
+    .await;
+    let (code, message) = error(&body);
+    assert_eq!(status, 400, "{code}: {message}");
+    assert!(message.contains("NUL"), "{code}: {message}");
+}
