@@ -72,6 +72,26 @@ pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitEr
             "the command is empty: give cmd as a non-empty argv array or shell as a string".into(),
         ));
     }
+    // The kernel takes C strings: a NUL would cut the value short, so refuse it by name.
+    if let Some((i, _)) = req.argv.iter().enumerate().find(|(_, a)| a.contains('\0')) {
+        return Err(SubmitError::Invalid(format!(
+            "cmd[{i}] has a NUL byte; arguments cannot hold one (pass binary data through stdin)"
+        )));
+    }
+    if let Some((k, _)) = req
+        .env
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(SubmitError::Invalid(format!(
+            "env {k:?} has a NUL byte in its name or value; environment strings cannot hold one"
+        )));
+    }
+    if let Some(w) = req.workdir.as_deref().filter(|w| w.contains('\0')) {
+        return Err(SubmitError::Invalid(format!(
+            "workdir {w:?} has a NUL byte; paths cannot hold one"
+        )));
+    }
     if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains('=')) {
         return Err(SubmitError::Invalid(format!(
             "env key {k:?} is not a valid variable name (empty or contains '=')"

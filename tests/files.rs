@@ -269,9 +269,8 @@ async fn long_symlink_targets_survive_uploads_and_downloads() {
     }
 }
 
-/// The shim's answers for an unreadable file, a full disk and a NUL byte. The daemon maps
-/// the shim's new exit codes (7 not readable, 8 no space) to statuses in src/files.rs; until
-/// it does they come as 500 `file_transfer_failed`, with the shim's message.
+/// An unreadable file, a full disk and a NUL byte each get their own status and code
+/// (403 `not_readable`, 507 `no_space`, 400 `invalid_path`), with the shim's message.
 #[tokio::test]
 async fn unreadable_full_and_nul_paths_are_told_apart() {
     let (d, id) = session("errors").await;
@@ -284,7 +283,7 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
     )
     .await;
     let (code, message) = error(&body);
-    assert_ne!(code, "not_writable", "{status} {message}");
+    assert_eq!((status, code.as_str()), (403, "not_readable"), "{message}");
     assert!(
         message.contains("not readable"),
         "{status} {code}: {message}"
@@ -304,6 +303,7 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
     )
     .await;
     let (code, message) = error(&body);
+    assert_eq!((status, code.as_str()), (507, "no_space"), "{message}");
     assert!(
         message.contains("no space left"),
         "{status} {code}: {message}"
@@ -317,6 +317,7 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
     )
     .await;
     let (code, message) = error(&body);
+    assert_eq!((status, code.as_str()), (507, "no_space"), "{message}");
     assert!(
         message.contains("no space left"),
         "{status} {code}: {message}"
@@ -333,6 +334,17 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
     )
     .await;
     let (code, message) = error(&body);
-    assert_eq!(status, 400, "{code}: {message}");
+    assert_eq!((status, code.as_str()), (400, "invalid_path"), "{message}");
     assert!(message.contains("NUL"), "{code}: {message}");
+
+    // Nor in a task's argv or env: 400 naming the argument, not a 200 carrying an error.
+    for body in [
+        json!({"cmd": ["echo", "a\0b"], "session": id}),
+        json!({"cmd": ["true"], "env": {"K": "a\0b"}, "session": id}),
+    ] {
+        let (status, v) = d.task("f", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("NUL"), "{v}");
+    }
 }

@@ -20,12 +20,23 @@ pub mod code {
     pub const NOT_WRITABLE: i32 = 4;
     pub const WRONG_KIND: i32 = 5;
     pub const BAD_ARCHIVE: i32 = 6;
+    pub const NOT_READABLE: i32 = 7;
+    pub const NO_SPACE: i32 = 8;
+    pub const INVALID_PATH: i32 = 9;
 }
 
 /// The route's `{*path}` as an absolute path. Errors: 400 `invalid_path` for a `..`
-/// component, which could leave the directory the caller means.
+/// component, which could leave the directory the caller means, and for a NUL byte, which
+/// no file name can hold.
 fn absolute(path: &str) -> Result<String, ApiError> {
     let p = format!("/{}", path.trim_start_matches('/'));
+    if let Some(at) = p.find('\0') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("path {p:?} has a NUL byte at offset {at}; file names cannot hold one"),
+        ));
+    }
     if p.split('/').any(|c| c == "..") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -61,11 +72,29 @@ async fn run(
         (Some(code::NOT_FOUND), _) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_path", msg))
         }
-        (Some(code::NOT_WRITABLE), _) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_writable",
-            format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
+        // The shim says "Read-only file system" when that is the cause; a plain permission
+        // error must not be blamed on the root.
+        (Some(code::NOT_WRITABLE), _) if msg.contains("Read-only file system") => {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_writable",
+                format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
+            ))
+        }
+        (Some(code::NOT_WRITABLE), _) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "not_writable", msg))
+        }
+        (Some(code::NOT_READABLE), _) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "not_readable", msg))
+        }
+        (Some(code::NO_SPACE), _) => Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            format!("{msg} (free space in the container, or write where there is more)"),
         )),
+        (Some(code::INVALID_PATH), _) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", msg))
+        }
         (Some(code::WRONG_KIND), _) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, "wrong_kind", msg))
         }
