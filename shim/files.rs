@@ -4,7 +4,7 @@
 //! image, so file transfer works even in a scratch image, and they write through the
 //! container's own mounts (the tmpfs workdir), which the engine's archive API cannot.
 //!
-//! Exit codes, mirrored in the daemon's `src/files.rs`: 3 no such path, 4 not writable,
+//! Exit codes, mirrored in the daemon's `src/api/files.rs`: 3 no such path, 4 not writable,
 //! 5 wrong kind (a directory where a file was expected, or the reverse), 6 bad archive,
 //! 7 not readable, 8 no space left on the device, 9 invalid path. The message on stderr
 //! names the path and the reason.
