@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::engine::{classify, Engine};
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
     RuntimeError, LABEL_MANAGED,
@@ -23,6 +24,8 @@ use super::{
 pub struct DockerRuntime {
     host: String,
     docker: parking_lot::RwLock<Option<Docker>>,
+    /// Which engine answers (Docker or Podman), asked once it first answers.
+    engine: tokio::sync::OnceCell<Engine>,
 }
 
 impl DockerRuntime {
@@ -36,7 +39,42 @@ impl DockerRuntime {
         DockerRuntime {
             host,
             docker: parking_lot::RwLock::new(None),
+            engine: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The engine behind the socket, from its version answer (and `/info` for rootless),
+    /// asked once. Logged, since every difference handled here depends on it.
+    pub async fn engine(&self) -> Result<Engine, RuntimeError> {
+        self.engine
+            .get_or_try_init(|| async {
+                let docker = self.client()?;
+                let version = docker.version().await.map_err(map_err)?;
+                let components: Vec<String> = version
+                    .components
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.clone())
+                    .collect();
+                // Only for `SecurityOptions`; an answer bollard cannot read is not rootless.
+                let security = match docker.info().await {
+                    Ok(info) => info.security_options.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "engine info unreadable");
+                        vec![]
+                    }
+                };
+                let engine = Engine::detect(
+                    version.platform.as_ref().map(|p| p.name.as_str()),
+                    &components,
+                    version.version.as_deref(),
+                    &security,
+                );
+                tracing::info!(engine = %engine.describe(), host = %self.host, "container engine");
+                Ok(engine)
+            })
+            .await
+            .cloned()
     }
 
     fn client(&self) -> Result<Docker, RuntimeError> {
@@ -70,14 +108,9 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
     use bollard::errors::Error as E;
     match e {
         E::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } => RuntimeError::NotFound(message),
-        E::DockerResponseServerError {
             status_code,
             message,
-        } if status_code < 500 => RuntimeError::Refused(message),
-        E::DockerResponseServerError { message, .. } => RuntimeError::Other(message),
+        } => classify(status_code, message),
         E::IOError { err } => RuntimeError::Unreachable(err.to_string()),
         E::RequestTimeoutError => RuntimeError::Unreachable("request timed out".into()),
         E::SocketNotFoundError(p) => RuntimeError::Unreachable(format!("no socket at {p}")),
@@ -167,6 +200,12 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let engine = self.engine().await?;
+        let tmpfs = spec
+            .tmpfs
+            .iter()
+            .map(|(path, options)| (path.clone(), engine.tmpfs_options(options)))
+            .collect();
         let host_config = HostConfig {
             memory: spec.memory_bytes.map(|m| m as i64),
             // Without a swap limit equal to memory, the container could swap past its limit.
@@ -174,7 +213,7 @@ impl Runtime for DockerRuntime {
             nano_cpus: spec.nano_cpus,
             pids_limit: Some(spec.pids_limit),
             readonly_rootfs: Some(spec.read_only_rootfs),
-            tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+            tmpfs: Some(tmpfs),
             cap_drop: Some(spec.cap_drop.clone()),
             security_opt: spec
                 .no_new_privileges
@@ -291,7 +330,7 @@ impl Runtime for DockerRuntime {
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(()),
                 // "removal already in progress": someone else is doing our job.
-                RuntimeError::Refused(m) if m.contains("in progress") => Ok(()),
+                RuntimeError::Conflict(m) if m.contains("in progress") => Ok(()),
                 other => Err(other),
             },
         }
