@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::engine::{classify, Engine};
+use super::engine::{classify, Engine, PodmanHost, ACCEPT_UNENFORCED_LIMITS_ENV};
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
     RuntimeError, LABEL_MANAGED,
@@ -64,17 +64,86 @@ impl DockerRuntime {
                         vec![]
                     }
                 };
-                let engine = Engine::detect(
+                let mut engine = Engine::detect(
                     version.platform.as_ref().map(|p| p.name.as_str()),
                     &components,
                     version.version.as_deref(),
                     &security,
                 );
-                tracing::info!(engine = %engine.describe(), host = %self.host, "container engine");
+                if engine.is_podman() {
+                    match self.get_json("/v4.0.0/libpod/info").await {
+                        Ok(info) => {
+                            engine = engine.with_podman_host(PodmanHost::from_libpod_info(&info))
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Podman's /libpod/info unreadable"),
+                    }
+                }
+                tracing::info!(
+                    engine = %engine.describe(),
+                    cgroups = engine.cgroup_version.as_deref().unwrap_or("-"),
+                    host = %self.host,
+                    "container engine"
+                );
                 Ok(engine)
             })
             .await
             .cloned()
+    }
+
+    /// One GET outside the Docker API that bollard speaks (Podman's `/libpod/...`), as JSON.
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::TokioIo;
+        async fn send<S>(io: S, path: &str) -> Result<Vec<u8>, String>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(path)
+                .header("host", "warmpool")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok(body.to_vec())
+        }
+        let host = self.host.as_str();
+        let request = async {
+            if let Some(path_) = host.strip_prefix("unix://") {
+                let io = tokio::net::UnixStream::connect(path_)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                send(io, path).await
+            } else {
+                let addr = host
+                    .trim_start_matches("tcp://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                let io = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                send(io, path).await
+            }
+        };
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            request,
+        )
+        .await
+        .map_err(|_| "request timed out".to_string())??;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 
     fn client(&self) -> Result<Docker, RuntimeError> {
@@ -154,14 +223,19 @@ impl Runtime for DockerRuntime {
         if self.network_exists(name).await? {
             return Ok(());
         }
+        let engine = self.engine().await?;
+        if engine.is_podman() {
+            tracing::warn!(
+                network = name,
+                "Podman's bridges cannot keep one pool's containers from reaching each other \
+                 (no enable_icc); pools stay apart from each other"
+            );
+        }
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
             labels: Some(labels.clone().into_iter().collect()),
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
+            options: Some(engine.network_options().into_iter().collect()),
             ..Default::default()
         };
         match self.client()?.create_network(request).await {
@@ -201,11 +275,27 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let engine = self.engine().await?;
-        let tmpfs = spec
+        let unenforced = engine.unenforced_limits(spec);
+        if !unenforced.is_empty() {
+            let refusal = engine.limits_refusal(&unenforced);
+            if std::env::var(ACCEPT_UNENFORCED_LIMITS_ENV).as_deref() != Ok("accept") {
+                return Err(refusal);
+            }
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{ACCEPT_UNENFORCED_LIMITS_ENV}=accept: containers run without these \
+                     limits: {refusal}"
+                )
+            });
+        }
+        let mut tmpfs: HashMap<String, String> = spec
             .tmpfs
             .iter()
             .map(|(path, options)| (path.clone(), engine.tmpfs_options(options)))
             .collect();
+        let taken: Vec<&str> = spec.tmpfs.keys().map(String::as_str).collect();
+        tmpfs.extend(engine.read_only_masks(spec.read_only_rootfs, &taken));
         let host_config = HostConfig {
             memory: spec.memory_bytes.map(|m| m as i64),
             // Without a swap limit equal to memory, the container could swap past its limit.

@@ -16,7 +16,43 @@ pub struct Engine {
     pub version: String,
     /// Podman run by an unprivileged user (in its own user namespace).
     pub rootless: bool,
+    /// Podman's cgroup version (`v1`, `v2`) from `/libpod/info`; `None` for Docker.
+    pub cgroup_version: Option<String>,
+    /// The cgroup controllers rootless Podman may use (those delegated to its user).
+    pub cgroup_controllers: Vec<String>,
 }
+
+/// What Podman's own `/libpod/info` adds to the Docker-compatible answers, which on 4.3
+/// neither say rootless nor tell that limits will be ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodmanHost {
+    pub rootless: bool,
+    pub cgroup_version: Option<String>,
+    pub cgroup_controllers: Vec<String>,
+}
+
+impl PodmanHost {
+    /// From the JSON of `GET /libpod/info`.
+    pub fn from_libpod_info(v: &serde_json::Value) -> PodmanHost {
+        let host = &v["host"];
+        PodmanHost {
+            rootless: host["security"]["rootless"].as_bool().unwrap_or(false),
+            cgroup_version: host["cgroupVersion"].as_str().map(str::to_string),
+            cgroup_controllers: host["cgroupControllers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Set to `accept` to run pools on an engine that cannot enforce their memory, cpus and
+/// pids limits (rootless Podman on cgroup v1), with a warning instead of the refusal.
+pub const ACCEPT_UNENFORCED_LIMITS_ENV: &str = "WARMPOOL_UNENFORCED_LIMITS";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
@@ -46,11 +82,68 @@ impl Engine {
                 EngineKind::Docker
             },
             version: version.unwrap_or("unknown").to_string(),
-            // Both engines list `name=rootless` in `SecurityOptions` when run without root.
+            // Docker (and Podman 5) list `name=rootless` in `SecurityOptions` when run
+            // without root; Podman 4 says so in `/libpod/info` only (see `with_podman_host`).
             rootless: security_options
                 .iter()
                 .any(|o| o.split(',').any(|kv| kv == "name=rootless")),
+            cgroup_version: None,
+            cgroup_controllers: vec![],
         }
+    }
+
+    /// Adds what Podman's `/libpod/info` tells.
+    pub fn with_podman_host(mut self, host: PodmanHost) -> Engine {
+        self.rootless |= host.rootless;
+        self.cgroup_version = host.cgroup_version;
+        self.cgroup_controllers = host.cgroup_controllers;
+        self
+    }
+
+    /// The limits of `spec` this engine would silently not enforce, by cgroup controller.
+    ///
+    /// Rootless Podman on cgroup v1 ignores memory, cpu and pids limits (its CLI warns
+    /// "Resource limits are not supported and ignored on cgroups V1 rootless systems"; its
+    /// API creates the container without them, `HostConfig.Memory` 0). On cgroup v2 it can
+    /// only use the controllers delegated to its user.
+    pub fn unenforced_limits(&self, spec: &super::ContainerSpec) -> Vec<&'static str> {
+        if !self.is_podman() || !self.rootless {
+            return vec![];
+        }
+        let mut wanted = vec![];
+        if spec.memory_bytes.is_some() {
+            wanted.push("memory");
+        }
+        if spec.nano_cpus.is_some() {
+            wanted.push("cpu");
+        }
+        if spec.pids_limit > 0 {
+            wanted.push("pids");
+        }
+        match self.cgroup_version.as_deref() {
+            Some("v2") => wanted
+                .into_iter()
+                .filter(|c| !self.cgroup_controllers.iter().any(|d| d == c))
+                .collect(),
+            // v1, or not said: rootless Podman has no cgroups of its own there.
+            _ => wanted,
+        }
+    }
+
+    /// The refusal for limits this engine would not enforce (see [`Self::unenforced_limits`]).
+    pub fn limits_refusal(&self, missing: &[&str]) -> RuntimeError {
+        let cgroups = self.cgroup_version.as_deref().unwrap_or("unknown");
+        RuntimeError::Refused(format!(
+            "{} on cgroup {cgroups} cannot enforce the pool's {} limits: it would create the \
+             container without them (\"Resource limits are not supported and ignored on cgroups \
+             V1 rootless systems\"); what to do: run Podman rootful, or rootless on cgroup v2 \
+             with the {} controllers delegated to its user (systemd: Delegate= in \
+             user@.service), see docs/operations.md; {ACCEPT_UNENFORCED_LIMITS_ENV}=accept \
+             runs the pools without these limits",
+            self.describe(),
+            missing.join(", "),
+            missing.join(", "),
+        ))
     }
 
     pub fn is_podman(&self) -> bool {
@@ -92,6 +185,40 @@ impl Engine {
         }
         out.push("notmpcopyup");
         out.join(",")
+    }
+
+    /// Mounts the engine adds on its own that warmpool must mask, as more tmpfs entries.
+    ///
+    /// Podman gives a read-only container writable tmpfs on /run, /tmp and /var/tmp
+    /// (`--read-only-tmpfs`, on by default and not settable through the Docker API). Docker
+    /// leaves them read-only, and warmpool promises that only /tmp and the workdir are
+    /// writable: so /run and /var/tmp get a read-only tmpfs of warmpool's own (Podman adds
+    /// none where the request already mounts something), holding a copy of the image's files.
+    pub fn read_only_masks(&self, read_only_rootfs: bool, taken: &[&str]) -> Vec<(String, String)> {
+        if !self.is_podman() || !read_only_rootfs {
+            return vec![];
+        }
+        ["/run", "/var/tmp"]
+            .iter()
+            .filter(|p| !taken.contains(p))
+            .map(|p| (p.to_string(), "ro,nosuid,nodev,noexec,tmpcopyup".to_string()))
+            .collect()
+    }
+
+    /// Driver options of a pool's bridge network, keeping containers apart.
+    ///
+    /// Docker: `enable_icc=false`, so the pool's own containers cannot reach each other either
+    /// (bridges never route to each other). Podman's netavark has no such switch and ignores
+    /// Docker's; `isolate=true` keeps its bridges from reaching each other, while containers
+    /// of the same pool can reach each other (docs/operations.md says so).
+    pub fn network_options(&self) -> Vec<(String, String)> {
+        match self.kind {
+            EngineKind::Docker => vec![(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            )],
+            EngineKind::Podman => vec![("isolate".to_string(), "true".to_string())],
+        }
     }
 }
 
@@ -185,8 +312,44 @@ mod tests {
         Engine {
             kind: EngineKind::Podman,
             version: "4.3.1".into(),
-            rootless: false,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn rootless_podman_limits_need_cgroup_controllers() {
+        let info = serde_json::json!({"host": {
+            "security": {"rootless": true},
+            "cgroupVersion": "v1",
+            "cgroupControllers": []
+        }});
+        let host = PodmanHost::from_libpod_info(&info);
+        assert!(host.rootless);
+        let v1 = podman().with_podman_host(host);
+        assert!(v1.rootless);
+        let spec = super::super::ContainerSpec {
+            memory_bytes: Some(1 << 26),
+            pids_limit: 64,
+            ..Default::default()
+        };
+        assert_eq!(v1.unenforced_limits(&spec), ["memory", "pids"]);
+        let e = v1.limits_refusal(&v1.unenforced_limits(&spec));
+        assert!(e.is_permanent());
+        assert!(e.to_string().contains("cgroup v1"), "{e}");
+        let v2 = podman().with_podman_host(PodmanHost {
+            rootless: true,
+            cgroup_version: Some("v2".into()),
+            cgroup_controllers: vec!["memory".into(), "pids".into()],
+        });
+        assert!(v2.unenforced_limits(&spec).is_empty());
+        let spec_cpu = super::super::ContainerSpec {
+            nano_cpus: Some(500_000_000),
+            ..spec.clone()
+        };
+        assert_eq!(v2.unenforced_limits(&spec_cpu), ["cpu"]);
+        // Rootful Podman and Docker enforce them all.
+        assert!(podman().unenforced_limits(&spec_cpu).is_empty());
+        assert!(Engine::default().unenforced_limits(&spec_cpu).is_empty());
     }
 
     #[test]
@@ -234,6 +397,33 @@ mod tests {
         assert_eq!(
             docker.tmpfs_options("rw,mode=0755,uid=1000,gid=1000"),
             "rw,mode=0755,uid=1000,gid=1000"
+        );
+    }
+
+    #[test]
+    fn podman_read_only_roots_keep_run_and_var_tmp_read_only() {
+        let e = podman();
+        let masks = e.read_only_masks(true, &["/tmp", "/work"]);
+        let paths: Vec<&str> = masks.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/run", "/var/tmp"]);
+        assert!(masks.iter().all(|(_, o)| o.starts_with("ro,")));
+        assert_eq!(e.read_only_masks(true, &["/tmp", "/run"]).len(), 1);
+        assert!(e.read_only_masks(false, &[]).is_empty());
+        assert!(Engine::default().read_only_masks(true, &[]).is_empty());
+    }
+
+    #[test]
+    fn network_isolation_options_per_engine() {
+        assert_eq!(
+            Engine::default().network_options(),
+            [(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string()
+            )]
+        );
+        assert_eq!(
+            podman().network_options(),
+            [("isolate".to_string(), "true".to_string())]
         );
     }
 

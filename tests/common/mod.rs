@@ -46,6 +46,17 @@ pub fn docker_try(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether the engine under test is Podman (scripts/test-podman.sh runs the suite there, with
+/// `DOCKER_HOST` on its socket for the daemon and this CLI alike): a few assertions read
+/// inspect output that Podman words differently.
+pub fn engine_is_podman() -> bool {
+    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS.get_or_init(|| {
+        docker_try(&["version", "--format", "{{json .Server.Components}}"])
+            .is_some_and(|v| v.contains("Podman"))
+    })
+}
+
 /// `docker inspect` of one container, as JSON.
 pub fn inspect(id: &str) -> Value {
     let text = docker(&["inspect", id]);
