@@ -113,7 +113,10 @@ network = "isolated"
     if engine_is_podman() {
         // Podman's own writable /run and /var/tmp, masked read-only by the runtime.
         assert_eq!(mounts, ["/job", "/run", "/tmp", "/var/tmp"]);
-        assert!(tmpfs["/run"].as_str().unwrap().starts_with("ro,"), "{tmpfs:?}");
+        assert!(
+            tmpfs["/run"].as_str().unwrap().starts_with("ro,"),
+            "{tmpfs:?}"
+        );
     } else {
         assert_eq!(mounts, ["/job", "/tmp"], "tmpfs on /tmp and the workdir");
     }

@@ -195,6 +195,23 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
     }
 }
 
+/// Podman's report of an exec it could not start, in Docker's words.
+///
+/// Docker writes `OCI runtime exec failed: ...` on the exec's stdout and exits 126/127, which
+/// the exec layer recognises as "the command could not start". Podman writes
+/// `Error: runc: exec failed: ...: OCI runtime attempted to invoke a command that was not
+/// found` (or `... OCI permission denied`) on its stderr, followed by a line about its own
+/// attach socket: that first line becomes Docker's stdout report, the rest is dropped.
+fn podman_exec_failure(stderr: &[u8]) -> Option<bytes::Bytes> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().next()?;
+    let rest = line.strip_prefix("Error: ")?;
+    let oci = rest.contains("OCI runtime attempted to invoke a command that was not found")
+        || rest.contains("OCI permission denied")
+        || rest.contains("OCI runtime error");
+    oci.then(|| bytes::Bytes::from(format!("OCI runtime exec failed: {rest}\n")))
+}
+
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])])
 }
@@ -410,6 +427,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // Docker's forced removal kills at once; Podman's stops first (SIGTERM, then its
+        // 10 s stop timeout) and answers only then. A SIGKILL first makes both immediate;
+        // a container that is not running or already gone is nobody's concern here.
+        if self.engine().await?.is_podman() {
+            let kill = bollard::query_parameters::KillContainerOptions {
+                signal: "KILL".to_string(),
+            };
+            if let Err(e) = self.client()?.kill_container(id, Some(kill)).await {
+                tracing::trace!(container = id, error = %e, "kill before removal");
+            }
+        }
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -496,20 +524,32 @@ impl Runtime for DockerRuntime {
             )
             .await
             .map_err(map_err)?;
+        let podman = self.engine().await?.is_podman();
         match started {
             StartExecResults::Attached { output, input } => {
+                // Until the command has written anything, Podman's own report of a command
+                // it could not start may come (on stderr).
+                let mut first = true;
                 let output = output
-                    .filter_map(|item| async move {
-                        match item {
-                            Ok(LogOutput::StdOut { message })
-                            | Ok(LogOutput::Console { message }) => {
-                                Some(Ok(ExecChunk::Stdout(message)))
+                    .filter_map(move |item| {
+                        let was_first = std::mem::replace(&mut first, false);
+                        async move {
+                            match item {
+                                Ok(LogOutput::StdOut { message })
+                                | Ok(LogOutput::Console { message }) => {
+                                    Some(Ok(ExecChunk::Stdout(message)))
+                                }
+                                Ok(LogOutput::StdErr { message }) if podman && was_first => {
+                                    Some(Ok(podman_exec_failure(&message)
+                                        .map(ExecChunk::Stdout)
+                                        .unwrap_or(ExecChunk::Stderr(message))))
+                                }
+                                Ok(LogOutput::StdErr { message }) => {
+                                    Some(Ok(ExecChunk::Stderr(message)))
+                                }
+                                Ok(LogOutput::StdIn { .. }) => None,
+                                Err(e) => Some(Err(map_err(e))),
                             }
-                            Ok(LogOutput::StdErr { message }) => {
-                                Some(Ok(ExecChunk::Stderr(message)))
-                            }
-                            Ok(LogOutput::StdIn { .. }) => None,
-                            Err(e) => Some(Err(map_err(e))),
                         }
                     })
                     .boxed();
@@ -538,5 +578,27 @@ impl Runtime for DockerRuntime {
             // the stream is hijacked, which can be before the engine starts the process.
             Ok(info.exit_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_exec_start_failure_reads_as_dockers() {
+        let podman = b"Error: runc: exec failed: unable to start container process: exec: \
+            \"/no/such/command\": stat /no/such/command: no such file or directory: OCI runtime \
+            attempted to invoke a command that was not found\nError: read unixpacket \
+            @->/proc/self/fd/16/attach: read: connection reset by peer\n";
+        let out = podman_exec_failure(podman).expect("recognised");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("OCI runtime exec failed: runc: exec failed"),
+            "{text}"
+        );
+        assert!(!text.contains("unixpacket"), "{text}");
+        assert_eq!(podman_exec_failure(b"Error: my own message\n"), None);
+        assert_eq!(podman_exec_failure(b"plain stderr"), None);
     }
 }

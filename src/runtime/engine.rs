@@ -201,7 +201,12 @@ impl Engine {
         ["/run", "/var/tmp"]
             .iter()
             .filter(|p| !taken.contains(p))
-            .map(|p| (p.to_string(), "ro,nosuid,nodev,noexec,tmpcopyup".to_string()))
+            .map(|p| {
+                (
+                    p.to_string(),
+                    "ro,nosuid,nodev,noexec,tmpcopyup".to_string(),
+                )
+            })
             .collect()
     }
 
@@ -240,12 +245,21 @@ fn remedy(message: &str) -> Option<&'static str> {
              `ulimit -Hu`) and restart the service; see docs/operations.md",
         ),
         (
-            &["unknown or invalid runtime name", "unknown runtime", "runtime not found"],
+            &[
+                "unknown or invalid runtime name",
+                "unknown runtime",
+                "runtime not found",
+            ],
             "the pool's security.runtime is not installed on the engine: install it or \
              remove the key",
         ),
         (
-            &["memory.limit_in_bytes", "cgroup v1", "cgroups v1", "cgroupv1"],
+            &[
+                "memory.limit_in_bytes",
+                "cgroup v1",
+                "cgroups v1",
+                "cgroupv1",
+            ],
             "the engine cannot apply memory/cpus/pids limits here (rootless Podman needs \
              cgroup v2 with the controllers delegated to the user): run it rootful, or on \
              cgroup v2, or drop the limits; see docs/operations.md",
@@ -369,14 +383,20 @@ mod tests {
             Some("Docker Engine - Community"),
             &["Engine".into(), "containerd".into(), "runc".into()],
             Some("20.10.24"),
-            &["name=seccomp,profile=default".into(), "name=cgroupns".into()],
+            &[
+                "name=seccomp,profile=default".into(),
+                "name=cgroupns".into(),
+            ],
         );
         assert_eq!(docker.kind, EngineKind::Docker);
         let rootless = Engine::detect(
             None,
             &["Podman Engine".into()],
             Some("4.3.1"),
-            &["name=rootless".into(), "name=seccomp,profile=default".into()],
+            &[
+                "name=rootless".into(),
+                "name=seccomp,profile=default".into(),
+            ],
         );
         assert!(rootless.rootless);
         assert_eq!(rootless.describe(), "Podman 4.3.1 (rootless)");

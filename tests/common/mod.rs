@@ -57,6 +57,19 @@ pub fn engine_is_podman() -> bool {
     })
 }
 
+/// An image name as `docker inspect` reports it (`Config.Image`), in the form the tests
+/// configure: Podman qualifies short names (`localhost/...`, `docker.io/...`).
+pub fn image_name(reported: &str) -> String {
+    if engine_is_podman() {
+        for prefix in ["localhost/", "docker.io/library/", "docker.io/"] {
+            if let Some(rest) = reported.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+    reported.to_string()
+}
+
 /// `docker inspect` of one container, as JSON.
 pub fn inspect(id: &str) -> Value {
     let text = docker(&["inspect", id]);
