@@ -91,19 +91,30 @@ run_tests() { # who env... -- libtest-args...
   local log
   log=$(mktemp /tmp/warmpool-podman-tests.XXXXXX.log)
   chmod 0644 "$log"
+  # One hold of the lock for the whole run, so that its length is the tests' own.
+  local script
+  script=$(mktemp /tmp/warmpool-podman-run.XXXXXX.sh)
+  chmod 0755 "$script"
+  {
+    echo "cd $(printf '%q' "$root")"
+    echo "rc=0"
+    for bin in $binaries; do
+      echo "env $(printf '%q ' "${envs[@]}") $(printf '%q' "$bin") --test-threads=1 $(printf '%q ' "$@") || rc=1"
+    done
+    echo 'exit $rc'
+  } >"$script"
   local rc=0
-  for bin in $binaries; do
-    if [ "$who" = root ]; then
-      flock "$lock" env "${envs[@]}" "$bin" --test-threads=1 "$@" >>"$log" 2>&1 || rc=1
-    else
-      flock "$lock" su -s /bin/bash "$who" -c "cd '$root' && env $(printf '%q ' "${envs[@]}") '$bin' --test-threads=1 $(printf '%q ' "$@")" >>"$log" 2>&1 || rc=1
-    fi
-  done
+  if [ "$who" = root ]; then
+    flock "$lock" bash "$script" >>"$log" 2>&1 || rc=1
+  else
+    flock "$lock" su -s /bin/bash "$who" -c "bash $script" >>"$log" 2>&1 || rc=1
+  fi
+  rm -f "$script"
   local passed failed
-  passed=$(grep -c '^test .* ok$' "$log" || true)
-  failed=$(grep -c '^test .* FAILED$' "$log" || true)
+  passed=$(awk '/^test result:/ {n += $4} END {print n + 0}' "$log")
+  failed=$(awk '/^test result:/ {n += $6} END {print n + 0}' "$log")
   say "$who: $passed passed, $failed failed (log: $log)"
-  grep '^test .* FAILED$' "$log" || true
+  grep -E '^test .* FAILED$|^    [a-z_0-9]+$' "$log" || true
   return $rc
 }
 

@@ -576,10 +576,35 @@ impl Runtime for DockerRuntime {
         } else {
             // Not running and no exit code: not started yet. The attached start returns once
             // the stream is hijacked, which can be before the engine starts the process.
+            if let (Some(code), Some(container)) = (info.exit_code, info.container_id.as_deref()) {
+                if code > 128 && self.engine().await?.is_podman() {
+                    self.settle_after_signal(container).await;
+                }
+            }
             Ok(info.exit_code)
         }
     }
 }
+
+impl DockerRuntime {
+    /// An exec killed by a signal may have died with its container (`kill`, an OOM kill of
+    /// the main process). Docker reports the container stopped at once; Podman only once its
+    /// cleanup ran, some hundreds of milliseconds later, and the caller asks right after the
+    /// exit code. So on Podman, wait (at most [`SIGNAL_SETTLE`]) for the container to be seen
+    /// stopped before answering; a container that stays up costs that wait once.
+    async fn settle_after_signal(&self, container: &str) {
+        let deadline = tokio::time::Instant::now() + SIGNAL_SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            match self.is_running(container).await {
+                Ok(true) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// How long an exec's death by signal waits for Podman to report its container's state.
+const SIGNAL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 #[cfg(test)]
 mod tests {
