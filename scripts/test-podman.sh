@@ -162,7 +162,7 @@ if [ "$mode" != rootful ]; then
   fi
   grep -q "^$user:" /etc/subuid || usermod --add-subuids 200000-265535 "$user"
   grep -q "^$user:" /etc/subgid || usermod --add-subgids 200000-265535 "$user"
-  mkdir -p "$user_run" "$user_run/tmp"
+  mkdir -p "$user_run"
   chown -R "$user:" "$user_run"
   chmod 0700 "$user_run"
   # Rootless bridges reach out through slirp4netns, which opens /dev/net/tun: Debian's udev
@@ -177,7 +177,11 @@ if [ "$mode" != rootful ]; then
   service_pids+=("$(cat "$user_run/service.pid")")
   su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman load -q -i $tar" >/dev/null
   cgroups=$(su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman info --format '{{.Host.CgroupsVersion}}'")
-  envs=("DOCKER_HOST=$user_sock" "XDG_RUNTIME_DIR=$user_run" "TMPDIR=$user_run/tmp" "HOME=$(getent passwd "$user" | cut -d: -f6)")
+  # The shim is bind-mounted from the daemon's temporary directory, and the container's
+  # users are subordinate ids: the path must be searchable by others, unlike $user_run.
+  user_tmp=/tmp/warmpool-$user
+  mkdir -p "$user_tmp"; chown "$user:" "$user_tmp"; chmod 0755 "$user_tmp"
+  envs=("DOCKER_HOST=$user_sock" "XDG_RUNTIME_DIR=$user_run" "TMPDIR=$user_tmp" "HOME=$(getent passwd "$user" | cut -d: -f6)")
   if [ "$cgroups" = v1 ]; then
     # Rootless Podman on cgroup v1 ignores memory, cpus and pids limits; warmpool refuses
     # such pools unless told to accept it (docs/operations.md).

@@ -245,6 +245,13 @@ fn remedy(message: &str) -> Option<&'static str> {
              `ulimit -Hu`) and restart the service; see docs/operations.md",
         ),
         (
+            &["/.warmpool/shim: permission denied"],
+            "the container's user cannot read the shim the daemon bind-mounts: every directory \
+             of WARMPOOL_SHIM_DIR must be searchable by others (o+x) and the file readable; \
+             with rootless Podman the container's users are subordinate ids of the daemon's \
+             user, so a 0700 directory (such as $XDG_RUNTIME_DIR) does not do",
+        ),
+        (
             &[
                 "unknown or invalid runtime name",
                 "unknown runtime",
@@ -286,9 +293,11 @@ fn remedy(message: &str) -> Option<&'static str> {
 pub fn classify(status: u16, message: String) -> RuntimeError {
     match status {
         404 => RuntimeError::NotFound(message),
+        // Podman answers an attach that initialises a container the OCI runtime refuses
+        // with 409 (`preparing container ... for attach: runc create failed: ...`).
+        _ if is_refusal(&message) => refused(message),
         409 => RuntimeError::Conflict(message),
         s if s < 500 => refused(message),
-        _ if is_refusal(&message) => refused(message),
         _ => RuntimeError::Other(message),
     }
 }
@@ -467,6 +476,15 @@ mod tests {
         assert!(e.is_permanent());
         assert!(e.to_string().contains("default_ulimits"), "{e}");
         assert!(classify(400, "invalid reference format".into()).is_permanent());
+        let shim = classify(
+            409,
+            "preparing container 68fc for attach: runc: runc create failed: unable to start \
+             container process: exec: \"/.warmpool/shim\": stat /.warmpool/shim: permission \
+             denied: OCI permission denied"
+                .into(),
+        );
+        assert!(shim.is_permanent(), "{shim:?}");
+        assert!(shim.to_string().contains("WARMPOOL_SHIM_DIR"), "{shim}");
         assert!(matches!(
             classify(404, "no such image".into()),
             RuntimeError::NotFound(_)
