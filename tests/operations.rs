@@ -52,7 +52,7 @@ fn seen(id: &str) -> Option<Seen> {
     let v: Value = serde_json::from_str(&text).ok()?;
     let c = &v[0]["Config"];
     Some(Seen {
-        image: c["Image"].as_str()?.to_string(),
+        image: image_name(c["Image"].as_str()?),
         env: c["Env"]
             .as_array()
             .into_iter()

@@ -325,7 +325,10 @@ health_check_interval = "1s"
     .await;
     d.wait_ready(Duration::from_secs(30)).await;
     let id = containers(&d.instance, Some("bare")).remove(0);
-    assert_eq!(inspect(&id)["Config"]["Image"], SCRATCH_IMAGE);
+    assert_eq!(
+        image_name(inspect(&id)["Config"]["Image"].as_str().unwrap()),
+        SCRATCH_IMAGE
+    );
 
     // No shell in there: a clean error for the missing command, and the container stays.
     let (status, v) = d.task("bare", json!({"shell": "echo hi"})).await;

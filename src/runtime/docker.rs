@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::engine::{classify, Engine, PodmanHost, ACCEPT_UNENFORCED_LIMITS_ENV};
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
     RuntimeError, LABEL_MANAGED,
@@ -23,6 +24,8 @@ use super::{
 pub struct DockerRuntime {
     host: String,
     docker: parking_lot::RwLock<Option<Docker>>,
+    /// Which engine answers (Docker or Podman), asked once it first answers.
+    engine: tokio::sync::OnceCell<Engine>,
 }
 
 impl DockerRuntime {
@@ -36,7 +39,111 @@ impl DockerRuntime {
         DockerRuntime {
             host,
             docker: parking_lot::RwLock::new(None),
+            engine: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The engine behind the socket, from its version answer (and `/info` for rootless),
+    /// asked once. Logged, since every difference handled here depends on it.
+    pub async fn engine(&self) -> Result<Engine, RuntimeError> {
+        self.engine
+            .get_or_try_init(|| async {
+                let docker = self.client()?;
+                let version = docker.version().await.map_err(map_err)?;
+                let components: Vec<String> = version
+                    .components
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.clone())
+                    .collect();
+                // Only for `SecurityOptions`; an answer bollard cannot read is not rootless.
+                let security = match docker.info().await {
+                    Ok(info) => info.security_options.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "engine info unreadable");
+                        vec![]
+                    }
+                };
+                let mut engine = Engine::detect(
+                    version.platform.as_ref().map(|p| p.name.as_str()),
+                    &components,
+                    version.version.as_deref(),
+                    &security,
+                );
+                if engine.is_podman() {
+                    match self.get_json("/v4.0.0/libpod/info").await {
+                        Ok(info) => {
+                            engine = engine.with_podman_host(PodmanHost::from_libpod_info(&info))
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Podman's /libpod/info unreadable"),
+                    }
+                }
+                tracing::info!(
+                    engine = %engine.describe(),
+                    cgroups = engine.cgroup_version.as_deref().unwrap_or("-"),
+                    host = %self.host,
+                    "container engine"
+                );
+                Ok(engine)
+            })
+            .await
+            .cloned()
+    }
+
+    /// One GET outside the Docker API that bollard speaks (Podman's `/libpod/...`), as JSON.
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::TokioIo;
+        async fn send<S>(io: S, path: &str) -> Result<Vec<u8>, String>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(path)
+                .header("host", "warmpool")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok(body.to_vec())
+        }
+        let host = self.host.as_str();
+        let request = async {
+            if let Some(path_) = host.strip_prefix("unix://") {
+                let io = tokio::net::UnixStream::connect(path_)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                send(io, path).await
+            } else {
+                let addr = host
+                    .trim_start_matches("tcp://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                let io = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                send(io, path).await
+            }
+        };
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            request,
+        )
+        .await
+        .map_err(|_| "request timed out".to_string())??;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 
     fn client(&self) -> Result<Docker, RuntimeError> {
@@ -70,14 +177,9 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
     use bollard::errors::Error as E;
     match e {
         E::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } => RuntimeError::NotFound(message),
-        E::DockerResponseServerError {
             status_code,
             message,
-        } if status_code < 500 => RuntimeError::Refused(message),
-        E::DockerResponseServerError { message, .. } => RuntimeError::Other(message),
+        } => classify(status_code, message),
         E::IOError { err } => RuntimeError::Unreachable(err.to_string()),
         E::RequestTimeoutError => RuntimeError::Unreachable("request timed out".into()),
         E::SocketNotFoundError(p) => RuntimeError::Unreachable(format!("no socket at {p}")),
@@ -91,6 +193,23 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
             }
         }
     }
+}
+
+/// Podman's report of an exec it could not start, in Docker's words.
+///
+/// Docker writes `OCI runtime exec failed: ...` on the exec's stdout and exits 126/127, which
+/// the exec layer recognises as "the command could not start". Podman writes
+/// `Error: runc: exec failed: ...: OCI runtime attempted to invoke a command that was not
+/// found` (or `... OCI permission denied`) on its stderr, followed by a line about its own
+/// attach socket: that first line becomes Docker's stdout report, the rest is dropped.
+fn podman_exec_failure(stderr: &[u8]) -> Option<bytes::Bytes> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().next()?;
+    let rest = line.strip_prefix("Error: ")?;
+    let oci = rest.contains("OCI runtime attempted to invoke a command that was not found")
+        || rest.contains("OCI permission denied")
+        || rest.contains("OCI runtime error");
+    oci.then(|| bytes::Bytes::from(format!("OCI runtime exec failed: {rest}\n")))
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -121,14 +240,19 @@ impl Runtime for DockerRuntime {
         if self.network_exists(name).await? {
             return Ok(());
         }
+        let engine = self.engine().await?;
+        if engine.is_podman() {
+            tracing::warn!(
+                network = name,
+                "Podman's bridges cannot keep one pool's containers from reaching each other \
+                 (no enable_icc); pools stay apart from each other"
+            );
+        }
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
             labels: Some(labels.clone().into_iter().collect()),
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
+            options: Some(engine.network_options().into_iter().collect()),
             ..Default::default()
         };
         match self.client()?.create_network(request).await {
@@ -167,6 +291,28 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let engine = self.engine().await?;
+        let unenforced = engine.unenforced_limits(spec);
+        if !unenforced.is_empty() {
+            let refusal = engine.limits_refusal(&unenforced);
+            if std::env::var(ACCEPT_UNENFORCED_LIMITS_ENV).as_deref() != Ok("accept") {
+                return Err(refusal);
+            }
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{ACCEPT_UNENFORCED_LIMITS_ENV}=accept: containers run without these \
+                     limits: {refusal}"
+                )
+            });
+        }
+        let mut tmpfs: HashMap<String, String> = spec
+            .tmpfs
+            .iter()
+            .map(|(path, options)| (path.clone(), engine.tmpfs_options(options)))
+            .collect();
+        let taken: Vec<&str> = spec.tmpfs.keys().map(String::as_str).collect();
+        tmpfs.extend(engine.read_only_masks(spec.read_only_rootfs, &taken));
         let host_config = HostConfig {
             memory: spec.memory_bytes.map(|m| m as i64),
             // Without a swap limit equal to memory, the container could swap past its limit.
@@ -174,7 +320,7 @@ impl Runtime for DockerRuntime {
             nano_cpus: spec.nano_cpus,
             pids_limit: Some(spec.pids_limit),
             readonly_rootfs: Some(spec.read_only_rootfs),
-            tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+            tmpfs: Some(tmpfs),
             cap_drop: Some(spec.cap_drop.clone()),
             security_opt: spec
                 .no_new_privileges
@@ -281,6 +427,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // Docker's forced removal kills at once; Podman's stops first (SIGTERM, then its
+        // 10 s stop timeout) and answers only then. A SIGKILL first makes both immediate;
+        // a container that is not running or already gone is nobody's concern here.
+        if self.engine().await?.is_podman() {
+            let kill = bollard::query_parameters::KillContainerOptions {
+                signal: "KILL".to_string(),
+            };
+            if let Err(e) = self.client()?.kill_container(id, Some(kill)).await {
+                tracing::trace!(container = id, error = %e, "kill before removal");
+            }
+        }
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -291,7 +448,7 @@ impl Runtime for DockerRuntime {
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(()),
                 // "removal already in progress": someone else is doing our job.
-                RuntimeError::Refused(m) if m.contains("in progress") => Ok(()),
+                RuntimeError::Conflict(m) if m.contains("in progress") => Ok(()),
                 other => Err(other),
             },
         }
@@ -367,20 +524,32 @@ impl Runtime for DockerRuntime {
             )
             .await
             .map_err(map_err)?;
+        let podman = self.engine().await?.is_podman();
         match started {
             StartExecResults::Attached { output, input } => {
+                // Until the command has written anything, Podman's own report of a command
+                // it could not start may come (on stderr).
+                let mut first = true;
                 let output = output
-                    .filter_map(|item| async move {
-                        match item {
-                            Ok(LogOutput::StdOut { message })
-                            | Ok(LogOutput::Console { message }) => {
-                                Some(Ok(ExecChunk::Stdout(message)))
+                    .filter_map(move |item| {
+                        let was_first = std::mem::replace(&mut first, false);
+                        async move {
+                            match item {
+                                Ok(LogOutput::StdOut { message })
+                                | Ok(LogOutput::Console { message }) => {
+                                    Some(Ok(ExecChunk::Stdout(message)))
+                                }
+                                Ok(LogOutput::StdErr { message }) if podman && was_first => {
+                                    Some(Ok(podman_exec_failure(&message)
+                                        .map(ExecChunk::Stdout)
+                                        .unwrap_or(ExecChunk::Stderr(message))))
+                                }
+                                Ok(LogOutput::StdErr { message }) => {
+                                    Some(Ok(ExecChunk::Stderr(message)))
+                                }
+                                Ok(LogOutput::StdIn { .. }) => None,
+                                Err(e) => Some(Err(map_err(e))),
                             }
-                            Ok(LogOutput::StdErr { message }) => {
-                                Some(Ok(ExecChunk::Stderr(message)))
-                            }
-                            Ok(LogOutput::StdIn { .. }) => None,
-                            Err(e) => Some(Err(map_err(e))),
                         }
                     })
                     .boxed();
@@ -407,7 +576,54 @@ impl Runtime for DockerRuntime {
         } else {
             // Not running and no exit code: not started yet. The attached start returns once
             // the stream is hijacked, which can be before the engine starts the process.
+            if let (Some(code), Some(container)) = (info.exit_code, info.container_id.as_deref()) {
+                if code > 128 && self.engine().await?.is_podman() {
+                    self.settle_after_signal(container).await;
+                }
+            }
             Ok(info.exit_code)
         }
+    }
+}
+
+impl DockerRuntime {
+    /// An exec killed by a signal may have died with its container (`kill`, an OOM kill of
+    /// the main process). Docker reports the container stopped at once; Podman only once its
+    /// cleanup ran, some hundreds of milliseconds later, and the caller asks right after the
+    /// exit code. So on Podman, wait (at most [`SIGNAL_SETTLE`]) for the container to be seen
+    /// stopped before answering; a container that stays up costs that wait once.
+    async fn settle_after_signal(&self, container: &str) {
+        let deadline = tokio::time::Instant::now() + SIGNAL_SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            match self.is_running(container).await {
+                Ok(true) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// How long an exec's death by signal waits for Podman to report its container's state.
+const SIGNAL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_exec_start_failure_reads_as_dockers() {
+        let podman = b"Error: runc: exec failed: unable to start container process: exec: \
+            \"/no/such/command\": stat /no/such/command: no such file or directory: OCI runtime \
+            attempted to invoke a command that was not found\nError: read unixpacket \
+            @->/proc/self/fd/16/attach: read: connection reset by peer\n";
+        let out = podman_exec_failure(podman).expect("recognised");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("OCI runtime exec failed: runc: exec failed"),
+            "{text}"
+        );
+        assert!(!text.contains("unixpacket"), "{text}");
+        assert_eq!(podman_exec_failure(b"Error: my own message\n"), None);
+        assert_eq!(podman_exec_failure(b"plain stderr"), None);
     }
 }

@@ -46,6 +46,9 @@ pub struct FakeRuntime {
     pub remove_delay: Mutex<Duration>,
     /// The next N creates fail.
     pub fail_creates: AtomicUsize,
+    /// While set, every create is refused for good with this text ([`RuntimeError::Refused`],
+    /// `is_permanent()`), as an engine refuses an option it does not take.
+    pub refuse_creates: Mutex<Option<String>>,
     /// While set, every call fails as if the engine were unreachable.
     pub down: AtomicBool,
     pub creates: AtomicUsize,
@@ -161,6 +164,9 @@ impl Runtime for FakeRuntime {
         let delay = *self.create_delay.lock();
         tokio::time::sleep(delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(why) = self.refuse_creates.lock().clone() {
+            return Err(RuntimeError::Refused(why));
+        }
         if self
             .fail_creates
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -5,6 +5,7 @@
 //! [`docker`] (the only module that knows bollard) is exercised by the integration tests.
 
 pub mod docker;
+pub mod engine;
 #[cfg(test)]
 pub mod fake;
 
@@ -35,11 +36,25 @@ pub enum RuntimeError {
     /// The thing named does not exist (container removed under us, missing image or path).
     #[error("not found: {0}")]
     NotFound(String),
-    /// The engine refused the request; retrying the same request will not help.
+    /// The engine refused the request; retrying the same request will not help. The text is
+    /// the engine's own words, then what to do about it.
     #[error("container engine refused: {0}")]
     Refused(String),
+    /// The request clashes with the engine's current state (a name in use, a removal in
+    /// progress): the same request later, or under another name, can succeed.
+    #[error("container engine conflict: {0}")]
+    Conflict(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl RuntimeError {
+    /// Whether the same request can never succeed until the config or the engine changes
+    /// (an option the engine does not take, a runtime it lacks): a pool that gets this from
+    /// a container start should report it once and stop retrying, not retry for ever.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RuntimeError::Refused(_))
+    }
 }
 
 /// Everything the engine needs to create one pool container. Hashing it (see

@@ -46,6 +46,30 @@ pub fn docker_try(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether the engine under test is Podman (scripts/test-podman.sh runs the suite there, with
+/// `DOCKER_HOST` on its socket for the daemon and this CLI alike): a few assertions read
+/// inspect output that Podman words differently.
+pub fn engine_is_podman() -> bool {
+    static IS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IS.get_or_init(|| {
+        docker_try(&["version", "--format", "{{json .Server.Components}}"])
+            .is_some_and(|v| v.contains("Podman"))
+    })
+}
+
+/// An image name as `docker inspect` reports it (`Config.Image`), in the form the tests
+/// configure: Podman qualifies short names (`localhost/...`, `docker.io/...`).
+pub fn image_name(reported: &str) -> String {
+    if engine_is_podman() {
+        for prefix in ["localhost/", "docker.io/library/", "docker.io/"] {
+            if let Some(rest) = reported.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+    reported.to_string()
+}
+
 /// `docker inspect` of one container, as JSON.
 pub fn inspect(id: &str) -> Value {
     let text = docker(&["inspect", id]);
