@@ -70,7 +70,7 @@ settings! {
             predictive: bool = true, |cx, e| cx.boolean(e);
             /// How long the forecast remembers a peak: the pool does not shrink below the
             /// highest forecast of this window.
-            forecast_window: Duration = Duration::from_secs(300),
+            forecast_window: Duration = Duration::from_secs(180),
                 |cx, e| cx.duration(e, None);
             /// Floors by time of day: from each match of `cron` (UTC), for `for`, at least
             /// `min` containers.

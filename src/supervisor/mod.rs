@@ -297,32 +297,6 @@ impl Supervisor {
     ) -> scaling::Memory {
         // Observe.
         let c = pool.counts();
-        let obs = scaling::Observation {
-            busy: c.busy,
-            live: c.live(),
-            queued: c.queued,
-            min: cfg.min,
-            max: cfg.max,
-            scale_up_threshold: cfg.scale_up_threshold,
-            scale_down_threshold: cfg.scale_down_threshold,
-        };
-        tracing::trace!(pool = %pool.name, ?cause, ?c, "observed");
-        // The pool's target wins over ours: a reload may have clamped it.
-        let memory = scaling::Memory {
-            target: c.target,
-            ..memory
-        };
-        // Decide.
-        let (mut memory, step) = if look || c.queued > 0 {
-            scaling::decide(
-                &obs,
-                memory,
-                Instant::now(),
-                scaling::stabilization_window(cfg.scale_interval),
-            )
-        } else {
-            (memory, None)
-        };
         // The policies' floor. The forecast is computed (and shown) even when `predictive`
         // is off, so an operator can watch it before turning it on.
         let now = Instant::now();
@@ -341,6 +315,34 @@ impl Supervisor {
             cfg.min,
             cfg.max,
         );
+        let obs = scaling::Observation {
+            busy: c.busy,
+            live: c.live(),
+            queued: c.queued,
+            min: cfg.min,
+            max: cfg.max,
+            scale_up_threshold: cfg.scale_up_threshold,
+            scale_down_threshold: cfg.scale_down_threshold,
+            floor,
+            shrink_to_forecast: cfg.predictive,
+        };
+        tracing::trace!(pool = %pool.name, ?cause, ?c, "observed");
+        // The pool's target wins over ours: a reload may have clamped it.
+        let memory = scaling::Memory {
+            target: c.target,
+            ..memory
+        };
+        // Decide.
+        let (mut memory, step) = if look || c.queued > 0 {
+            scaling::decide(
+                &obs,
+                memory,
+                Instant::now(),
+                scaling::stabilization_window(cfg.scale_interval),
+            )
+        } else {
+            (memory, None)
+        };
         if floor > memory.target {
             memory.target = floor;
             memory.low_since = None;
