@@ -1199,3 +1199,25 @@ fn a_schedule_entry_must_be_complete_and_within_max() {
     ));
     assert_eq!(c.pools["coder"].schedule[0].min, 2);
 }
+
+#[test]
+fn the_trace_file_is_off_by_default_and_rotates_at_its_size() {
+    let c = ok(&pool(""));
+    assert_eq!(c.server.trace_file, None);
+    assert_eq!(c.server.trace_file_max_size, 64 * MIB);
+    let c = ok(&format!(
+        "[server]\ntrace_file = \"/var/lib/warmpool/trace.jsonl\"\ntrace_file_max_size = \"1GiB\"\n{}",
+        pool("")
+    ));
+    assert_eq!(
+        c.server.trace_file.as_deref(),
+        Some(std::path::Path::new("/var/lib/warmpool/trace.jsonl"))
+    );
+    assert_eq!(c.server.trace_file_max_size, GIB);
+    one(
+        &format!("[server]\ntrace_file_max_size = \"10B\"\n{}", pool("")),
+        2,
+        23,
+        &["server.trace_file_max_size (\"10B\") is too small: it must be at least 1KiB"],
+    );
+}

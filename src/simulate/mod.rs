@@ -7,6 +7,7 @@
 //! seconds from the trace's start, the form `[server] trace_file` records.
 
 pub mod engine;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -84,6 +84,8 @@ pub struct Supervisor {
     /// The wall-clock time at a tokio instant: schedules are read on this clock, so a
     /// simulation under paused time can say what time of day its trace starts at.
     wall_origin: parking_lot::Mutex<(Instant, chrono::DateTime<chrono::Utc>)>,
+    /// `[server] trace_file`: where every task that ran is recorded, when set.
+    trace: parking_lot::RwLock<Option<Arc<crate::simulate::record::TraceRecorder>>>,
 }
 
 impl Supervisor {
@@ -125,6 +127,7 @@ impl Supervisor {
             tasks_rx: tokio::sync::Mutex::new(tasks_rx),
             reload_lock: tokio::sync::Mutex::new(()),
             wall_origin: parking_lot::Mutex::new((Instant::now(), chrono::Utc::now())),
+            trace: parking_lot::RwLock::new(None),
         })
     }
 
@@ -138,6 +141,14 @@ impl Supervisor {
     pub fn wall_clock(&self) -> chrono::DateTime<chrono::Utc> {
         let (at, wall) = *self.wall_origin.lock();
         wall + chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
+    }
+
+    /// Records every task that runs from now on in `recorder` (`[server] trace_file`).
+    pub fn set_trace_recorder(
+        &self,
+        recorder: Option<Arc<crate::simulate::record::TraceRecorder>>,
+    ) {
+        *self.trace.write() = recorder;
     }
 
     /// The pool of that name.
@@ -425,10 +436,15 @@ impl Supervisor {
         out: mpsc::UnboundedSender<TaskEvent>,
     ) -> Result<TaskReport, SubmitError> {
         let _in_flight = self.task_token();
+        let arrived = Instant::now();
         let pool = self
             .pool(pool_name)
             .ok_or_else(|| SubmitError::UnknownPool(pool_name.to_string()))?;
-        crate::task::submit(&self.metrics, pool, self.engine_up(), request, out).await
+        let result = crate::task::submit(&self.metrics, pool, self.engine_up(), request, out).await;
+        if let (Ok(report), Some(trace)) = (&result, self.trace.read().as_ref()) {
+            trace.record(pool_name, arrived, report.run);
+        }
+        result
     }
 
     /// Creates a session, or returns the live one of that id (`false` = it existed).
