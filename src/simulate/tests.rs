@@ -103,3 +103,51 @@ fn the_burst_trace_is_warm_with_the_forecast_and_not_without() {
     assert_eq!(new[0].tasks, 4879);
     assert_eq!(new[0].failed, 0);
 }
+
+/// `[server] trace_file`: the daemon's path (Supervisor::submit) records each task that ran,
+/// and the file replays.
+#[tokio::test(start_paused = true)]
+async fn the_supervisor_records_every_task_that_ran_in_the_simulators_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.jsonl");
+    let config = Config::parse("[pools.coder]\nimage = \"i\"\n", "pools.toml").unwrap();
+    let sup = Supervisor::new(
+        SimEngine::new(EngineModel::default()),
+        Arc::new(Metrics::new()),
+        None,
+        "test",
+        10,
+    );
+    sup.start(&config).await.unwrap();
+    let recorder = record::TraceRecorder::open(&path, 1 << 20).unwrap();
+    sup.set_trace_recorder(Some(Arc::new(recorder)));
+    for secs in ["0.5", "1.25"] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let request = TaskRequest {
+            argv: vec!["sleep".into(), secs.into()],
+            ..Default::default()
+        };
+        sup.submit("coder", request, tx).await.unwrap();
+    }
+    // Unknown pool: not a task that ran, not recorded.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    assert!(sup
+        .submit("nope", TaskRequest::default(), tx)
+        .await
+        .is_err());
+    sup.set_trace_recorder(None);
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let trace = Trace::parse(&text, "trace.jsonl").unwrap();
+    assert_eq!(trace.tasks.len(), 2, "{text}");
+    assert_eq!(trace.tasks[0].pool, "coder");
+    assert!((trace.tasks[0].duration - 0.5).abs() < 0.01, "{text}");
+    assert!((trace.tasks[1].duration - 1.25).abs() < 0.01, "{text}");
+    trace.check_pools(&config, "pools.toml").unwrap();
+}
