@@ -62,10 +62,62 @@ enum Command {
         #[arg(long, env = "WARMPOOL_ADDR", default_value = "http://127.0.0.1:7070")]
         addr: String,
     },
+    /// Replay a trace of task arrivals against a config on a simulated engine (no Docker
+    /// needed) and print, per pool, the warm-hit rate, queue waits, container-seconds and
+    /// creates, next to the oracle that knows the future (docs/scaling.md).
+    Simulate {
+        #[arg(long, default_value = "pools.toml")]
+        config: PathBuf,
+        /// JSONL, one task a line: {"at": 12.5, "pool": "coder", "duration": 0.8}.
+        #[arg(long)]
+        trace: PathBuf,
+        /// One JSON object per pool (and policy) a line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also replay today's policy (thresholds only: predictive, spare and schedule
+        /// off) and print both side by side.
+        #[arg(long)]
+        compare: bool,
+        /// A container's create + start time on the simulated engine.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        create_latency: std::time::Duration,
+        /// Creates the simulated engine takes in per second, over all pools.
+        #[arg(long, default_value_t = 4.0)]
+        create_rate: f64,
+        /// The wall-clock time (RFC 3339, UTC) of the trace's start, for schedules.
+        #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+        start: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The simulator builds its own paused current-thread runtimes, one per replay.
+    if let Command::Simulate {
+        config,
+        trace,
+        json,
+        compare,
+        create_latency,
+        create_rate,
+        start,
+    } = cli.command
+    {
+        let opts = crate::simulate::Options {
+            engine: crate::simulate::EngineModel {
+                latency: create_latency,
+                rate: create_rate,
+            },
+            start,
+        };
+        return match simulate(&config, &trace, json, compare, opts) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("warmpool: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +135,7 @@ pub fn main() -> ExitCode {
             } => run(&addr, &pool, session, timeout, cmd).await,
             Command::Status { addr } => status(&addr).await,
             Command::Mcp(args) => crate::mcp::stdio(args).await,
+            Command::Simulate { .. } => unreachable!("handled before the runtime is built"),
         }
     });
     match result {
@@ -110,6 +163,49 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn simulate(
+    config_path: &std::path::Path,
+    trace_path: &std::path::Path,
+    json: bool,
+    compare: bool,
+    opts: crate::simulate::Options,
+) -> anyhow::Result<ExitCode> {
+    use crate::simulate::{simulate, table, todays_policy, Trace};
+    if !(opts.engine.rate.is_finite() && opts.engine.rate > 0.0) {
+        anyhow::bail!(
+            "--create-rate {} must be a number of creates per second above 0, such as 4",
+            opts.engine.rate
+        );
+    }
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e @ ConfigError::Invalid(_)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let trace = Trace::load(trace_path)?;
+    trace.check_pools(&config, &config_path.display().to_string())?;
+    let mut reports = Vec::new();
+    if compare {
+        reports.extend(simulate(&todays_policy(&config), &trace, &opts, "today")?);
+        reports.extend(simulate(&config, &trace, &opts, "new")?);
+        // Side by side: each pool's lines together.
+        reports.sort_by(|a, b| a.pool.cmp(&b.pool));
+    } else {
+        reports.extend(simulate(&config, &trace, &opts, "config")?);
+    }
+    if json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print!("{}", table(&reports));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Dependencies whose debug and trace output must never be shown, whatever `RUST_LOG` says:

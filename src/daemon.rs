@@ -43,6 +43,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         &instance,
         config.server.max_sessions,
     );
+    if let Some(path) = &config.server.trace_file {
+        let recorder =
+            crate::simulate::record::TraceRecorder::open(path, config.server.trace_file_max_size)
+                .with_context(|| format!("cannot open server.trace_file {}", path.display()))?;
+        supervisor.set_trace_recorder(Some(Arc::new(recorder)));
+    }
     let reloader = Arc::new(Reloader {
         supervisor: supervisor.clone(),
         config_path,
@@ -191,6 +197,13 @@ impl Reloader {
                 {
                     tracing::warn!(
                         "server.listen and server.unix_socket apply at the next restart"
+                    );
+                }
+                if old.trace_file != config.server.trace_file
+                    || old.trace_file_max_size != config.server.trace_file_max_size
+                {
+                    tracing::warn!(
+                        "server.trace_file and server.trace_file_max_size apply at the next restart"
                     );
                 }
             }

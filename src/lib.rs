@@ -17,5 +17,6 @@ pub mod scaling;
 pub mod session;
 pub mod shim;
 pub mod shim_proto;
+pub mod simulate;
 pub mod supervisor;
 pub mod task;

@@ -304,7 +304,9 @@ health_check_interval = "2s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_40_grows_the_pool_to_max_and_the_quiet_shrinks_it_to_min() {
-    // scale_interval 250ms: the stabilization window is 12 looks, 3 s.
+    // scale_interval 250ms: the stabilization window is 12 looks, 3 s. The thresholds alone
+    // (predictive = false): the forecast would hold the burst's containers for its
+    // forecast_window, which the policy tests (src/scaling.rs, src/simulate) cover.
     let d = Daemon::start(
         r#"
 [pools.burst]
@@ -312,6 +314,7 @@ image = "warmpool/agent:latest"
 min = 1
 warm = 1
 max = 6
+predictive = false
 scale_interval = "250ms"
 acquire_timeout = "180s"
 "#,

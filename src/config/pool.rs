@@ -16,6 +16,7 @@ use super::keys::settings;
 use super::read::{closest, join, layered, Ctx, Pos, Slot};
 use super::suggest::Section;
 use super::values::{ExecMode, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
+use crate::scaling::ScheduleFloor;
 
 type Env = BTreeMap<String, String>;
 
@@ -61,6 +62,19 @@ settings! {
             /// Utilization below which the autoscaler removes containers; must be below
             /// `scale_up_threshold`.
             scale_down_threshold: f64 = 0.2, |cx, e| cx.fraction(e);
+            /// Idle containers kept beyond the busy ones (and one per queued task), between
+            /// `min` and `max`; 0 turns the policy off.
+            spare: usize = 0, |cx, e| cx.count(e, 0, "");
+            /// Forecast the next interval's concurrency from the arrival rate and the task
+            /// durations, and start containers before the tasks arrive.
+            predictive: bool = true, |cx, e| cx.boolean(e);
+            /// How long the forecast remembers a peak: the pool does not shrink below the
+            /// highest forecast of this window.
+            forecast_window: Duration = Duration::from_secs(180),
+                |cx, e| cx.duration(e, None);
+            /// Floors by time of day: from each match of `cron` (UTC), for `for`, at least
+            /// `min` containers.
+            schedule: Vec<ScheduleFloor> = Vec::new(), |cx, e| cx.schedule(e);
             /// How often the autoscaler looks.
             scale_interval: Duration = Duration::from_secs(5),
                 |cx, e| cx.duration(e, Some("the autoscaler would run without pause; \"5s\" is usual"));
@@ -236,6 +250,39 @@ pub(super) fn resolve(
                 describe(max, "max", b.max)
             );
             cx.report(at, message);
+        }
+    }
+
+    let spare = layered(&p.spare, &d.spare);
+    if let (Slot::Set(s), false) = (spare, max.is_bad()) {
+        if s.value > max_v {
+            let at = closest(
+                &[(spare.rank(), spare.at()), (max.rank(), max.at())],
+                header,
+            );
+            let message = format!(
+                "{} ({}) is above {}: the pool could never keep that many idle; lower spare \
+                 or raise max",
+                s.path,
+                s.shown,
+                describe(max, "max", b.max)
+            );
+            cx.report(at, message);
+        }
+    }
+    let schedule = layered(&p.schedule, &d.schedule);
+    if let (Slot::Set(s), false) = (schedule, max.is_bad()) {
+        for (i, f) in s.value.iter().enumerate() {
+            if f.min > max_v {
+                let message = format!(
+                    "{}[{i}].min ({}) is above {}: the schedule would ask for more than the \
+                     pool may have; lower the entry's min or raise max",
+                    s.path,
+                    f.min,
+                    describe(max, "max", b.max)
+                );
+                cx.report(s.at, message);
+            }
         }
     }
 

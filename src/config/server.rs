@@ -45,6 +45,15 @@ settings! {
                 |cx, e| cx.count(e, 1, ": with 0 no session could ever start");
             /// How long running tasks may finish after SIGTERM.
             shutdown_grace: Duration = Duration::from_secs(30), |cx, e| cx.duration(e, None);
+            /// When set, every task that ran is appended to this file as a line of a trace
+            /// that `warmpool simulate` replays (arrival, pool, duration). Off by default.
+            trace_file: Option<PathBuf> = None,
+                |cx, e| cx.text(e, "a path such as \"/var/lib/warmpool/trace.jsonl\"", check_path)
+                    .map(|s| Some(PathBuf::from(s)));
+            /// Bytes, at least 1KiB: past it the trace file is renamed to `FILE.1` (replacing
+            /// the previous one) and a new one starts.
+            trace_file_max_size: u64 = 64 * MIB,
+                |cx, e| cx.size(e, KIB, ": a trace file must hold at least a few lines");
         }
         tables {}
     }

@@ -170,6 +170,10 @@ max_uses = 1
 idle_timeout = "1m"
 scale_up_threshold = 1
 scale_down_threshold = 0.5
+spare = 2
+predictive = false
+forecast_window = "1m"
+schedule = [{ cron = "0 9 * * 1-5", min = 3, for = "9h" }]
 scale_interval = "1s"
 task_timeout = "1m"
 acquire_timeout = "5s"
@@ -201,6 +205,15 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         idle_timeout: Duration::from_secs(60),
         scale_up_threshold: 1.0,
         scale_down_threshold: 0.5,
+        spare: 2,
+        predictive: false,
+        forecast_window: Duration::from_secs(60),
+        schedule: vec![crate::scaling::ScheduleFloor::parse(
+            "0 9 * * 1-5",
+            3,
+            Duration::from_secs(9 * 3600),
+        )
+        .unwrap()],
         scale_interval: Duration::from_secs(1),
         task_timeout: Duration::from_secs(60),
         acquire_timeout: Duration::from_secs(5),
@@ -1128,4 +1141,83 @@ fn did_you_mean_is_conservative() {
     assert_eq!(did_you_mean("xy", LAYER_KEYS), None);
     assert_eq!(did_you_mean("hots", DOCKER_KEYS), Some("host"));
     assert_eq!(edit_distance("listne", "listen"), 1);
+}
+
+#[test]
+fn spare_above_max_names_both_and_the_fix() {
+    one(
+        &pool("max = 3\nspare = 4\n"),
+        4,
+        9,
+        &[
+            "pools.coder.spare (4) is above pools.coder.max (3)",
+            "lower spare or raise max",
+        ],
+    );
+}
+
+#[test]
+fn a_bad_cron_expression_names_the_entry_the_value_and_the_form() {
+    one(
+        &pool("schedule = [{ cron = \"0 25 * * *\", min = 2, for = \"1h\" }]\n"),
+        3,
+        22,
+        &[
+            "pools.coder.schedule[0].cron (\"0 25 * * *\") is not a cron expression",
+            "write five fields, minute hour day-of-month month day-of-week",
+        ],
+    );
+}
+
+#[test]
+fn a_schedule_entry_must_be_complete_and_within_max() {
+    let p = problems(&pool("schedule = [{ cron = \"0 9 * * *\", min = 2 }]\n"));
+    assert!(
+        p[0].message.contains("pools.coder.schedule[0] lacks for"),
+        "{p:?}"
+    );
+    let p = problems(&pool(
+        "max = 4\nschedule = [{ cron = \"0 9 * * *\", min = 6, for = \"1h\" }]\n",
+    ));
+    assert!(
+        p[0].message
+            .contains("pools.coder.schedule[0].min (6) is above pools.coder.max (4)"),
+        "{p:?}"
+    );
+    let p = problems(&pool(
+        "schedule = [{ cron = \"0 9 * * *\", min = 1, for = \"1h\", max = 3 }]\n",
+    ));
+    assert!(
+        p[0].message
+            .contains("unknown key pools.coder.schedule[0].max"),
+        "{p:?}"
+    );
+    // The TOML array-of-tables spelling reads the same.
+    let c = ok(&format!(
+        "{}[[pools.coder.schedule]]\ncron = \"0 9 * * 1-5\"\nmin = 2\nfor = \"9h\"\n",
+        pool("")
+    ));
+    assert_eq!(c.pools["coder"].schedule[0].min, 2);
+}
+
+#[test]
+fn the_trace_file_is_off_by_default_and_rotates_at_its_size() {
+    let c = ok(&pool(""));
+    assert_eq!(c.server.trace_file, None);
+    assert_eq!(c.server.trace_file_max_size, 64 * MIB);
+    let c = ok(&format!(
+        "[server]\ntrace_file = \"/var/lib/warmpool/trace.jsonl\"\ntrace_file_max_size = \"1GiB\"\n{}",
+        pool("")
+    ));
+    assert_eq!(
+        c.server.trace_file.as_deref(),
+        Some(std::path::Path::new("/var/lib/warmpool/trace.jsonl"))
+    );
+    assert_eq!(c.server.trace_file_max_size, GIB);
+    one(
+        &format!("[server]\ntrace_file_max_size = \"10B\"\n{}", pool("")),
+        2,
+        23,
+        &["server.trace_file_max_size (\"10B\") is too small: it must be at least 1KiB"],
+    );
 }

@@ -170,6 +170,8 @@ pub struct Metrics {
     containers: IntGaugeVec,
     /// `warmpool_pool_target_containers{pool}`: what the autoscaler wants.
     pool_target: IntGaugeVec,
+    /// `warmpool_pool_forecast_containers{pool}`: what the forecast says the pool needs.
+    pool_forecast: IntGaugeVec,
     /// `warmpool_pool_min_containers{pool}`.
     pool_min: IntGaugeVec,
     /// `warmpool_pool_max_containers{pool}`.
@@ -254,6 +256,12 @@ impl Metrics {
                 r,
                 "warmpool_pool_target_containers",
                 "Number of containers the autoscaler currently wants for the pool.",
+                &["pool"],
+            ),
+            pool_forecast: gauge_vec(
+                r,
+                "warmpool_pool_forecast_containers",
+                "Containers the forecast says the pool needs for the next interval (held for forecast_window), whether or not predictive acts on it.",
                 &["pool"],
             ),
             pool_min: gauge_vec(
@@ -484,9 +492,10 @@ impl Metrics {
     }
 
     /// The integer gauges labelled by `pool` alone, so init and forget cannot miss one.
-    fn pool_gauges(&self) -> [&IntGaugeVec; 5] {
+    fn pool_gauges(&self) -> [&IntGaugeVec; 6] {
         [
             &self.pool_target,
+            &self.pool_forecast,
             &self.pool_min,
             &self.pool_max,
             &self.queue_length,
@@ -520,6 +529,38 @@ impl Metrics {
     /// Sets the autoscaler's current target for the pool.
     pub fn set_target(&self, pool: &str, target: i64) {
         self.pool_target.with_label_values(&[pool]).set(target);
+    }
+
+    /// Sets what the forecast says the pool needs (`warmpool_pool_forecast_containers`).
+    pub fn set_forecast(&self, pool: &str, n: i64) {
+        self.pool_forecast.with_label_values(&[pool]).set(n);
+    }
+
+    /// The pool's cumulative demand as counted here, for the forecast: arrivals (tasks that
+    /// got a container or were refused), tasks that ran and their run time, container
+    /// starts and their time.
+    pub fn demand(&self, pool: &str) -> crate::scaling::Demand {
+        let acquired: u64 = Acquisition::ALL
+            .iter()
+            .map(|a| {
+                self.acquisitions_total
+                    .with_label_values(&[pool, a.as_str()])
+                    .get()
+            })
+            .sum();
+        let rejected = self
+            .tasks_total
+            .with_label_values(&[pool, Outcome::Rejected.as_str()])
+            .get();
+        let tasks = self.task_duration.with_label_values(&[pool]);
+        let starts = self.container_start.with_label_values(&[pool]);
+        crate::scaling::Demand {
+            arrivals: acquired + rejected,
+            finished: tasks.get_sample_count(),
+            task_seconds: tasks.get_sample_sum(),
+            starts: starts.get_sample_count(),
+            start_seconds: starts.get_sample_sum(),
+        }
     }
 
     /// Sets the pool's utilization, `(busy + queued) / live` capped at 1 (see

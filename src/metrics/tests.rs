@@ -6,6 +6,7 @@ use super::*;
 const CONTRACT: &[&str] = &[
     "warmpool_containers",
     "warmpool_pool_target_containers",
+    "warmpool_pool_forecast_containers",
     "warmpool_pool_min_containers",
     "warmpool_pool_max_containers",
     "warmpool_pool_utilization_ratio",

@@ -221,6 +221,11 @@ impl Pool {
             if let Some(lease) = self.take_idle(&mut st) {
                 self.acquired(Acquisition::Warm, started);
                 self.publish(&st);
+                drop(st);
+                if cfg.spare > 0 || cfg.predictive {
+                    // One spare fewer: let the loop top it up now, not at its next tick.
+                    self.wake(Wake::Taken);
+                }
                 return Ok(lease);
             }
             let c = st.counts();

@@ -217,6 +217,9 @@ pub struct Desired {
     pub target: usize,
     /// The engine answers: when it does not, nothing is started (and no failures pile up).
     pub engine_up: bool,
+    /// What the scaling policies keep (spare, schedule, forecast): `idle_timeout` never
+    /// takes the pool below it, so it does not remove what the next look would start again.
+    pub floor: usize,
 }
 
 /// What the pool's pure `plan` decided: carried out by the pool outside the decision.
@@ -286,15 +289,16 @@ pub(super) fn plan(
     }
 
     let mut lowered = Vec::new();
+    let keep_min = cfg.min.max(desired.floor.min(cfg.max));
     idle.sort_by_key(|(_, last)| *last);
     for (id, last_used) in idle {
         if fresh_up > want {
             retire.push((id, RemoveReason::ScaleDown));
             fresh_up -= 1;
-        } else if fresh_up > cfg.min && now.duration_since(last_used) >= cfg.idle_timeout {
+        } else if fresh_up > keep_min && now.duration_since(last_used) >= cfg.idle_timeout {
             retire.push((id, RemoveReason::Idle));
             fresh_up -= 1;
-            let to = target.min(fresh_up).max(cfg.min);
+            let to = target.min(fresh_up).max(keep_min);
             if to < target {
                 lowered.push((target, to));
             }
@@ -374,6 +378,7 @@ mod tests {
         Desired {
             target,
             engine_up: true,
+            floor: 0,
         }
     }
 
@@ -393,6 +398,7 @@ mod tests {
         let down = Desired {
             target: 2,
             engine_up: false,
+            floor: 0,
         };
         assert_eq!(plan(&st, &cfg(1, 10), "a", down, now).start, 0);
         st.backoff_until = Some(now + Duration::from_secs(1));
@@ -456,6 +462,17 @@ mod tests {
         assert!(p.retire.iter().all(|(_, r)| *r == RemoveReason::Idle));
         assert_eq!((p.target, p.start), (1, 0));
         assert_eq!(p.lowered, vec![(3, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn idle_timeout_keeps_what_the_policies_floor_asks_for() {
+        let t0 = Instant::now();
+        let st = state(3, t0);
+        let now = t0 + Duration::from_secs(60);
+        let desired = Desired { floor: 2, ..up(3) };
+        let p = plan(&st, &cfg(1, 10), "a", desired, now);
+        assert_eq!(p.retire.len(), 1);
+        assert_eq!((p.target, p.start), (2, 0));
     }
 
     #[test]

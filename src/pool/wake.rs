@@ -15,16 +15,19 @@ pub enum Wake {
     Engine,
     /// The pool was closed.
     Closed,
+    /// A task took an idle container: the policies that keep spares look again.
+    Taken,
 }
 
 impl Wake {
-    const ALL: [Wake; 6] = [
+    const ALL: [Wake; 7] = [
         Wake::Queued,
         Wake::Retired,
         Wake::StartEnded,
         Wake::Config,
         Wake::Engine,
         Wake::Closed,
+        Wake::Taken,
     ];
 
     pub(super) fn bit(self) -> u8 {

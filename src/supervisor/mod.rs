@@ -81,6 +81,11 @@ pub struct Supervisor {
     /// The live sessions.
     pub sessions: Sessions,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The wall-clock time at a tokio instant: schedules are read on this clock, so a
+    /// simulation under paused time can say what time of day its trace starts at.
+    wall_origin: parking_lot::Mutex<(Instant, chrono::DateTime<chrono::Utc>)>,
+    /// `[server] trace_file`: where every task that ran is recorded, when set.
+    trace: parking_lot::RwLock<Option<Arc<crate::simulate::record::TraceRecorder>>>,
 }
 
 impl Supervisor {
@@ -121,7 +126,29 @@ impl Supervisor {
             tasks_tx: parking_lot::Mutex::new(Some(tasks_tx)),
             tasks_rx: tokio::sync::Mutex::new(tasks_rx),
             reload_lock: tokio::sync::Mutex::new(()),
+            wall_origin: parking_lot::Mutex::new((Instant::now(), chrono::Utc::now())),
+            trace: parking_lot::RwLock::new(None),
         })
+    }
+
+    /// Says that the tokio instant `now` is the wall-clock time `wall` (the simulator: the
+    /// trace's start).
+    pub fn set_wall_clock(&self, wall: chrono::DateTime<chrono::Utc>) {
+        *self.wall_origin.lock() = (Instant::now(), wall);
+    }
+
+    /// The wall-clock time now, on the supervisor's clock (see [`Supervisor::set_wall_clock`]).
+    pub fn wall_clock(&self) -> chrono::DateTime<chrono::Utc> {
+        let (at, wall) = *self.wall_origin.lock();
+        wall + chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
+    }
+
+    /// Records every task that runs from now on in `recorder` (`[server] trace_file`).
+    pub fn set_trace_recorder(
+        &self,
+        recorder: Option<Arc<crate::simulate::record::TraceRecorder>>,
+    ) {
+        *self.trace.write() = recorder;
     }
 
     /// The pool of that name.
@@ -238,6 +265,7 @@ impl Supervisor {
             target: pool.counts().target,
             low_since: None,
         };
+        let mut forecaster = scaling::Forecaster::default();
         let mut next_health = Instant::now() + pool.config().health_check_interval;
         let mut next_scale = Instant::now();
         let mut cause = Cause::Start;
@@ -251,7 +279,7 @@ impl Supervisor {
             if look {
                 next_scale = Instant::now() + cfg.scale_interval;
             }
-            memory = self.reconcile(&pool, &cfg, memory, look, cause);
+            memory = self.reconcile(&pool, &cfg, memory, &mut forecaster, look, cause);
             if Instant::now() >= next_health {
                 next_health = Instant::now() + cfg.health_check_interval;
                 pool.check_health();
@@ -266,18 +294,38 @@ impl Supervisor {
     }
 
     /// Observe → decide → converge: reads the pool's counts, lets the autoscaler decide a
-    /// target (every scale_interval, or at once when tasks queue), and has the pool converge
-    /// to it. Each step is logged and metered.
+    /// target (every scale_interval, or at once when tasks queue), raises it to the floor of
+    /// the policies (spare, schedule, forecast; at every look and wake-up), and has the pool
+    /// converge to it. Each step is logged and metered.
     fn reconcile(
         &self,
         pool: &Pool,
         cfg: &PoolConfig,
         memory: scaling::Memory,
+        forecaster: &mut scaling::Forecaster,
         look: bool,
         cause: Cause,
     ) -> scaling::Memory {
         // Observe.
         let c = pool.counts();
+        // The policies' floor. The forecast is computed (and shown) even when `predictive`
+        // is off, so an operator can watch it before turning it on.
+        let now = Instant::now();
+        let params = scaling::ForecastParams {
+            hold: cfg.forecast_window,
+            ..Default::default()
+        };
+        forecaster.observe(now, self.metrics.demand(&pool.name), &params);
+        let forecast = forecaster.forecast(now, &params);
+        self.metrics.set_forecast(&pool.name, forecast as i64);
+        let lead = cfg.scale_interval + Duration::from_secs_f64(forecaster.create_time());
+        let floor = scaling::policy_floor(
+            scaling::spare_floor(c.busy, c.queued, cfg.spare),
+            scaling::schedule_floor(&cfg.schedule, self.wall_clock(), lead),
+            if cfg.predictive { forecast } else { 0 },
+            cfg.min,
+            cfg.max,
+        );
         let obs = scaling::Observation {
             busy: c.busy,
             live: c.live(),
@@ -286,6 +334,8 @@ impl Supervisor {
             max: cfg.max,
             scale_up_threshold: cfg.scale_up_threshold,
             scale_down_threshold: cfg.scale_down_threshold,
+            floor,
+            shrink_to_forecast: cfg.predictive,
         };
         tracing::trace!(pool = %pool.name, ?cause, ?c, "observed");
         // The pool's target wins over ours: a reload may have clamped it.
@@ -304,6 +354,16 @@ impl Supervisor {
         } else {
             (memory, None)
         };
+        if floor > memory.target {
+            memory.target = floor;
+            memory.low_since = None;
+        }
+        // One event per change of the target, whichever rule changed it.
+        let step = match memory.target.cmp(&c.target) {
+            std::cmp::Ordering::Greater => Some(scaling::Step::Up),
+            std::cmp::Ordering::Less if step.is_some() => Some(scaling::Step::Down),
+            _ => None,
+        };
         if let Some(step) = step {
             let dir = match step {
                 scaling::Step::Up => ScaleDirection::Up,
@@ -316,6 +376,7 @@ impl Supervisor {
         let plan = pool.converge(Desired {
             target: memory.target,
             engine_up: self.engine_up(),
+            floor,
         });
         // The pool chose to be smaller (idle_timeout): that lowers the target, so it is a
         // scale down like the autoscaler's, counted the same way.
@@ -375,10 +436,15 @@ impl Supervisor {
         out: mpsc::UnboundedSender<TaskEvent>,
     ) -> Result<TaskReport, SubmitError> {
         let _in_flight = self.task_token();
+        let arrived = Instant::now();
         let pool = self
             .pool(pool_name)
             .ok_or_else(|| SubmitError::UnknownPool(pool_name.to_string()))?;
-        crate::task::submit(&self.metrics, pool, self.engine_up(), request, out).await
+        let result = crate::task::submit(&self.metrics, pool, self.engine_up(), request, out).await;
+        if let (Ok(report), Some(trace)) = (&result, self.trace.read().as_ref()) {
+            trace.record(pool_name, arrived, report.run);
+        }
+        result
     }
 
     /// Creates a session, or returns the live one of that id (`false` = it existed).
