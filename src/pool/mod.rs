@@ -36,7 +36,7 @@ use state::{MemberState, NewMember, Rules, State, Waiter};
 
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
 pub use lease::Lease;
-pub use state::{Counts, Desired, Plan};
+pub use state::{Counts, Desired, History, Plan};
 pub use wake::{Wake, Wakes};
 
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
@@ -464,6 +464,7 @@ impl Pool {
                         conn,
                         spec_hash,
                         extra,
+                        history: History::default(),
                     };
                     let id = st.add_member(new, cfg.max_age);
                     if st.closed {
@@ -552,8 +553,9 @@ impl Pool {
     }
 
     /// Adds an already running, attached container of the current spec (adoption after a
-    /// restart).
-    pub fn adopt(&self, container: String, name: String, conn: Conn) {
+    /// restart), with what it brings: its age, its uses, and that it must be wiped before its
+    /// next task ([`History::adopted`]). It enters through [`Pool::offer`] like any other.
+    pub fn adopt(&self, container: String, name: String, conn: Conn, history: History) {
         let cfg = self.config();
         let new = NewMember {
             container,
@@ -561,6 +563,7 @@ impl Pool {
             conn,
             spec_hash: self.spec_hash().to_string(),
             extra: false,
+            history,
         };
         let mut st = self.state.lock();
         let id = st.add_member(new, cfg.max_age);

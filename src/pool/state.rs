@@ -175,6 +175,12 @@ impl State {
         self.next_id += 1;
         let id = self.next_id;
         let now = Instant::now();
+        // An adopted container is as old as the engine says; one older than this process's
+        // clock can express is past any age.
+        let (created, max_age) = match now.checked_sub(new.history.age) {
+            Some(created) => (created, jitter(max_age)),
+            None => (now, Duration::ZERO),
+        };
         self.members.insert(
             id,
             Member {
@@ -182,13 +188,13 @@ impl State {
                 name: new.name,
                 conn: new.conn,
                 state: MemberState::Busy,
-                created: now,
+                created,
                 last_used: now,
-                uses: 0,
-                max_age: jitter(max_age),
+                uses: new.history.uses,
+                max_age,
                 spec_hash: new.spec_hash,
                 extra: new.extra,
-                dirty: false,
+                dirty: new.history.dirty,
             },
         );
         id
@@ -202,6 +208,35 @@ pub(super) struct NewMember {
     pub(super) conn: Conn,
     pub(super) spec_hash: String,
     pub(super) extra: bool,
+    pub(super) history: History,
+}
+
+/// What a container brings with it into the pool: nothing for a fresh one; for one a
+/// previous daemon run left (adoption), its age as the engine reports it, the uses it may
+/// already have served, and files a previous tenant may have left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Since the engine created it.
+    pub age: Duration,
+    /// Tasks it is taken to have run already.
+    pub uses: u64,
+    /// Its workdir and /tmp must be wiped before its next task.
+    pub dirty: bool,
+}
+
+impl History {
+    /// A container a previous daemon run left idle. Its use count died with that run, so it
+    /// is taken to be one task short of `max_uses`, the most an idle member can have served
+    /// (a member reaching `max_uses` is retired when its task ends): it serves one more
+    /// task, then it is replaced, so `max_uses` holds across a crash. Its files are wiped
+    /// before that task, as after any pool task.
+    pub fn adopted(age: Duration, max_uses: u64) -> History {
+        History {
+            age,
+            uses: max_uses.saturating_sub(1),
+            dirty: true,
+        }
+    }
 }
 
 fn jitter(max_age: Duration) -> Duration {

@@ -114,6 +114,9 @@ pub struct ContainerSummary {
     pub labels: BTreeMap<String, String>,
     /// Engine state: created, running, exited, dead, ...
     pub state: String,
+    /// When the engine created it (Unix seconds), if it says: a restarted daemon ages an
+    /// adopted container from here, not from the adoption.
+    pub created: Option<i64>,
 }
 
 /// The container's stdio after attach: bytes the container wrote to stdout, and its stdin.

@@ -63,7 +63,8 @@ impl Supervisor {
                 Some("a session's container")
             }
             None if !busy => {
-                pool.adopt(c.id.clone(), c.name.clone(), conn);
+                let history = crate::pool::History::adopted(engine_age(c), cfg.max_uses);
+                pool.adopt(c.id.clone(), c.name.clone(), conn, history);
                 Some("an idle container")
             }
             None => None,
@@ -117,4 +118,17 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// How long ago the engine created the container; an unknown creation time counts as
+/// "too old to keep" (`Duration::MAX`), so the container is renewed at once.
+fn engine_age(c: &ContainerSummary) -> Duration {
+    let Some(created) = c.created else {
+        return Duration::MAX;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Duration::from_secs(now.saturating_sub(created).max(0) as u64)
 }
