@@ -114,3 +114,123 @@ scale_interval = "500ms"
         "the adopted container lived {lived:?}: its age restarted at the adoption"
     );
 }
+
+// ---- 3. session container identity ----
+
+async fn create_session(d: &Daemon, pool: &str, id: &str) {
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": pool, "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+}
+
+/// `docker ps` names of this instance's containers, by full id.
+fn names(instance: &str) -> Vec<(String, String)> {
+    docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &format!("label=warmpool.instance={instance}"),
+        "--format",
+        "{{.ID}} {{.Names}}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let (id, name) = l.split_once(' ')?;
+        Some((id.to_string(), name.to_string()))
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn look_alike_sessions_keep_their_own_containers_across_a_crash() {
+    let mut d = Daemon::start(
+        r#"
+[defaults]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+
+[pools.c]
+
+[pools.c-s]
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    // Once both wanted the name warmpool-c-s-s-x.
+    create_session(&d, "c", "s-x").await;
+    create_session(&d, "c-s", "x").await;
+    let a = ok_task(
+        &d,
+        "c",
+        json!({"shell": "echo secret-of-s-x > /work/f; cat /work/f", "session": "s-x"}),
+    )
+    .await;
+    let b = ok_task(
+        &d,
+        "c-s",
+        json!({"shell": "echo secret-of-x > /work/f; cat /work/f", "session": "x"}),
+    )
+    .await;
+    let (ca, cb) = (ran_on(&d, &a), ran_on(&d, &b));
+    assert_ne!(ca, cb);
+    // Both are named as their session's before their first task answers.
+    let named = names(&d.instance);
+    let name_of = |id: &str| {
+        named
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, n)| n.clone())
+            .expect("listed")
+    };
+    let (na, nb) = (name_of(&ca), name_of(&cb));
+    assert_eq!(
+        warmpool::session::session_of_name("c", &na).as_deref(),
+        Some("s-x"),
+        "{na}"
+    );
+    assert_eq!(
+        warmpool::session::session_of_name("c-s", &nb).as_deref(),
+        Some("x"),
+        "{nb}"
+    );
+    assert_ne!(na, nb);
+
+    d.kill9();
+    d.restart().await;
+    d.wait_ready(LONG).await;
+    for (pool, id, secret, container) in [
+        ("c", "s-x", "secret-of-s-x\n", &ca),
+        ("c-s", "x", "secret-of-x\n", &cb),
+    ] {
+        let (status, v) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+        assert_eq!(
+            status,
+            200,
+            "session {id} lost in the restart: {v}\n{}",
+            d.log()
+        );
+        assert_eq!(v["pool"], pool);
+        let v = ok_task(&d, pool, json!({"cmd": ["cat", "/work/f"], "session": id})).await;
+        assert_eq!(v["stdout"], secret);
+        assert_eq!(&ran_on(&d, &v), container);
+    }
+    // Plain pool tasks never land on a session's container, nor see its files.
+    for pool in ["c", "c-s"] {
+        for _ in 0..3 {
+            let v = ok_task(&d, pool, json!({"shell": "cat /work/f 2>/dev/null; true"})).await;
+            assert_eq!(v["stdout"], "", "a pool task saw a session's file");
+            let on = ran_on(&d, &v);
+            assert!(
+                on != ca && on != cb,
+                "a pool task ran in a session's container"
+            );
+        }
+    }
+}

@@ -102,11 +102,12 @@ fn named_containers(instance: &str) -> Vec<(String, String)> {
 
 /// Waits until the session's container carries its session name, and returns its full id.
 async fn session_container(d: &Daemon, pool: &str, id: &str) -> String {
-    let name = format!("warmpool-{pool}-s-{id}");
+    // `warmpool-<pool>.<8 hex>.<id>` (src/session/entry.rs)
+    let name = format!("warmpool-{pool}.*.{id}");
     wait_for(&format!("a container named {name}"), LONG, || {
         named_containers(&d.instance)
             .into_iter()
-            .find(|(_, n)| *n == name)
+            .find(|(_, n)| warmpool::session::session_of_name(pool, n).as_deref() == Some(id))
             .map(|(id, _)| id)
     })
     .await

@@ -4,7 +4,9 @@
 //! run one at a time in arrival order; the container is removed when the session ends.
 //!
 //! The engine cannot relabel a running container, so the session id travels in the
-//! container's name (`warmpool-<pool>-s-<id>`), which is how a restarted daemon finds it.
+//! container's name (`warmpool-<pool>.<random>.<id>`, [`container_name`]), set and checked
+//! before the session's first task: a container that ever served a session carries it, which
+//! is how a restarted daemon gives it back to its session and never to a pool.
 //!
 //! [`Sessions`] is a component of its own: a cheap handle on the live sessions, the pools
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
@@ -28,7 +30,9 @@ use crate::runtime::Runtime;
 use crate::task::{self, SubmitError, TaskReport, TaskRequest};
 use entry::ActiveGuard;
 
-pub use entry::{container_name, session_of_name, validate_id, Session, SessionInfo, SessionState};
+pub use entry::{
+    container_name, is_pool_name, session_of_name, validate_id, Session, SessionInfo, SessionState,
+};
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -343,18 +347,21 @@ impl Sessions {
                     return Err(SubmitError::Exec(e).into());
                 }
             }
-            // Naming is for a restarted daemon's benefit only: keep it off the task's path.
-            let (runtime, name, cid, sid) = (
-                self.0.runtime.clone(),
-                container_name(&pool.name, id),
-                container.clone(),
-                id.to_string(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = runtime.rename(&cid, &name).await {
-                    tracing::warn!(session = %sid, error = %e, "could not name the session's container; it will not survive a daemon restart");
-                }
-            });
+            // The name marks the container as the session's before any task of the session
+            // runs in it: a restarted daemon gives it back to the session, never to a pool.
+            // No name, no session container: it is removed and this task fails cleanly.
+            let name = container_name(&pool.name, id);
+            if let Err(e) = self.0.runtime.rename(&container, &name).await {
+                session.meta.lock().container = None;
+                drop(conn);
+                let _ = self.0.runtime.remove(&container).await;
+                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
+                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                    "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
+                )))
+                .into());
+            }
             *slot = Some((container, conn));
             self.publish();
         }
@@ -495,8 +502,9 @@ impl Sessions {
         futures_util::future::join_all(chosen.into_iter().map(|s| self.finish(s))).await;
     }
 
-    /// Re-creates a session around a container a previous daemon run left running.
-    pub fn adopt(&self, id: &str, pool: &str, container: String, conn: Conn) {
+    /// Re-creates a session around a container a previous daemon run left running; false
+    /// (and nothing changed) when a live session has that id already.
+    pub fn adopt(&self, id: &str, pool: &str, container: String, conn: Conn) -> bool {
         let idle_timeout = self
             .0
             .pools
@@ -506,8 +514,15 @@ impl Sessions {
         let session = Session::new(id.to_string(), pool.to_string(), idle_timeout);
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
-        self.0.map.lock().insert(id.to_string(), Arc::new(session));
+        {
+            let mut map = self.0.map.lock();
+            if map.contains_key(id) {
+                return false;
+            }
+            map.insert(id.to_string(), Arc::new(session));
+        }
         self.publish();
+        true
     }
 
     /// Sets `warmpool_sessions` of every pool.
