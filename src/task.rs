@@ -64,8 +64,9 @@ pub enum SubmitError {
 
 /// Fills a request in from the pool's defaults and checks what the pool cannot know.
 ///
-/// Errors: [`SubmitError::Invalid`] for an empty command, a bad env key, a timeout of 0 or
-/// above `task_timeout`, or a relative workdir.
+/// Errors: [`SubmitError::Invalid`] for an empty command, a bad env key, a timeout of 0,
+/// below a millisecond ([`crate::config::duration_problem`]) or above `task_timeout`, or a
+/// relative workdir.
 pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitError> {
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(SubmitError::Invalid(
@@ -80,6 +81,13 @@ pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitEr
     let timeout = match req.timeout {
         Some(t) if t.is_zero() => {
             return Err(SubmitError::Invalid("timeout must be more than 0s".into()))
+        }
+        Some(t) if crate::config::duration_problem(t).is_some() => {
+            return Err(SubmitError::Invalid(format!(
+                "timeout {} {}",
+                humantime::format_duration(t),
+                crate::config::duration_problem(t).unwrap_or_default()
+            )))
         }
         Some(t) if t > cfg.task_timeout => {
             return Err(SubmitError::Invalid(format!(

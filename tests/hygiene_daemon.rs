@@ -234,3 +234,113 @@ max = 2
         }
     }
 }
+
+// ---- 4. durations mean what they say ----
+
+#[tokio::test]
+async fn sub_millisecond_durations_are_refused_and_fractions_round_up() {
+    let d = Daemon::start(
+        r#"
+[pools.p]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    let (status, v) = d
+        .task("p", json!({"cmd": ["sleep", "5"], "timeout": "900us"}))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1ms"),
+        "{v}"
+    );
+    // A fraction of a millisecond above it is rounded up, never down to "no limit".
+    let began = Instant::now();
+    let v = ok_task(&d, "p", json!({"cmd": ["sleep", "5"], "timeout": "1500us"})).await;
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert!(began.elapsed() < Duration::from_secs(3), "{v}");
+
+    // In a session: the refusal costs nothing, a timeout keeps the session's files.
+    create_session(&d, "p", "keep").await;
+    ok_task(
+        &d,
+        "p",
+        json!({"shell": "echo kept > /work/k", "session": "keep"}),
+    )
+    .await;
+    let (status, v) = d
+        .task(
+            "p",
+            json!({"cmd": ["sleep", "5"], "timeout": "900us", "session": "keep"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let v = ok_task(
+        &d,
+        "p",
+        json!({"cmd": ["sleep", "5"], "timeout": "200ms", "session": "keep"}),
+    )
+    .await;
+    assert_eq!(v["timed_out"], true, "{v}");
+    let v = ok_task(
+        &d,
+        "p",
+        json!({"cmd": ["cat", "/work/k"], "session": "keep"}),
+    )
+    .await;
+    assert_eq!(v["stdout"], "kept\n");
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "p", "id": "short", "idle_timeout": "900us"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1ms"),
+        "{v}"
+    );
+}
+
+#[test]
+fn every_duration_key_of_pools_toml_refuses_less_than_a_millisecond() {
+    let keys = [
+        "health_check_interval",
+        "max_age",
+        "idle_timeout",
+        "scale_interval",
+        "task_timeout",
+        "acquire_timeout",
+        "session_idle_timeout",
+    ];
+    let mut text =
+        String::from("[server]\nshutdown_grace = \"900us\"\n\n[pools.p]\nimage = \"x\"\n");
+    for k in keys {
+        text += &format!("{k} = \"900us\"\n");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pools.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warmpool"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    for k in keys.iter().chain(&["shutdown_grace"]) {
+        assert!(
+            said.lines()
+                .any(|l| l.contains(&format!(".{k} (\"900us\")")) && l.contains("1ms")),
+            "{k} not refused:\n{said}"
+        );
+    }
+}

@@ -54,6 +54,9 @@ pub(super) struct Meta {
     /// Tasks running or waiting: a session with any is never idle.
     pub(super) active: usize,
     pub(super) ended: bool,
+    /// Why the session's last container died, until its next task starts a fresh one: file
+    /// calls in between say so (502) instead of "no container yet".
+    pub(super) lost: Option<String>,
 }
 
 /// A live session; the API reads it through [`Session::info`].
@@ -83,6 +86,7 @@ impl Session {
                 last_used: Instant::now(),
                 active: 0,
                 ended: false,
+                lost: None,
             }),
         }
     }

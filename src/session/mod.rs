@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Conn, ExecError, TaskEvent, TaskExit, TaskSpec, RESET_TIMEOUT};
+use crate::exec::{
+    Conn, ExecError, TaskEvent, TaskExit, TaskSpec, ADOPT_PING_TIMEOUT, RESET_TIMEOUT,
+};
 use crate::metrics::{Metrics, RemoveReason};
 use crate::pool::{AcquireError, Pools};
 use crate::runtime::Runtime;
@@ -58,6 +60,10 @@ pub enum SessionError {
     /// The task's own error, mapped as a pool task's is.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// 502 `container_failed`: the task could not be run to its end in the session's
+    /// container; the message says whether the container (and the session's files) stayed.
+    #[error("{0}")]
+    TaskFailed(String),
 }
 
 impl From<AcquireError> for SessionError {
@@ -180,6 +186,13 @@ impl Sessions {
                 return Err(SessionError::Invalid(
                     "idle_timeout must be more than 0s".into(),
                 ))
+            }
+            Some(t) if crate::config::duration_problem(t).is_some() => {
+                return Err(SessionError::Invalid(format!(
+                    "idle_timeout {} {}",
+                    humantime::format_duration(t),
+                    crate::config::duration_problem(t).unwrap_or_default()
+                )))
             }
             Some(t) => t,
             None => p.config().session_idle_timeout,
@@ -337,7 +350,11 @@ impl Sessions {
             cold = lease.cold;
             let dirty = lease.dirty;
             // The session's before it leaves the pool, so the reaper always knows whose it is.
-            session.meta.lock().container = Some(lease.container.clone());
+            {
+                let mut m = session.meta.lock();
+                m.container = Some(lease.container.clone());
+                m.lost = None;
+            }
             let (container, conn) = lease.detach();
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
@@ -384,10 +401,39 @@ impl Sessions {
                 cold_start: cold,
             }),
             Err(e) => {
-                // The container is gone or wedged: the session starts afresh next time.
+                // Only a container that really died costs the session its files: an engine
+                // refusal (docker-exec) is not the container's fault, and a task whose end
+                // the shim did not report is over once the shim answers idle again.
+                let kept = match &e {
+                    ExecError::Dead(_) => false,
+                    ExecError::Engine(_) => true,
+                    ExecError::Hung(_) => still_serves(&conn).await,
+                };
+                if kept {
+                    tracing::warn!(session = %id, error = %e, "session task failed; the container and its files stay the session's");
+                    return Err(SessionError::TaskFailed(format!(
+                        "{}; the session keeps its container and files",
+                        match e {
+                            ExecError::Hung(after) => format!(
+                                "the task's end was not reported within {after:?} after its timeout (it was killed)"
+                            ),
+                            other => other.to_string(),
+                        }
+                    )));
+                }
                 *slot = None;
-                session.meta.lock().container = None;
+                let why = match &e {
+                    ExecError::Dead(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                {
+                    let mut m = session.meta.lock();
+                    m.container = None;
+                    m.lost = Some(why.clone());
+                }
                 let _ = self.0.runtime.remove(&container).await;
+                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                // 502 container_failed, as for a pool task, saying what the session lost.
                 let e = match e {
                     ExecError::Dead(why) => ExecError::Dead(format!(
                         "{why}; the session's files are lost and its next task starts a fresh container"
@@ -434,6 +480,11 @@ impl Sessions {
             return Err(SessionError::NotFound(id.to_string()));
         }
         let Some((_, conn)) = slot.as_mut() else {
+            if let Some(why) = session.meta.lock().lost.clone() {
+                return Err(SessionError::TaskFailed(format!(
+                    "session {id:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
+                )));
+            }
             return Err(SessionError::Invalid(format!(
                 "session {id:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
             )));
@@ -542,5 +593,14 @@ impl Sessions {
         for (pool, n) in per_pool {
             self.0.metrics.set_sessions(&pool, n);
         }
+    }
+}
+
+/// Whether a container whose task's end went unreported still serves: its shim answers a
+/// ping and runs nothing (the task was killed), or a trivial exec runs (docker-exec).
+async fn still_serves(conn: &Conn) -> bool {
+    match conn {
+        Conn::Shim(c) => matches!(c.ping(ADOPT_PING_TIMEOUT).await, Ok(false)),
+        Conn::DockerExec(_) => conn.probe(None, ADOPT_PING_TIMEOUT).await.is_ok(),
     }
 }
