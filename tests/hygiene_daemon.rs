@@ -313,6 +313,7 @@ max = 2
 fn every_duration_key_of_pools_toml_refuses_less_than_a_millisecond() {
     let keys = [
         "health_check_interval",
+        "health_check_timeout",
         "max_age",
         "idle_timeout",
         "scale_interval",
@@ -343,4 +344,65 @@ fn every_duration_key_of_pools_toml_refuses_less_than_a_millisecond() {
             "{k} not refused:\n{said}"
         );
     }
+}
+
+// ---- 5. health probes never empty the pool ----
+
+#[tokio::test]
+async fn slow_probes_never_take_the_pool_out_of_service() {
+    let d = Daemon::start(
+        r#"
+[defaults]
+image = "warmpool/agent:latest"
+min = 2
+warm = 2
+max = 3
+health_cmd = ["sh", "-c", "sleep 6"]
+health_check_interval = "1s"
+
+[pools.slow]
+
+[pools.patient]
+health_check_timeout = "10s"
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    let began = Instant::now();
+    let mut worst_wait = 0.0f64;
+    while began.elapsed() < Duration::from_secs(14) {
+        let (status, v) = d.get("/readyz").await.unwrap();
+        assert_eq!(status, 200, "/readyz flapped at {:?}: {v}", began.elapsed());
+        for pool in ["slow", "patient"] {
+            let v = ok_task(&d, pool, json!({"cmd": ["true"]})).await;
+            worst_wait = worst_wait.max(v["queued_ms"].as_f64().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        worst_wait < 1000.0,
+        "a task waited {worst_wait} ms behind health probes"
+    );
+    let m = metrics(&d).await;
+    let checks = |pool, result| {
+        metric_in(
+            &m,
+            "warmpool_health_checks_total",
+            &[("pool", pool), ("result", result)],
+        )
+    };
+    // 6 s of health_cmd against the default 5 s timeout fails; against 10 s it passes.
+    assert!(checks("slow", "unhealthy") >= 1.0, "{m}");
+    assert!(checks("patient", "healthy") >= 1.0, "{m}");
+    assert_eq!(checks("patient", "unhealthy"), 0.0, "{m}");
+    // The failed ones were replaced, surge first: slow never fell below min meanwhile
+    // (readyz above), and it is still serving.
+    assert!(
+        metric_in(
+            &m,
+            "warmpool_containers_removed_total",
+            &[("pool", "slow"), ("reason", "unhealthy")]
+        ) >= 1.0,
+        "{m}"
+    );
 }

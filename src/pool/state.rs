@@ -41,6 +41,10 @@ pub(super) struct Member {
     pub(super) extra: bool,
     /// A task ran since the workdir was last wiped; the next lease wipes it first.
     pub(super) dirty: bool,
+    /// When it last proved healthy: a probe passed, or a task ended on it.
+    pub(super) last_checked: Instant,
+    /// Its health probe failed: never handed out again, replaced surge first.
+    pub(super) failed_probe: bool,
 }
 
 /// What a member is judged against: the pool's current spec and limits, at one instant.
@@ -58,7 +62,7 @@ impl Member {
     /// A dead channel comes first: a container that failed is counted as failed whatever
     /// else is true of it. The others are renewals (docs/scaling.md, "Renewal").
     pub(super) fn retire_reason(&self, rules: &Rules<'_>) -> Option<RemoveReason> {
-        if self.conn.is_dead() {
+        if self.conn.is_dead() || self.failed_probe {
             Some(RemoveReason::Unhealthy)
         } else if self.extra {
             Some(RemoveReason::ScaleDown)
@@ -73,6 +77,16 @@ impl Member {
         } else {
             None
         }
+    }
+}
+
+impl Member {
+    /// Whether it may be handed to a task now: idle members that failed a probe or are of
+    /// a spec a reload replaced stay in the pool until their replacements are up (surge
+    /// first), but no task starts on them.
+    pub(super) fn servable(&self, spec_hash: &str) -> bool {
+        let _ = spec_hash;
+        !self.conn.is_dead() && !self.failed_probe
     }
 }
 
@@ -195,6 +209,8 @@ impl State {
                 spec_hash: new.spec_hash,
                 extra: new.extra,
                 dirty: new.history.dirty,
+                last_checked: now,
+                failed_probe: false,
             },
         );
         id
@@ -313,7 +329,9 @@ pub(super) fn plan(
     // Stale ones kept serving until their replacements are up.
     let mut keep = want.saturating_sub(fresh_up + stale_busy);
     for (id, reason) in stale_idle {
-        if reason != RemoveReason::Unhealthy && keep > 0 {
+        // A dead one cannot even be kept as a placeholder; a failed probe can, until its
+        // replacement is up (it is never handed out meanwhile, see `Member::servable`).
+        if !st.members[&id].conn.is_dead() && keep > 0 {
             keep -= 1;
             continue;
         }
@@ -398,6 +416,8 @@ mod tests {
                     spec_hash: "a".into(),
                     extra: false,
                     dirty: false,
+                    last_checked: at,
+                    failed_probe: false,
                 },
             );
             st.idle.push(st.next_id);
