@@ -49,7 +49,8 @@ async fn an_adopted_container_is_wiped_and_keeps_max_uses() {
     )
     .await;
     assert_eq!(v["stdout"], "written\n");
-    let first = ran_on(&d, &v);
+    // Short ids: the container may be gone by the time a full id is looked up.
+    let first = v["container"].as_str().unwrap().to_string();
     d.kill9();
     d.restart().await;
     d.wait_ready(LONG).await;
@@ -60,7 +61,7 @@ async fn an_adopted_container_is_wiped_and_keeps_max_uses() {
         json!({"shell": "cat /work/a.txt /tmp/t 2>/dev/null; ls -A /work /tmp"}),
     )
     .await;
-    assert_eq!(ran_on(&d, &v), first, "the idle container was adopted");
+    assert_eq!(v["container"], first.as_str(), "the idle container was adopted");
     let out = v["stdout"].as_str().unwrap();
     assert!(
         !out.contains("secret-of-a") && !out.contains("a.txt") && !out.contains("tmp\n"),
@@ -70,8 +71,8 @@ async fn an_adopted_container_is_wiped_and_keeps_max_uses() {
     // was its last task (never more than max_uses = 3 tasks in one container).
     let v = ok_task(&d, "c", json!({"cmd": ["true"]})).await;
     assert_ne!(
-        ran_on(&d, &v),
-        first,
+        v["container"],
+        first.as_str(),
         "an adopted container served more than its one remaining use"
     );
     wait_for("the adopted container to go", LONG, || {
@@ -404,5 +405,53 @@ health_check_timeout = "10s"
             &[("pool", "slow"), ("reason", "unhealthy")]
         ) >= 1.0,
         "{m}"
+    );
+}
+
+// ---- 8. what a result says ----
+
+#[tokio::test]
+async fn an_oom_kill_says_so_and_docker_exec_invents_no_signal() {
+    let d = Daemon::start(
+        r#"
+[defaults]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+memory = "32MiB"
+
+[pools.shim]
+
+[pools.dexec]
+exec = "docker-exec"
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    let hog = json!({"cmd": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], "timeout": "30s"});
+    for pool in ["shim", "dexec"] {
+        let v = ok_task(&d, pool, hog.clone()).await;
+        assert_eq!(v["oom_killed"], true, "{pool}: {v}");
+        assert_eq!(v["timed_out"], false, "{pool}: {v}");
+        // A plain kill -9 by the task itself is no OOM kill.
+        let v = ok_task(&d, pool, json!({"shell": "kill -9 $$"})).await;
+        assert_eq!(v["oom_killed"], false, "{pool}: {v}");
+        let v = ok_task(&d, pool, json!({"cmd": ["true"]})).await;
+        assert_eq!(v["oom_killed"], false, "{pool}: {v}");
+    }
+    // docker-exec sees an exit code only: `exit 137` is an exit code, not signal 9.
+    let v = ok_task(&d, "dexec", json!({"shell": "exit 137"})).await;
+    assert_eq!(
+        (&v["exit_code"], &v["signal"]),
+        (&json!(137), &Value::Null),
+        "{v}"
+    );
+    assert_eq!(v["oom_killed"], false, "{v}");
+    let v = ok_task(&d, "shim", json!({"shell": "exit 137"})).await;
+    assert_eq!(
+        (&v["exit_code"], &v["signal"]),
+        (&json!(137), &Value::Null),
+        "{v}"
     );
 }

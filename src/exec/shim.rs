@@ -176,6 +176,7 @@ impl ShimConn {
                         stdout_truncated: exit.stdout_truncated,
                         stderr_truncated: exit.stderr_truncated,
                         spawn_error: exit.spawn_error,
+                        oom_killed: false,
                     });
                 }
                 Ok(Some(_)) => {}

@@ -384,7 +384,7 @@ impl Sessions {
         }
         let (container, conn) = slot.clone().expect("set above");
         let queued = queued_at.elapsed();
-        let ran = task::execute(&self.0.metrics, &pool.name, &conn, &spec, &out).await;
+        let ran = task::execute(&self.0.metrics, &pool.name, &container, &conn, &spec, &out).await;
         {
             let mut m = session.meta.lock();
             m.tasks += 1;
