@@ -455,3 +455,63 @@ exec = "docker-exec"
         "{v}"
     );
 }
+
+// ---- reload: no task accepted after the answer runs with the old settings ----
+
+#[tokio::test]
+async fn after_a_reload_answers_no_task_starts_on_an_old_container() {
+    let d = Daemon::start(
+        r#"
+[pools.r]
+image = "warmpool/agent:latest"
+min = 2
+warm = 2
+max = 3
+pids_limit = 64
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    let pids = json!({"cmd": ["cat", "/sys/fs/cgroup/pids/pids.max"]});
+    let v = ok_task(&d, "r", pids.clone()).await;
+    assert_eq!(v["stdout"], "64\n", "{v}");
+    // A session that holds a container keeps it; one created after the reload does not.
+    create_session(&d, "r", "before").await;
+    ok_task(&d, "r", json!({"cmd": ["true"], "session": "before"})).await;
+    let text = std::fs::read_to_string(&d.config_path).unwrap();
+    std::fs::write(
+        &d.config_path,
+        text.replace("pids_limit = 64", "pids_limit = 32"),
+    )
+    .unwrap();
+    let (status, v) = d.post_raw("/v1/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changes"]["replaced"], json!(["r"]), "{v}");
+    // At once, and a few in parallel (more than the idle old containers).
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = d.addr.clone();
+            let body = pids.clone();
+            tokio::spawn(async move {
+                let client = warmpool::client::Client::new(&addr, None);
+                run_task(&client, "r", body).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["stdout"], "32\n",
+            "a task after the reload ran with the old pids_limit: {v}"
+        );
+    }
+    create_session(&d, "r", "after").await;
+    let v = ok_task(
+        &d,
+        "r",
+        json!({"cmd": ["cat", "/sys/fs/cgroup/pids/pids.max"], "session": "after"}),
+    )
+    .await;
+    assert_eq!(v["stdout"], "32\n", "{v}");
+}

@@ -85,8 +85,7 @@ impl Member {
     /// a spec a reload replaced stay in the pool until their replacements are up (surge
     /// first), but no task starts on them.
     pub(super) fn servable(&self, spec_hash: &str) -> bool {
-        let _ = spec_hash;
-        !self.conn.is_dead() && !self.failed_probe
+        !self.conn.is_dead() && !self.failed_probe && *self.spec_hash == *spec_hash
     }
 }
 
