@@ -61,7 +61,11 @@ async fn an_adopted_container_is_wiped_and_keeps_max_uses() {
         json!({"shell": "cat /work/a.txt /tmp/t 2>/dev/null; ls -A /work /tmp"}),
     )
     .await;
-    assert_eq!(v["container"], first.as_str(), "the idle container was adopted");
+    assert_eq!(
+        v["container"],
+        first.as_str(),
+        "the idle container was adopted"
+    );
     let out = v["stdout"].as_str().unwrap();
     assert!(
         !out.contains("secret-of-a") && !out.contains("a.txt") && !out.contains("tmp\n"),
@@ -514,4 +518,69 @@ pids_limit = 64
     )
     .await;
     assert_eq!(v["stdout"], "32\n", "{v}");
+}
+
+// ---- 7. file bodies stream: memory comes back ----
+
+/// The bound docs/api.md gives: after transfers of any size, the daemon's RSS is back within
+/// 16 MiB of what it was before (one 16 MiB file used to cost it about 96 MiB for good).
+const RSS_BOUND_KIB: u64 = 16 * 1024;
+
+#[tokio::test]
+async fn moving_big_files_leaves_the_daemons_memory_where_it_was() {
+    let d = Daemon::start(
+        r#"
+[server]
+max_request_body = "64MiB"
+
+[pools.f]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 2
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    create_session(&d, "f", "files").await;
+    ok_task(&d, "f", json!({"cmd": ["true"], "session": "files"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(d.pid());
+    // Warm the paths once (allocator arenas, connection pools), then measure.
+    let blob: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let put = |name: String| {
+        let body = blob.clone();
+        let d = &d;
+        async move {
+            let (status, _, resp) = d
+                .request(
+                    "PUT",
+                    &format!("/v1/sessions/files/files/work/{name}"),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+        }
+    };
+    put("warm".into()).await;
+    let (status, _, back) = d
+        .request("GET", "/v1/sessions/files/files/work/warm", None)
+        .await;
+    assert_eq!((status, back.len()), (200, blob.len()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(d.pid());
+    for i in 0..4 {
+        put(format!("f{i}")).await;
+        let (status, _, back) = d
+            .request("GET", &format!("/v1/sessions/files/files/work/f{i}"), None)
+            .await;
+        assert_eq!(status, 200);
+        assert!(back == blob, "file {i} came back different");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(d.pid());
+    assert!(
+        after <= before.min(idle) + RSS_BOUND_KIB,
+        "RSS went from {idle} KiB (idle), {before} KiB (after one transfer) to {after} KiB after moving 4 x 16 MiB each way"
+    );
 }

@@ -12,6 +12,7 @@
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
 
 mod entry;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -500,6 +501,52 @@ impl Sessions {
         }
         session.meta.lock().last_used = Instant::now();
         Ok((exit, stdout, stderr))
+    }
+
+    /// Holds the session's container for one file transfer ([`transfer`]): waits for its
+    /// running task, and its tasks wait until the [`transfer::Hold`] is dropped.
+    ///
+    /// Errors: unknown session, no container yet (400), or its container died during an
+    /// earlier task (502, its files are lost).
+    pub async fn hold(&self, id: &str) -> Result<transfer::Hold, SessionError> {
+        let session = self
+            .get(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let sid = id.to_string();
+        tokio::spawn(async move {
+            let _active = ActiveGuard::new(&session);
+            let slot = session.slot.lock().await;
+            let lost = session.meta.lock().lost.clone();
+            let held = if session.meta.lock().ended {
+                Err(SessionError::NotFound(sid))
+            } else if let Some((container, conn)) = slot.as_ref() {
+                Ok((container.clone(), matches!(conn, Conn::Shim(_))))
+            } else if let Some(why) = lost {
+                Err(SessionError::TaskFailed(format!(
+                    "session {sid:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
+                )))
+            } else {
+                Err(SessionError::Invalid(format!(
+                    "session {sid:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
+                )))
+            };
+            let ok = held.is_ok();
+            if ready_tx.send(held).is_ok() && ok {
+                // Until the transfer drops its hold (or gives up).
+                let _ = release_rx.await;
+            }
+            drop(slot);
+        });
+        let (container, shim) = ready_rx
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))??;
+        Ok(transfer::Hold {
+            container,
+            shim,
+            _release: release_tx,
+        })
     }
 
     /// Ends sessions idle past their timeout, until `stop` is cancelled.
