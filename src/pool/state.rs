@@ -539,6 +539,59 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_probe_is_replaced_surge_first_and_never_served() {
+        let now = Instant::now();
+        let mut st = state(1, now);
+        st.members.get_mut(&1).unwrap().failed_probe = true;
+        assert!(!st.members[&1].servable("a"));
+        // Kept (counted as up) while its replacement starts...
+        let p = plan(&st, &cfg(1, 1), "a", up(1), now);
+        assert_eq!((p.retire.len(), p.start), (0, 1));
+        // ...and retired once one is up.
+        let mut st = state(2, now);
+        st.members.get_mut(&1).unwrap().failed_probe = true;
+        let p = plan(&st, &cfg(1, 1), "a", up(1), now);
+        assert_eq!(p.retire, vec![(1, RemoveReason::Unhealthy)]);
+        // A member of a replaced spec is never served either.
+        assert!(!st.members[&2].servable("b"));
+    }
+
+    #[test]
+    fn probes_take_a_bounded_share_and_never_the_last_idle_one() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(60);
+        let every = Duration::from_secs(30);
+        // Eight idle, all due: a quarter at a time, counting probes in flight.
+        let mut st = state(8, t0);
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            2
+        );
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            0
+        );
+        // Two idle: one, never both.
+        let mut st = state(2, t0);
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            1
+        );
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            0
+        );
+        // None while a task waits.
+        let mut st = state(4, t0);
+        let (tx, _rx) = oneshot::channel();
+        st.waiters.push_back(Waiter { id: 99, tx });
+        assert!(super::super::health::take_due(&mut st, now, every, "a").is_empty());
+        // Not due within the interval of its last proof.
+        let mut st = state(4, now);
+        assert!(super::super::health::take_due(&mut st, now, every, "a").is_empty());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_thirty_seconds() {
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(2), Duration::from_secs(1));
