@@ -132,7 +132,11 @@ impl Supervisor {
                 continue;
             }
             let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            if ours || c.state != "running" {
+            // A session's container no session holds is an ended session's whose removal
+            // failed, even when a previous run created it: left alone, the next start would
+            // bring the ended session back.
+            let ended_session = crate::session::session_of_name(&pool, &c.name).is_some();
+            if ours || c.state != "running" || ended_session {
                 tracing::info!(container = %c.name, state = %c.state, "reaping a container no pool knows");
                 if self.runtime.remove(&c.id).await.is_ok() {
                     self.metrics.removed(&pool, RemoveReason::Orphan);
