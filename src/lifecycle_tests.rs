@@ -379,7 +379,9 @@ async fn health_checks_run_every_interval() {
     settle(&sup, "2 idle", |c| c.idle == 2).await;
     let line = "warmpool_health_checks_total{pool=\"p\",result=\"healthy\"}";
     assert_eq!(metric(&sup, line), 0.0);
-    tokio::time::sleep(Duration::from_secs(10) + Duration::from_millis(100)).await;
+    // Spread over the interval, a share at a time (one of two idle per round, four rounds
+    // per interval): both are probed within one interval and a round.
+    tokio::time::sleep(Duration::from_millis(12_600)).await;
     settle(&sup, "probes done", |c| c.idle == 2).await;
     assert_eq!(metric(&sup, line), 2.0);
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -64,8 +64,9 @@ pub enum SubmitError {
 
 /// Fills a request in from the pool's defaults and checks what the pool cannot know.
 ///
-/// Errors: [`SubmitError::Invalid`] for an empty command, a bad env key, a timeout of 0 or
-/// above `task_timeout`, or a relative workdir.
+/// Errors: [`SubmitError::Invalid`] for an empty command, a bad env key, a timeout of 0,
+/// below a millisecond ([`crate::config::duration_problem`]) or above `task_timeout`, or a
+/// relative workdir.
 pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitError> {
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(SubmitError::Invalid(
@@ -100,6 +101,13 @@ pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitEr
     let timeout = match req.timeout {
         Some(t) if t.is_zero() => {
             return Err(SubmitError::Invalid("timeout must be more than 0s".into()))
+        }
+        Some(t) if crate::config::duration_problem(t).is_some() => {
+            return Err(SubmitError::Invalid(format!(
+                "timeout {} {}",
+                humantime::format_duration(t),
+                crate::config::duration_problem(t).unwrap_or_default()
+            )))
         }
         Some(t) if t > cfg.task_timeout => {
             return Err(SubmitError::Invalid(format!(
@@ -154,18 +162,29 @@ pub struct Ran {
     pub run: Duration,
 }
 
-/// The one run path: runs `task` on `conn`, streaming its output to `out`, and counts it in
-/// `warmpool_tasks_total` and `warmpool_task_duration_seconds` of `pool`.
+/// The one run path: runs `task` on `conn` (the channel of `container`), streaming its
+/// output to `out`, and counts it in `warmpool_tasks_total` and
+/// `warmpool_task_duration_seconds` of `pool`. A task that died by a signal (or, in
+/// docker-exec, with an exit code above 128) is `oom_killed` when the container's OOM kill
+/// counter moved while it ran ([`crate::runtime::oom_kills`]).
 pub async fn execute(
     metrics: &Metrics,
     pool: &str,
+    container: &str,
     conn: &Conn,
     task: &TaskSpec,
     out: &mpsc::UnboundedSender<TaskEvent>,
 ) -> Ran {
+    let oom_before = crate::runtime::oom_kills(container);
     let began = Instant::now();
-    let result = conn.run(task, out).await;
+    let mut result = conn.run(task, out).await;
     let run = began.elapsed();
+    if let (Ok(exit), Some(before)) = (&mut result, oom_before) {
+        let killed = exit.signal.is_some() || exit.exit_code.is_some_and(|c| c > 128);
+        if killed && crate::runtime::oom_kills(container).is_some_and(|after| after > before) {
+            exit.oom_killed = true;
+        }
+    }
     let outcome = match &result {
         Ok(exit) => outcome_of(exit),
         Err(_) => Outcome::Error,
@@ -231,7 +250,15 @@ async fn run_pooled(
         task.reset = vec![pool.config().workdir.clone(), "/tmp".to_string()];
         lease.dirty = false;
     }
-    let ran = execute(metrics, &pool.name, &lease.conn, &task, &out).await;
+    let ran = execute(
+        metrics,
+        &pool.name,
+        &lease.container,
+        &lease.conn,
+        &task,
+        &out,
+    )
+    .await;
     let container = lease.container.clone();
     let cold_start = lease.cold;
     match ran.result {

@@ -345,6 +345,9 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
         let (status, v) = d.task("f", body.clone()).await;
         assert_eq!(status, 400, "{body}: {v}");
         assert_eq!(v["error"]["code"], "invalid_request", "{body}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("NUL"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("NUL"),
+            "{v}"
+        );
     }
 }

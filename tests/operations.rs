@@ -492,7 +492,8 @@ max = 2
         )
         .await;
     assert_eq!((status, &v["exit_code"]), (200, &json!(0)), "{v}");
-    let name = format!("warmpool-e-s-{id}");
+    // `warmpool-e.<8 hex>.<id>` (src/session/entry.rs)
+    let name = format!(".{id}");
     let full = wait_for("the session's container name", LONG, || {
         let out = docker(&[
             "ps",
@@ -504,7 +505,7 @@ max = 2
             "{{.ID}} {{.Names}}",
         ]);
         out.lines()
-            .find(|l| l.ends_with(&format!(" {name}")))
+            .find(|l| l.contains(" warmpool-e.") && l.ends_with(&name))
             .map(|l| l.split(' ').next().unwrap().to_string())
     })
     .await;

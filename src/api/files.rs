@@ -1,17 +1,19 @@
 //! Moving files in and out of a session's container. A read-only root and tmpfs workdir
 //! rule out the engine's archive API (it writes below the tmpfs, into the image's layer), so
 //! transfers run inside the container through the shim's own file commands, which need
-//! nothing from the image.
+//! nothing from the image. Bodies stream both ways in bounded chunks
+//! ([`crate::session::transfer`]): the daemon never holds a whole file.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{body_bytes, ApiError, AppState, Path};
+use super::{ApiError, AppState, Path};
+use crate::runtime::RuntimeError;
+use crate::session::transfer::{self, Hold, TransferError};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
 /// Exit codes of the shim's file commands; `shim/files.rs` uses the same numbers.
@@ -47,136 +49,187 @@ fn absolute(path: &str) -> Result<String, ApiError> {
     Ok(p)
 }
 
-/// Runs one shim file command in the session's container and maps its failure to a status.
-async fn run(
-    state: &AppState,
-    id: &str,
-    argv: Vec<String>,
-    stdin: Bytes,
-) -> Result<Vec<u8>, ApiError> {
-    let max = state.max_body as u64;
-    let (exit, stdout, stderr) = state.supervisor.session_exec(id, argv, stdin, max).await?;
-    let msg = String::from_utf8_lossy(&stderr).trim().to_string();
-    match (exit.exit_code, &exit.spawn_error) {
-        (_, Some(e)) => Err(ApiError::new(
+/// Holds the session's container for a transfer. Errors: those of the session, and 400
+/// `files_unsupported` when its pool does not run the shim.
+async fn hold(state: &AppState, id: &str) -> Result<Hold, ApiError> {
+    let hold = state.supervisor.sessions.hold(id).await?;
+    if !hold.shim {
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "files_unsupported",
-            format!("this session's pool cannot move files (they need exec = \"shim\"): {e}"),
-        )),
-        (Some(0), None) if exit.stdout_truncated => Err(ApiError::new(
+            "this session's pool cannot move files: they need exec = \"shim\"",
+        ));
+    }
+    Ok(hold)
+}
+
+/// A failed transfer as a status: the shim's exit codes, an upload over the limit, a broken
+/// body, the engine.
+fn failure(e: TransferError) -> ApiError {
+    match e {
+        TransferError::Failed(f) => {
+            let msg = f.stderr;
+            match f.exit_code.map(|c| c as i32) {
+                Some(code::NOT_FOUND) => ApiError::new(StatusCode::NOT_FOUND, "no_such_path", msg),
+                // The shim says "Read-only file system" when that is the cause; a plain
+                // permission error must not be blamed on the root.
+                Some(code::NOT_WRITABLE) if msg.contains("Read-only file system") => {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "not_writable",
+                        format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
+                    )
+                }
+                Some(code::NOT_WRITABLE) => {
+                    ApiError::new(StatusCode::FORBIDDEN, "not_writable", msg)
+                }
+                Some(code::NOT_READABLE) => {
+                    ApiError::new(StatusCode::FORBIDDEN, "not_readable", msg)
+                }
+                Some(code::NO_SPACE) => ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "no_space",
+                    format!("{msg} (free space in the container, or write where there is more)"),
+                ),
+                Some(code::INVALID_PATH) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", msg)
+                }
+                Some(code::WRONG_KIND) => ApiError::new(StatusCode::BAD_REQUEST, "wrong_kind", msg),
+                Some(code::BAD_ARCHIVE) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_archive", msg)
+                }
+                other => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "file_transfer_failed",
+                    format!("file transfer failed (exit {other:?}): {msg}"),
+                ),
+            }
+        }
+        TransferError::TooLarge(max) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the content is larger than server.max_request_body ({max} bytes)"),
-        )),
-        (Some(0), None) => Ok(stdout),
-        (Some(code::NOT_FOUND), _) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_path", msg))
-        }
-        // The shim says "Read-only file system" when that is the cause; a plain permission
-        // error must not be blamed on the root.
-        (Some(code::NOT_WRITABLE), _) if msg.contains("Read-only file system") => {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_writable",
-                format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
-            ))
-        }
-        (Some(code::NOT_WRITABLE), _) => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "not_writable", msg))
-        }
-        (Some(code::NOT_READABLE), _) => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "not_readable", msg))
-        }
-        (Some(code::NO_SPACE), _) => Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "no_space",
-            format!("{msg} (free space in the container, or write where there is more)"),
-        )),
-        (Some(code::INVALID_PATH), _) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", msg))
-        }
-        (Some(code::WRONG_KIND), _) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "wrong_kind", msg))
-        }
-        (Some(code::BAD_ARCHIVE), _) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_archive", msg))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "file_transfer_failed",
+            "body_too_large",
             format!(
-                "file transfer failed (exit {:?}, signal {:?}): {msg}",
-                exit.exit_code, exit.signal
+                "the request body is larger than server.max_request_body ({max} bytes); send a Content-Length to be refused before anything is written (without one, what came before the limit was written)"
             ),
-        )),
+        ),
+        TransferError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e),
+        TransferError::Engine(RuntimeError::Unreachable(e)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            format!("the container engine is unreachable: {e}"),
+        ),
+        TransferError::Engine(e) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "container_failed",
+            format!("the session's container could not run the transfer: {e}"),
+        ),
     }
 }
 
-/// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body; answers `{"path", "bytes"}`.
+/// 413 `body_too_large` at once for a declared length over `max`: nothing is written.
+fn declared_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body ({n} bytes) is larger than server.max_request_body ({max} bytes)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Streams the body into a shim file command (`write-file` or `untar`); answers the bytes.
+async fn upload(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    argv: Vec<String>,
+    body: Body,
+) -> Result<u64, ApiError> {
+    let max = state.max_body as u64;
+    declared_length(headers, max)?;
+    let hold = hold(state, id).await?;
+    transfer::upload(
+        &state.supervisor.runtime,
+        hold,
+        argv,
+        body.into_data_stream(),
+        max,
+    )
+    .await
+    .map_err(failure)
+}
+
+/// Streams a shim file command's stdout (`read-file` or `tar`) as the response body.
+async fn download(
+    state: &AppState,
+    id: &str,
+    argv: Vec<String>,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
+    let hold = hold(state, id).await?;
+    let stream = transfer::download(&state.supervisor.runtime, hold, argv)
+        .await
+        .map_err(failure)?;
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body (streamed); answers
+/// `{"path", "bytes"}`.
 pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
     let path = absolute(&path)?;
-    let size = body.len();
-    run(
-        &state,
-        &id,
-        vec![SHIM_IN_CONTAINER.into(), "write-file".into(), path.clone()],
-        body,
-    )
-    .await?;
+    let argv = vec![SHIM_IN_CONTAINER.into(), "write-file".into(), path.clone()];
+    let size = upload(&state, &id, &headers, argv, body).await?;
     Ok(Json(json!({"path": path, "bytes": size})).into_response())
 }
 
-/// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`).
+/// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`),
+/// streamed.
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let path = absolute(&path)?;
-    let data = run(
-        &state,
-        &id,
-        vec![SHIM_IN_CONTAINER.into(), "read-file".into(), path],
-        Bytes::new(),
-    )
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let argv = vec![SHIM_IN_CONTAINER.into(), "read-file".into(), path];
+    download(&state, &id, argv, "application/octet-stream").await
 }
 
-/// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body into `dir`; answers `{"dir"}`.
+/// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body (streamed) into `dir`;
+/// answers `{"dir"}`.
 pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
     let dir = absolute(&dir)?;
-    run(
-        &state,
-        &id,
-        vec![SHIM_IN_CONTAINER.into(), "untar".into(), dir.clone()],
-        body,
-    )
-    .await?;
+    let argv = vec![SHIM_IN_CONTAINER.into(), "untar".into(), dir.clone()];
+    upload(&state, &id, &headers, argv, body).await?;
     Ok(Json(json!({"dir": dir})).into_response())
 }
 
-/// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`).
+/// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`),
+/// streamed.
 pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let dir = absolute(&dir)?;
-    let data = run(
-        &state,
-        &id,
-        vec![SHIM_IN_CONTAINER.into(), "tar".into(), dir],
-        Bytes::new(),
-    )
-    .await?;
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], data).into_response())
+    let argv = vec![SHIM_IN_CONTAINER.into(), "tar".into(), dir];
+    download(&state, &id, argv, "application/x-tar").await
 }

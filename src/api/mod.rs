@@ -238,6 +238,9 @@ impl From<SessionError> for ApiError {
             SessionError::Invalid(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", msg)
             }
+            SessionError::TaskFailed(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "container_failed", msg)
+            }
             SessionError::Submit(e) => e.into(),
         }
     }

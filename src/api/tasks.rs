@@ -132,6 +132,7 @@ fn report_json(report: &TaskReport) -> serde_json::Map<String, Value> {
     m.insert("stdout_truncated".into(), json!(exit.stdout_truncated));
     m.insert("stderr_truncated".into(), json!(exit.stderr_truncated));
     m.insert("timed_out".into(), json!(exit.timed_out));
+    m.insert("oom_killed".into(), json!(exit.oom_killed));
     if let Some(e) = &exit.spawn_error {
         m.insert("error".into(), json!(e));
     }

@@ -36,7 +36,9 @@ use toml_edit::ImDocument;
 pub use error::{ConfigError, Problem};
 pub use pool::{PoolConfig, SecurityConfig};
 pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
-pub use values::{parse_size, ExecMode, NetworkMode, OnExhausted};
+pub use values::{
+    duration_problem, parse_size, ExecMode, NetworkMode, OnExhausted, DURATION_MAX, DURATION_STEP,
+};
 
 use read::{Ctx, Pos};
 

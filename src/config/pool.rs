@@ -46,6 +46,10 @@ settings! {
             /// How often the supervisor probes each idle container.
             health_check_interval: Duration = Duration::from_secs(30),
                 |cx, e| cx.duration(e, Some("the supervisor would probe without pause; \"30s\" is usual"));
+            /// How long one health probe (the shim's ping, then `health_cmd`) may take before
+            /// it counts as failed.
+            health_check_timeout: Duration = Duration::from_secs(5),
+                |cx, e| cx.duration(e, Some("every probe would fail at once; \"5s\" is usual"));
             /// A container is replaced after this age (with jitter), never while busy.
             max_age: Duration = Duration::from_secs(3600),
                 |cx, e| cx.duration(e, Some("every container would be replaced as soon as it started; \

@@ -379,6 +379,11 @@ impl<'t> Ctx<'t> {
                 self.bad_value(&e.path, v, &tail, e.at);
                 Slot::Bad
             }
+            Ok(d) if super::values::duration_problem(d).is_some() => {
+                let tail = super::values::duration_problem(d).unwrap_or_default();
+                self.bad_value(&e.path, v, &tail, e.at);
+                Slot::Bad
+            }
             Ok(d) => self.set(e, v, d),
             Err(err) => {
                 let reason = match err {

@@ -165,6 +165,7 @@ min = 0
 max = 3
 warm = 1
 health_check_interval = "10s"
+health_check_timeout = "2s"
 max_age = "2h"
 max_uses = 1
 idle_timeout = "1m"
@@ -200,6 +201,7 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         max: 3,
         warm: 1,
         health_check_interval: Duration::from_secs(10),
+        health_check_timeout: Duration::from_secs(2),
         max_age: Duration::from_secs(7200),
         max_uses: 1,
         idle_timeout: Duration::from_secs(60),

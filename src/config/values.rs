@@ -14,6 +14,31 @@ pub(super) const TIB: u64 = 1024 * GIB;
 /// turns a failure at the first container start into a config error.
 pub(super) const DOCKER_MIN_MEMORY: u64 = 6 * MIB;
 
+/// The finest step warmpool keeps time in: the shim counts a task's timeout in whole
+/// milliseconds and tokio's timers fire on millisecond ticks, so a shorter duration (other
+/// than zero) cannot mean what it says. Fractions above it are rounded up.
+pub const DURATION_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+/// The longest duration accepted anywhere (about 100 years): longer ones would overflow the
+/// clock arithmetic of deadlines instead of meaning "very long".
+pub const DURATION_MAX: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What is wrong with a duration that warmpool cannot keep as written, as the end of a
+/// sentence that names it (`timeout "900us" ...`); `None` when it can. Zero is left to the
+/// caller, whose rule and message for it differ by setting. Every duration of pools.toml
+/// and of the API goes through this.
+pub fn duration_problem(d: std::time::Duration) -> Option<String> {
+    if !d.is_zero() && d < DURATION_STEP {
+        Some(
+            "is shorter than a millisecond, the finest step warmpool keeps time in: write at least \"1ms\""
+                .into(),
+        )
+    } else if d > DURATION_MAX {
+        Some("is longer than 100 years: write a shorter duration".into())
+    } else {
+        None
+    }
+}
+
 /// What a task gets when every container of its pool is busy and the pool is at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

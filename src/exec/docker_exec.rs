@@ -105,10 +105,10 @@ impl DockerExecConn {
                 "the container stopped while the task ran".to_string(),
             ));
         }
-        // The Engine API cannot kill an exec: the caller retires a timed-out container.
+        // The Engine API cannot kill an exec: the caller retires a timed-out container (and
+        // removing it kills the task with SIGKILL). Otherwise the engine gives an exit code
+        // only: death by signal N and `exit 128+N` look the same, so no signal is invented.
         let (exit_code, signal) = match exit_code {
-            // The engine reports death by signal N as 128 + N.
-            Some(code) if code > 128 && code < 160 => (Some(code as i32), Some(code as i32 - 128)),
             Some(code) => (Some(code as i32), None),
             None => (None, Some(9)),
         };
@@ -120,6 +120,7 @@ impl DockerExecConn {
             stdout_truncated: caps[0].truncated,
             stderr_truncated: caps[1].truncated,
             spawn_error,
+            oom_killed: false,
         })
     }
 }

@@ -76,6 +76,9 @@ pub struct TaskExit {
     pub stderr_truncated: bool,
     /// The command could not be started (no such file, permission denied).
     pub spawn_error: Option<String>,
+    /// The kernel's OOM killer killed a process of the task's container while it ran (the
+    /// container's memory cgroup counted an OOM kill: see [`crate::runtime::oom_kills`]).
+    pub oom_killed: bool,
 }
 
 /// Why a task could not be run to its end. Each of these retires the container.

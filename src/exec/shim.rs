@@ -133,7 +133,12 @@ impl ShimConn {
                 .collect(),
             workdir: task.workdir.as_bytes().to_vec(),
             stdin: task.stdin.to_vec(),
-            timeout_ms: task.timeout.as_millis().min(u64::MAX as u128) as u64,
+            // Rounded up: a fraction of a millisecond must not become 0, "no limit".
+            timeout_ms: task
+                .timeout
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u64::MAX as u128) as u64,
             max_output: task.max_output,
             reset: task.reset.iter().map(|p| p.as_bytes().to_vec()).collect(),
         });
@@ -171,6 +176,7 @@ impl ShimConn {
                         stdout_truncated: exit.stdout_truncated,
                         stderr_truncated: exit.stderr_truncated,
                         spawn_error: exit.spawn_error,
+                        oom_killed: false,
                     });
                 }
                 Ok(Some(_)) => {}

@@ -36,7 +36,7 @@ use state::{MemberState, NewMember, Rules, State, Waiter};
 
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
 pub use lease::Lease;
-pub use state::{Counts, Desired, Plan};
+pub use state::{Counts, Desired, History, Plan};
 pub use wake::{Wake, Wakes};
 
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
@@ -302,21 +302,40 @@ impl Pool {
             .acquired(&self.name, kind, started.elapsed().as_secs_f64());
     }
 
-    /// Claims an idle member in the caller's critical section.
+    /// Claims an idle member in the caller's critical section: the most recently used one
+    /// that may serve ([`state::Member::servable`]). Dead ones found on the way are retired;
+    /// ones that failed a probe or are of a replaced spec stay idle until the loop replaces
+    /// them, surge first, but no task starts on them.
     fn take_idle(&self, st: &mut State) -> Option<Lease> {
-        while let Some(id) = st.idle.pop() {
-            let Some(m) = st.members.get_mut(&id) else {
-                continue;
+        let spec_hash = self.spec_hash();
+        let mut i = st.idle.len();
+        while i > 0 {
+            i -= 1;
+            let id = st.idle[i];
+            let (idle, dead, servable) = match st.members.get(&id) {
+                Some(m) => (
+                    m.state == MemberState::Idle,
+                    m.conn.is_dead(),
+                    m.servable(&spec_hash),
+                ),
+                None => (false, false, false),
             };
-            if m.state != MemberState::Idle {
+            if !idle {
+                st.idle.remove(i);
                 continue;
             }
-            if m.conn.is_dead() {
+            if dead {
                 // Found dead on the way out: replace it (the loop starts the replacement).
+                st.idle.remove(i);
                 self.retire_locked(st, id, RemoveReason::Unhealthy);
                 self.wake(Wake::Retired);
                 continue;
             }
+            if !servable {
+                continue;
+            }
+            st.idle.remove(i);
+            let m = st.members.get_mut(&id).expect("member present");
             m.state = MemberState::Busy;
             return Some(self.lease(id, st));
         }
@@ -331,10 +350,20 @@ impl Pool {
 
     /// A member became available: hand it to the first waiter still waiting, else idle it.
     /// `fresh` says it was just started, so a waiter that gets it had a cold start.
+    /// The one way into idle: a member that may not serve ([`state::Member::servable`]: a
+    /// start or probe that began before a reload, a failed probe) is parked idle for the
+    /// loop to replace, never handed to a waiter.
     fn offer(&self, st: &mut State, id: u64, fresh: bool) {
+        let spec_hash = self.spec_hash();
         let Some(m) = st.members.get_mut(&id) else {
             return;
         };
+        if !m.servable(&spec_hash) {
+            m.state = MemberState::Idle;
+            st.idle.insert(0, id);
+            self.wake(Wake::Retired);
+            return;
+        }
         m.state = MemberState::Busy;
         while let Some(w) = st.waiters.pop_front() {
             let mut lease = self.lease(id, st);
@@ -364,6 +393,7 @@ impl Pool {
         if used {
             m.uses += 1;
             m.last_used = Instant::now();
+            m.last_checked = m.last_used;
         }
         m.dirty = dirty || (used && cfg.reset_workdir && matches!(m.conn, Conn::Shim(_)));
         let rules = Rules {
@@ -469,6 +499,7 @@ impl Pool {
                         conn,
                         spec_hash,
                         extra,
+                        history: History::default(),
                     };
                     let id = st.add_member(new, cfg.max_age);
                     if st.closed {
@@ -517,13 +548,21 @@ impl Pool {
         plan
     }
 
-    /// Probes the idle containers in the background; each verdict puts its container back
-    /// or replaces it.
+    /// One round of health probes, in the background: the idle members due, a bounded share
+    /// at a time ([`health::take_due`]); each verdict puts its container back or has it
+    /// replaced, surge first.
     pub fn check_health(&self) {
-        let cmd = self.config().health_cmd.clone();
+        let cfg = self.config();
+        let cmd = cfg.health_cmd.clone();
+        let timeout = cfg.health_check_timeout;
         let probes = {
             let mut st = self.state.lock();
-            let due = health::take_due(&mut st, Instant::now(), Duration::ZERO);
+            let due = health::take_due(
+                &mut st,
+                Instant::now(),
+                cfg.health_check_interval,
+                &self.spec_hash(),
+            );
             self.publish(&st);
             due
         };
@@ -531,34 +570,31 @@ impl Pool {
             let pool = self.me();
             let cmd = cmd.clone();
             self.work.spawn(async move {
-                let result = health::probe(&pool.name, &conn, cmd.as_deref()).await;
+                let result = health::probe(&pool.name, &conn, cmd.as_deref(), timeout).await;
                 pool.metrics.health_checked(&pool.name, result);
                 pool.probed(id, result == crate::metrics::HealthResult::Healthy);
             });
         }
     }
 
-    /// The probe's verdict: back into rotation, or replaced.
+    /// The probe's verdict: back into rotation, or out of it until the loop has started its
+    /// replacement and retires it (surge first, like any renewal).
     fn probed(&self, id: u64, healthy: bool) {
         let mut st = self.state.lock();
-        if !st.members.contains_key(&id) {
+        let Some(m) = st.members.get_mut(&id) else {
             return;
-        }
-        if healthy {
-            self.offer(&mut st, id, false);
-        } else {
-            self.retire_locked(&mut st, id, RemoveReason::Unhealthy);
-        }
-        self.publish(&st);
-        drop(st);
+        };
         if !healthy {
-            self.wake(Wake::Retired);
+            m.failed_probe = true;
         }
+        self.offer(&mut st, id, false);
+        self.publish(&st);
     }
 
     /// Adds an already running, attached container of the current spec (adoption after a
-    /// restart).
-    pub fn adopt(&self, container: String, name: String, conn: Conn) {
+    /// restart), with what it brings: its age, its uses, and that it must be wiped before its
+    /// next task ([`History::adopted`]). It enters through [`Pool::offer`] like any other.
+    pub fn adopt(&self, container: String, name: String, conn: Conn, history: History) {
         let cfg = self.config();
         let new = NewMember {
             container,
@@ -566,6 +602,7 @@ impl Pool {
             conn,
             spec_hash: self.spec_hash().to_string(),
             extra: false,
+            history,
         };
         let mut st = self.state.lock();
         let id = st.add_member(new, cfg.max_age);

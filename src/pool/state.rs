@@ -41,6 +41,10 @@ pub(super) struct Member {
     pub(super) extra: bool,
     /// A task ran since the workdir was last wiped; the next lease wipes it first.
     pub(super) dirty: bool,
+    /// When it last proved healthy: a probe passed, or a task ended on it.
+    pub(super) last_checked: Instant,
+    /// Its health probe failed: never handed out again, replaced surge first.
+    pub(super) failed_probe: bool,
 }
 
 /// What a member is judged against: the pool's current spec and limits, at one instant.
@@ -58,7 +62,7 @@ impl Member {
     /// A dead channel comes first: a container that failed is counted as failed whatever
     /// else is true of it. The others are renewals (docs/scaling.md, "Renewal").
     pub(super) fn retire_reason(&self, rules: &Rules<'_>) -> Option<RemoveReason> {
-        if self.conn.is_dead() {
+        if self.conn.is_dead() || self.failed_probe {
             Some(RemoveReason::Unhealthy)
         } else if self.extra {
             Some(RemoveReason::ScaleDown)
@@ -73,6 +77,15 @@ impl Member {
         } else {
             None
         }
+    }
+}
+
+impl Member {
+    /// Whether it may be handed to a task now: idle members that failed a probe or are of
+    /// a spec a reload replaced stay in the pool until their replacements are up (surge
+    /// first), but no task starts on them.
+    pub(super) fn servable(&self, spec_hash: &str) -> bool {
+        !self.conn.is_dead() && !self.failed_probe && *self.spec_hash == *spec_hash
     }
 }
 
@@ -175,6 +188,12 @@ impl State {
         self.next_id += 1;
         let id = self.next_id;
         let now = Instant::now();
+        // An adopted container is as old as the engine says; one older than this process's
+        // clock can express is past any age.
+        let (created, max_age) = match now.checked_sub(new.history.age) {
+            Some(created) => (created, jitter(max_age)),
+            None => (now, Duration::ZERO),
+        };
         self.members.insert(
             id,
             Member {
@@ -182,13 +201,15 @@ impl State {
                 name: new.name,
                 conn: new.conn,
                 state: MemberState::Busy,
-                created: now,
+                created,
                 last_used: now,
-                uses: 0,
-                max_age: jitter(max_age),
+                uses: new.history.uses,
+                max_age,
                 spec_hash: new.spec_hash,
                 extra: new.extra,
-                dirty: false,
+                dirty: new.history.dirty,
+                last_checked: now,
+                failed_probe: false,
             },
         );
         id
@@ -202,6 +223,35 @@ pub(super) struct NewMember {
     pub(super) conn: Conn,
     pub(super) spec_hash: String,
     pub(super) extra: bool,
+    pub(super) history: History,
+}
+
+/// What a container brings with it into the pool: nothing for a fresh one; for one a
+/// previous daemon run left (adoption), its age as the engine reports it, the uses it may
+/// already have served, and files a previous tenant may have left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Since the engine created it.
+    pub age: Duration,
+    /// Tasks it is taken to have run already.
+    pub uses: u64,
+    /// Its workdir and /tmp must be wiped before its next task.
+    pub dirty: bool,
+}
+
+impl History {
+    /// A container a previous daemon run left idle. Its use count died with that run, so it
+    /// is taken to be one task short of `max_uses`, the most an idle member can have served
+    /// (a member reaching `max_uses` is retired when its task ends): it serves one more
+    /// task, then it is replaced, so `max_uses` holds across a crash. Its files are wiped
+    /// before that task, as after any pool task.
+    pub fn adopted(age: Duration, max_uses: u64) -> History {
+        History {
+            age,
+            uses: max_uses.saturating_sub(1),
+            dirty: true,
+        }
+    }
 }
 
 fn jitter(max_age: Duration) -> Duration {
@@ -281,7 +331,9 @@ pub(super) fn plan(
     // Stale ones kept serving until their replacements are up.
     let mut keep = want.saturating_sub(fresh_up + stale_busy);
     for (id, reason) in stale_idle {
-        if reason != RemoveReason::Unhealthy && keep > 0 {
+        // A dead one cannot even be kept as a placeholder; a failed probe can, until its
+        // replacement is up (it is never handed out meanwhile, see `Member::servable`).
+        if !st.members[&id].conn.is_dead() && keep > 0 {
             keep -= 1;
             continue;
         }
@@ -367,6 +419,8 @@ mod tests {
                     spec_hash: "a".into(),
                     extra: false,
                     dirty: false,
+                    last_checked: at,
+                    failed_probe: false,
                 },
             );
             st.idle.push(st.next_id);
@@ -499,6 +553,59 @@ mod tests {
             m.retire_reason(&rules("a", 100, true)),
             Some(RemoveReason::Shutdown)
         );
+    }
+
+    #[test]
+    fn a_failed_probe_is_replaced_surge_first_and_never_served() {
+        let now = Instant::now();
+        let mut st = state(1, now);
+        st.members.get_mut(&1).unwrap().failed_probe = true;
+        assert!(!st.members[&1].servable("a"));
+        // Kept (counted as up) while its replacement starts...
+        let p = plan(&st, &cfg(1, 1), "a", up(1), now);
+        assert_eq!((p.retire.len(), p.start), (0, 1));
+        // ...and retired once one is up.
+        let mut st = state(2, now);
+        st.members.get_mut(&1).unwrap().failed_probe = true;
+        let p = plan(&st, &cfg(1, 1), "a", up(1), now);
+        assert_eq!(p.retire, vec![(1, RemoveReason::Unhealthy)]);
+        // A member of a replaced spec is never served either.
+        assert!(!st.members[&2].servable("b"));
+    }
+
+    #[test]
+    fn probes_take_a_bounded_share_and_never_the_last_idle_one() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(60);
+        let every = Duration::from_secs(30);
+        // Eight idle, all due: a quarter at a time, counting probes in flight.
+        let mut st = state(8, t0);
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            2
+        );
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            0
+        );
+        // Two idle: one, never both.
+        let mut st = state(2, t0);
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            1
+        );
+        assert_eq!(
+            super::super::health::take_due(&mut st, now, every, "a").len(),
+            0
+        );
+        // None while a task waits.
+        let mut st = state(4, t0);
+        let (tx, _rx) = oneshot::channel();
+        st.waiters.push_back(Waiter { id: 99, tx });
+        assert!(super::super::health::take_due(&mut st, now, every, "a").is_empty());
+        // Not due within the interval of its last proof.
+        let mut st = state(4, now);
+        assert!(super::super::health::take_due(&mut st, now, every, "a").is_empty());
     }
 
     #[test]

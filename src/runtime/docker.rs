@@ -478,6 +478,7 @@ impl Runtime for DockerRuntime {
                     .state
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "unknown".into()),
+                created: c.created,
             })
             .collect())
     }

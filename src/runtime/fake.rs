@@ -264,6 +264,11 @@ impl Runtime for FakeRuntime {
                 name: c.name.clone(),
                 labels: c.labels.clone(),
                 state: c.state.clone(),
+                // The fake keeps no clock of its own: every container is "just created".
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs() as i64),
             })
             .collect())
     }

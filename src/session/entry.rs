@@ -8,9 +8,6 @@ use tokio::time::Instant;
 
 use crate::exec::Conn;
 
-/// How a session's container name starts, after `warmpool-<pool>`.
-const NAME_MARK: &str = "-s-";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
     /// No task ran yet: no container.
@@ -57,6 +54,9 @@ pub(super) struct Meta {
     /// Tasks running or waiting: a session with any is never idle.
     pub(super) active: usize,
     pub(super) ended: bool,
+    /// Why the session's last container died, until its next task starts a fresh one: file
+    /// calls in between say so (502) instead of "no container yet".
+    pub(super) lost: Option<String>,
 }
 
 /// A live session; the API reads it through [`Session::info`].
@@ -86,6 +86,7 @@ impl Session {
                 last_used: Instant::now(),
                 active: 0,
                 ended: false,
+                lost: None,
             }),
         }
     }
@@ -136,16 +137,34 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The container name a session's container gets.
+/// The name a session's container gets when the session claims it:
+/// `warmpool-<pool>.<8 hex digits>.<session id>`.
+///
+/// Collision-free by construction: pool names have no `.`, so the pool part ends at the
+/// first `.` (pool `c` with session `s-x` is `warmpool-c.….s-x`, pool `c-s` with session `x`
+/// is `warmpool-c-s.….x`); a pool container is `warmpool-<pool>-<8 hex>`, with no `.` at
+/// all; and the random part keeps a new session of the same id clear of a container of the
+/// old one whose removal is still under way (the engine keeps names globally unique, across
+/// instances too). The pool is also in the container's `warmpool.pool` label, which
+/// [`session_of_name`] checks it against.
 pub fn container_name(pool: &str, session: &str) -> String {
-    format!("warmpool-{pool}{NAME_MARK}{session}")
+    format!("warmpool-{pool}.{:08x}.{session}", rand::random::<u32>())
 }
 
-/// The session id in a container name, if it is a session's.
+/// The session id in the name of a container labelled with `pool`, if it is a session's
+/// ([`container_name`]).
 pub fn session_of_name(pool: &str, name: &str) -> Option<String> {
-    name.strip_prefix(&format!("warmpool-{pool}{NAME_MARK}"))
-        .filter(|id| validate_id(id).is_ok())
-        .map(str::to_string)
+    let rest = name.strip_prefix(&format!("warmpool-{pool}."))?;
+    let (nonce, id) = rest.split_once('.')?;
+    let hex = nonce.len() == 8 && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex && validate_id(id).is_ok()).then(|| id.to_string())
+}
+
+/// Whether `name` is what a fresh container of `pool` is called, `warmpool-<pool>-<8 hex>`:
+/// the only name a container adopted back into a pool may have (a session's never does).
+pub fn is_pool_name(pool: &str, name: &str) -> bool {
+    name.strip_prefix(&format!("warmpool-{pool}-"))
+        .is_some_and(|n| n.len() == 8 && n.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Marks a session busy for as long as one of its tasks runs or waits.
@@ -183,12 +202,30 @@ mod tests {
     #[test]
     fn a_session_container_name_round_trips() {
         let name = container_name("coder", "acme-john");
-        assert_eq!(name, "warmpool-coder-s-acme-john");
+        assert!(name.starts_with("warmpool-coder.") && name.ends_with(".acme-john"));
         assert_eq!(
             session_of_name("coder", &name).as_deref(),
             Some("acme-john")
         );
         assert_eq!(session_of_name("coder", "warmpool-coder-1234abcd"), None);
         assert_eq!(session_of_name("tester", &name), None);
+        assert!(is_pool_name("coder", "warmpool-coder-1234abcd"));
+        assert!(!is_pool_name("coder", &name));
+        assert_ne!(container_name("coder", "a"), container_name("coder", "a"));
+    }
+
+    #[test]
+    fn session_names_of_look_alike_pools_and_ids_never_collide() {
+        // Pool c with session s-x, pool c-s with session x: once one name for both.
+        let a = container_name("c", "s-x");
+        let b = container_name("c-s", "x");
+        assert_eq!(session_of_name("c", &a).as_deref(), Some("s-x"));
+        assert_eq!(session_of_name("c-s", &a), None);
+        assert_eq!(session_of_name("c-s", &b).as_deref(), Some("x"));
+        assert_eq!(session_of_name("c", &b), None);
+        // The old spelling is nobody's session, and not a pool container either.
+        assert_eq!(session_of_name("c", "warmpool-c-s-s-x"), None);
+        assert!(!is_pool_name("c", "warmpool-c-s-s-x"));
+        assert!(!is_pool_name("c", "warmpool-c-s-1234abcd"));
     }
 }

@@ -4,12 +4,15 @@
 //! run one at a time in arrival order; the container is removed when the session ends.
 //!
 //! The engine cannot relabel a running container, so the session id travels in the
-//! container's name (`warmpool-<pool>-s-<id>`), which is how a restarted daemon finds it.
+//! container's name (`warmpool-<pool>.<random>.<id>`, [`container_name`]), set and checked
+//! before the session's first task: a container that ever served a session carries it, which
+//! is how a restarted daemon gives it back to its session and never to a pool.
 //!
 //! [`Sessions`] is a component of its own: a cheap handle on the live sessions, the pools
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
 
 mod entry;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,18 +20,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Conn, ExecError, TaskEvent, TaskExit, TaskSpec, RESET_TIMEOUT};
+use crate::exec::{
+    Conn, ExecError, TaskEvent, TaskExit, TaskSpec, ADOPT_PING_TIMEOUT, RESET_TIMEOUT,
+};
 use crate::metrics::{Metrics, RemoveReason};
 use crate::pool::{AcquireError, Pools};
 use crate::runtime::Runtime;
 use crate::task::{self, SubmitError, TaskReport, TaskRequest};
 use entry::ActiveGuard;
 
-pub use entry::{container_name, session_of_name, validate_id, Session, SessionInfo, SessionState};
+pub use entry::{
+    container_name, is_pool_name, session_of_name, validate_id, Session, SessionInfo, SessionState,
+};
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -54,6 +61,10 @@ pub enum SessionError {
     /// The task's own error, mapped as a pool task's is.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// 502 `container_failed`: the task could not be run to its end in the session's
+    /// container; the message says whether the container (and the session's files) stayed.
+    #[error("{0}")]
+    TaskFailed(String),
 }
 
 impl From<AcquireError> for SessionError {
@@ -176,6 +187,13 @@ impl Sessions {
                 return Err(SessionError::Invalid(
                     "idle_timeout must be more than 0s".into(),
                 ))
+            }
+            Some(t) if crate::config::duration_problem(t).is_some() => {
+                return Err(SessionError::Invalid(format!(
+                    "idle_timeout {} {}",
+                    humantime::format_duration(t),
+                    crate::config::duration_problem(t).unwrap_or_default()
+                )))
             }
             Some(t) => t,
             None => p.config().session_idle_timeout,
@@ -333,7 +351,11 @@ impl Sessions {
             cold = lease.cold;
             let dirty = lease.dirty;
             // The session's before it leaves the pool, so the reaper always knows whose it is.
-            session.meta.lock().container = Some(lease.container.clone());
+            {
+                let mut m = session.meta.lock();
+                m.container = Some(lease.container.clone());
+                m.lost = None;
+            }
             let (container, conn) = lease.detach();
             if dirty {
                 let paths = [cfg.workdir.clone(), "/tmp".to_string()];
@@ -343,24 +365,27 @@ impl Sessions {
                     return Err(SubmitError::Exec(e).into());
                 }
             }
-            // Naming is for a restarted daemon's benefit only: keep it off the task's path.
-            let (runtime, name, cid, sid) = (
-                self.0.runtime.clone(),
-                container_name(&pool.name, id),
-                container.clone(),
-                id.to_string(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = runtime.rename(&cid, &name).await {
-                    tracing::warn!(session = %sid, error = %e, "could not name the session's container; it will not survive a daemon restart");
-                }
-            });
+            // The name marks the container as the session's before any task of the session
+            // runs in it: a restarted daemon gives it back to the session, never to a pool.
+            // No name, no session container: it is removed and this task fails cleanly.
+            let name = container_name(&pool.name, id);
+            if let Err(e) = self.0.runtime.rename(&container, &name).await {
+                session.meta.lock().container = None;
+                drop(conn);
+                let _ = self.0.runtime.remove(&container).await;
+                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
+                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                    "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
+                )))
+                .into());
+            }
             *slot = Some((container, conn));
             self.publish();
         }
         let (container, conn) = slot.clone().expect("set above");
         let queued = queued_at.elapsed();
-        let ran = task::execute(&self.0.metrics, &pool.name, &conn, &spec, &out).await;
+        let ran = task::execute(&self.0.metrics, &pool.name, &container, &conn, &spec, &out).await;
         {
             let mut m = session.meta.lock();
             m.tasks += 1;
@@ -377,10 +402,39 @@ impl Sessions {
                 cold_start: cold,
             }),
             Err(e) => {
-                // The container is gone or wedged: the session starts afresh next time.
+                // Only a container that really died costs the session its files: an engine
+                // refusal (docker-exec) is not the container's fault, and a task whose end
+                // the shim did not report is over once the shim answers idle again.
+                let kept = match &e {
+                    ExecError::Dead(_) => false,
+                    ExecError::Engine(_) => true,
+                    ExecError::Hung(_) => still_serves(&conn).await,
+                };
+                if kept {
+                    tracing::warn!(session = %id, error = %e, "session task failed; the container and its files stay the session's");
+                    return Err(SessionError::TaskFailed(format!(
+                        "{}; the session keeps its container and files",
+                        match e {
+                            ExecError::Hung(after) => format!(
+                                "the task's end was not reported within {after:?} after its timeout (it was killed)"
+                            ),
+                            other => other.to_string(),
+                        }
+                    )));
+                }
                 *slot = None;
-                session.meta.lock().container = None;
+                let why = match &e {
+                    ExecError::Dead(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                {
+                    let mut m = session.meta.lock();
+                    m.container = None;
+                    m.lost = Some(why.clone());
+                }
                 let _ = self.0.runtime.remove(&container).await;
+                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                // 502 container_failed, as for a pool task, saying what the session lost.
                 let e = match e {
                     ExecError::Dead(why) => ExecError::Dead(format!(
                         "{why}; the session's files are lost and its next task starts a fresh container"
@@ -427,6 +481,11 @@ impl Sessions {
             return Err(SessionError::NotFound(id.to_string()));
         }
         let Some((_, conn)) = slot.as_mut() else {
+            if let Some(why) = session.meta.lock().lost.clone() {
+                return Err(SessionError::TaskFailed(format!(
+                    "session {id:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
+                )));
+            }
             return Err(SessionError::Invalid(format!(
                 "session {id:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
             )));
@@ -442,6 +501,52 @@ impl Sessions {
         }
         session.meta.lock().last_used = Instant::now();
         Ok((exit, stdout, stderr))
+    }
+
+    /// Holds the session's container for one file transfer ([`transfer`]): waits for its
+    /// running task, and its tasks wait until the [`transfer::Hold`] is dropped.
+    ///
+    /// Errors: unknown session, no container yet (400), or its container died during an
+    /// earlier task (502, its files are lost).
+    pub async fn hold(&self, id: &str) -> Result<transfer::Hold, SessionError> {
+        let session = self
+            .get(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let sid = id.to_string();
+        tokio::spawn(async move {
+            let _active = ActiveGuard::new(&session);
+            let slot = session.slot.lock().await;
+            let lost = session.meta.lock().lost.clone();
+            let held = if session.meta.lock().ended {
+                Err(SessionError::NotFound(sid))
+            } else if let Some((container, conn)) = slot.as_ref() {
+                Ok((container.clone(), matches!(conn, Conn::Shim(_))))
+            } else if let Some(why) = lost {
+                Err(SessionError::TaskFailed(format!(
+                    "session {sid:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
+                )))
+            } else {
+                Err(SessionError::Invalid(format!(
+                    "session {sid:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
+                )))
+            };
+            let ok = held.is_ok();
+            if ready_tx.send(held).is_ok() && ok {
+                // Until the transfer drops its hold (or gives up).
+                let _ = release_rx.await;
+            }
+            drop(slot);
+        });
+        let (container, shim) = ready_rx
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))??;
+        Ok(transfer::Hold {
+            container,
+            shim,
+            _release: release_tx,
+        })
     }
 
     /// Ends sessions idle past their timeout, until `stop` is cancelled.
@@ -495,8 +600,9 @@ impl Sessions {
         futures_util::future::join_all(chosen.into_iter().map(|s| self.finish(s))).await;
     }
 
-    /// Re-creates a session around a container a previous daemon run left running.
-    pub fn adopt(&self, id: &str, pool: &str, container: String, conn: Conn) {
+    /// Re-creates a session around a container a previous daemon run left running; false
+    /// (and nothing changed) when a live session has that id already.
+    pub fn adopt(&self, id: &str, pool: &str, container: String, conn: Conn) -> bool {
         let idle_timeout = self
             .0
             .pools
@@ -506,8 +612,15 @@ impl Sessions {
         let session = Session::new(id.to_string(), pool.to_string(), idle_timeout);
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
-        self.0.map.lock().insert(id.to_string(), Arc::new(session));
+        {
+            let mut map = self.0.map.lock();
+            if map.contains_key(id) {
+                return false;
+            }
+            map.insert(id.to_string(), Arc::new(session));
+        }
         self.publish();
+        true
     }
 
     /// Sets `warmpool_sessions` of every pool.
@@ -527,5 +640,14 @@ impl Sessions {
         for (pool, n) in per_pool {
             self.0.metrics.set_sessions(&pool, n);
         }
+    }
+}
+
+/// Whether a container whose task's end went unreported still serves: its shim answers a
+/// ping and runs nothing (the task was killed), or a trivial exec runs (docker-exec).
+async fn still_serves(conn: &Conn) -> bool {
+    match conn {
+        Conn::Shim(c) => matches!(c.ping(ADOPT_PING_TIMEOUT).await, Ok(false)),
+        Conn::DockerExec(_) => conn.probe(None, ADOPT_PING_TIMEOUT).await.is_ok(),
     }
 }

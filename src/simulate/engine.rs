@@ -222,6 +222,8 @@ impl Runtime for SimEngine {
                 name: c.name.clone(),
                 labels: c.labels.clone(),
                 state: c.state.to_string(),
+                // The simulator never restarts a daemon, so nothing is adopted and aged.
+                created: None,
             })
             .collect())
     }

@@ -28,42 +28,65 @@ impl Supervisor {
 
     /// Every container of this instance is from a previous run (this daemon has created
     /// nothing yet). Running shim containers that still fit are re-attached and adopted:
-    /// idle ones of the current spec back into their pool, session ones into their session.
-    /// The rest, stuck `created` and `exited` ones included, are removed.
-    pub(super) async fn adopt_or_remove(&self, list: Vec<ContainerSummary>) {
-        let work = list.into_iter().map(|c| async move {
+    /// idle ones of the current spec named as pool containers back into their pool (wiped,
+    /// aged and counted as [`crate::pool::History::adopted`] says), session ones into their
+    /// session (the newest, when two claim one session). Anything else, stuck `created` and
+    /// `exited` ones included, is removed: a pool only takes back what is provably one of its
+    /// clean members, never a container that served a session.
+    pub(super) async fn adopt_or_remove(&self, mut list: Vec<ContainerSummary>) {
+        // Newest first, so that of two containers naming one session the newest wins.
+        list.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(i64::MIN)));
+        let mut claimed = HashSet::new();
+        let mut work = Vec::new();
+        for c in list {
             let pool_name = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            if let Some(what) = self.try_adopt(&c, &pool_name).await {
-                tracing::info!(container = %c.name, "adopted {what} left by a previous run");
-                return;
-            }
-            tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
-            if self.runtime.remove(&c.id).await.is_ok() {
-                self.metrics.removed(&pool_name, RemoveReason::Orphan);
-            }
-        });
+            let session = crate::session::session_of_name(&pool_name, &c.name);
+            // A second container of the same session (an old one whose removal failed) is
+            // not adopted: only the newest is the session's.
+            let first = session
+                .as_ref()
+                .is_none_or(|id| claimed.insert((pool_name.clone(), id.clone())));
+            work.push(async move {
+                if first {
+                    if let Some(what) = self.try_adopt(&c, &pool_name, session).await {
+                        tracing::info!(container = %c.name, "adopted {what} left by a previous run");
+                        return;
+                    }
+                }
+                tracing::info!(container = %c.name, state = %c.state, "removing a container left by a previous run");
+                if self.runtime.remove(&c.id).await.is_ok() {
+                    self.metrics.removed(&pool_name, RemoveReason::Orphan);
+                }
+            });
+        }
         futures_util::future::join_all(work).await;
     }
 
-    async fn try_adopt(&self, c: &ContainerSummary, pool_name: &str) -> Option<&'static str> {
+    async fn try_adopt(
+        &self,
+        c: &ContainerSummary,
+        pool_name: &str,
+        session: Option<String>,
+    ) -> Option<&'static str> {
         let pool = self.pool(pool_name)?;
         let cfg = pool.config();
         if c.state != "running" || cfg.exec != ExecMode::Shim {
             return None;
         }
-        let session = crate::session::session_of_name(pool_name, &c.name);
         let current = c.labels.get(LABEL_SPEC).map(String::as_str) == Some(&*pool.spec_hash());
-        if session.is_none() && !current {
+        let pool_member = crate::session::is_pool_name(pool_name, &c.name);
+        if session.is_none() && !(current && pool_member) {
             return None;
         }
         let (conn, busy) = crate::pool::reattach(&self.runtime, &c.id).await?;
         match session {
-            Some(id) => {
-                self.sessions.adopt(&id, pool_name, c.id.clone(), conn);
-                Some("a session's container")
-            }
+            Some(id) => self
+                .sessions
+                .adopt(&id, pool_name, c.id.clone(), conn)
+                .then_some("a session's container"),
             None if !busy => {
-                pool.adopt(c.id.clone(), c.name.clone(), conn);
+                let history = crate::pool::History::adopted(engine_age(c), cfg.max_uses);
+                pool.adopt(c.id.clone(), c.name.clone(), conn, history);
                 Some("an idle container")
             }
             None => None,
@@ -109,7 +132,11 @@ impl Supervisor {
                 continue;
             }
             let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            if ours || c.state != "running" {
+            // A session's container no session holds is an ended session's whose removal
+            // failed, even when a previous run created it: left alone, the next start would
+            // bring the ended session back.
+            let ended_session = crate::session::session_of_name(&pool, &c.name).is_some();
+            if ours || c.state != "running" || ended_session {
                 tracing::info!(container = %c.name, state = %c.state, "reaping a container no pool knows");
                 if self.runtime.remove(&c.id).await.is_ok() {
                     self.metrics.removed(&pool, RemoveReason::Orphan);
@@ -117,4 +144,17 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// How long ago the engine created the container; an unknown creation time counts as
+/// "too old to keep" (`Duration::MAX`), so the container is renewed at once.
+fn engine_age(c: &ContainerSummary) -> Duration {
+    let Some(created) = c.created else {
+        return Duration::MAX;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Duration::from_secs(now.saturating_sub(created).max(0) as u64)
 }

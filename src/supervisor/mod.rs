@@ -37,7 +37,7 @@ pub use crate::task::{SubmitError, TaskReport, TaskRequest};
 pub enum Cause {
     /// The loop's first look, when the pool was created.
     Start,
-    /// `min(scale_interval, health_check_interval)` passed.
+    /// `min(scale_interval, health_check_interval / 4)` passed.
     Tick,
     /// The pool woke its loop, for these reasons.
     Woken(Wakes),
@@ -266,7 +266,10 @@ impl Supervisor {
             low_since: None,
         };
         let mut forecaster = scaling::Forecaster::default();
-        let mut next_health = Instant::now() + pool.config().health_check_interval;
+        // Probe rounds run four times per interval, each taking a share of the idle members
+        // (pool/health.rs), so probes are spread over the interval.
+        let round = |interval: Duration| (interval / 4).max(Duration::from_millis(1));
+        let mut next_health = Instant::now() + round(pool.config().health_check_interval);
         let mut next_scale = Instant::now();
         let mut cause = Cause::Start;
         loop {
@@ -281,10 +284,10 @@ impl Supervisor {
             }
             memory = self.reconcile(&pool, &cfg, memory, &mut forecaster, look, cause);
             if Instant::now() >= next_health {
-                next_health = Instant::now() + cfg.health_check_interval;
+                next_health = Instant::now() + round(cfg.health_check_interval);
                 pool.check_health();
             }
-            let tick = cfg.scale_interval.min(cfg.health_check_interval);
+            let tick = cfg.scale_interval.min(round(cfg.health_check_interval));
             cause = tokio::select! {
                 _ = tokio::time::sleep(tick) => Cause::Tick,
                 why = pool.woken() => Cause::Woken(why),
