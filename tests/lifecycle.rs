@@ -329,11 +329,8 @@ acquire_timeout = "180s"
             let (mut max_live, mut max_target, mut max_ps) = (0u64, 0u64, 0usize);
             let mut last_ps = Instant::now() - Duration::from_secs(1);
             while !done.load(Ordering::Acquire) {
-                let resp = client
-                    .request("GET", "/v1/pools/burst", None)
-                    .await
-                    .unwrap();
-                let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+                let (_, _, body) = send(&client, "GET", "/v1/pools/burst", None).await;
+                let v: Value = serde_json::from_slice(&body).unwrap();
                 max_live = max_live.max(v["live"].as_u64().unwrap());
                 max_target = max_target.max(v["target"].as_u64().unwrap());
                 if last_ps.elapsed() >= Duration::from_millis(300) {

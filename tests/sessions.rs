@@ -464,9 +464,8 @@ session_end_command = ["sh", "-c", "cp /work/state.txt /tmp/saved-by-end-command
     let path = format!("/v1/sessions/{id}");
     let delete = tokio::spawn(async move {
         let client = warmpool::client::Client::new(&addr, None);
-        let resp = client.request("DELETE", &path, None).await.unwrap();
-        let status = resp.status;
-        (status, resp.bytes().await.unwrap())
+        let (status, _, body) = send(&client, "DELETE", &path, None).await;
+        (status, body)
     });
     let seen = wait_for("the end command's copy inside the container", LONG, || {
         docker_try(&["exec", &full, "cat", "/tmp/saved-by-end-command"])
@@ -756,7 +755,12 @@ async fn file_endpoints_answer_clear_errors() {
         Some(vec![b'x'; 2 << 20]),
     )
     .await;
-    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        (status, code(&resp).as_str()),
+        (413, "body_too_large"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
     stask(&d, "s", &id, "head -c 2000000 /dev/zero > /work/big").await;
     let (status, resp) = http(
         &d,
@@ -766,8 +770,8 @@ async fn file_endpoints_answer_clear_errors() {
     )
     .await;
     assert_eq!(
-        status,
-        413,
+        (status, code(&resp).as_str()),
+        (413, "too_large"),
         "{}",
         String::from_utf8_lossy(&resp[..resp.len().min(200)])
     );
