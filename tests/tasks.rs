@@ -160,9 +160,12 @@ acquire_timeout = "1s"
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     assert!(retry_after(&headers).is_some_and(|s| s >= 1), "{headers:?}");
+    // At once: a task that queued would get 503 after acquire_timeout, not 429; the bound
+    // is far above the few milliseconds a refusal takes, for a loaded machine.
     assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "429 must come at once"
+        t.elapsed() < Duration::from_secs(5),
+        "429 must come at once, not after {:?}",
+        t.elapsed()
     );
 
     // The queued one gets no container within acquire_timeout (1s): 503 with Retry-After.
@@ -172,7 +175,7 @@ acquire_timeout = "1s"
     assert_eq!(v["error"]["code"], "no_container", "{v}");
     assert!(after.is_some_and(|s| s >= 1), "503 without Retry-After");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
         "answered after {waited:?}, acquire_timeout is 1s"
     );
     let (status, _, v) = running.await.unwrap();
@@ -312,8 +315,9 @@ on_exhausted = "cold"
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "pool_exhausted", "{v}");
     assert!(retry_after(&headers).is_some(), "{headers:?}");
+    // Waiting would take acquire_timeout (30 s by default).
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_secs(10),
         "fail must not wait: {:?}",
         t.elapsed()
     );
