@@ -97,23 +97,20 @@ fn stream(
             .into_bytes();
         while !stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
-            let (status, body) = match client
-                .request(
-                    "POST",
-                    &format!("/v1/pools/{pool}/tasks"),
-                    Some(body.clone()),
-                )
-                .await
-            {
-                Ok(resp) => {
-                    let status = resp.status;
-                    match resp.bytes().await {
-                        Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
-                        Err(e) => (0, json!(e.to_string())),
+            let path = format!("/v1/pools/{pool}/tasks");
+            let (status, body) = common::deadline(format!("POST {path}"), async {
+                match client.request("POST", &path, Some(body.clone())).await {
+                    Ok(resp) => {
+                        let status = resp.status;
+                        match resp.bytes().await {
+                            Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+                            Err(e) => (0, json!(e.to_string())),
+                        }
                     }
+                    Err(e) => (0, json!(e.to_string())),
                 }
-                Err(e) => (0, json!(e.to_string())),
-            };
+            })
+            .await;
             log.lock().push(Outcome {
                 pool: pool.clone(),
                 sent,
@@ -124,6 +121,25 @@ fn stream(
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     })
+}
+
+/// Waits until every stream of `pools` has `more` answers beyond those logged now: the
+/// streams run (instead of a fixed sleep that may be too short on a loaded machine).
+async fn wait_answers(log: &Arc<parking_lot::Mutex<Vec<Outcome>>>, pools: &[&str], more: usize) {
+    let count = |p: &str| log.lock().iter().filter(|o| o.pool == p).count();
+    let base: Vec<usize> = pools.iter().map(|p| count(p)).collect();
+    wait_for(
+        &format!("{more} more answers on each of {pools:?}"),
+        LONG,
+        || {
+            pools
+                .iter()
+                .zip(&base)
+                .all(|(p, b)| count(p) >= b + more)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Removes the second image tag this test makes, even when it fails.
@@ -203,7 +219,7 @@ async fn reloads_under_a_steady_stream_of_tasks_lose_none_and_touch_only_what_ch
         .iter()
         .map(|p| stream(&d, p, stop.clone(), log.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_answers(&log, &["keep", "envp", "imgp", "gone"], 3).await;
     let keep_before = pool_view(&d, "keep");
     let env_before = pool_view(&d, "envp");
     let img_before = pool_view(&d, "imgp");
@@ -273,7 +289,7 @@ async fn reloads_under_a_steady_stream_of_tasks_lose_none_and_touch_only_what_ch
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_answers(&log, &["keep", "envp", "imgp"], 3).await;
     stop.store(true, Ordering::Relaxed);
     for s in streams {
         s.await.unwrap();
@@ -364,7 +380,7 @@ max = 2
         .iter()
         .map(|p| stream(&d, p, stop.clone(), log.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_answers(&log, &["a", "b"], 3).await;
     let before: BTreeMap<&str, BTreeMap<String, Seen>> =
         ["a", "b"].iter().map(|p| (*p, pool_view(&d, p))).collect();
     let errors_before = metric(&d, "warmpool_config_reloads_total", &[("result", "error")]).await;
@@ -420,7 +436,7 @@ image = "warmpool/agent:latest"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_answers(&log, &["a", "b"], 3).await;
     stop.store(true, Ordering::Relaxed);
     for s in streams {
         s.await.unwrap();
