@@ -692,7 +692,11 @@ acquire_timeout = "5s"
     })
     .await;
     let (status, v) = d.get("/readyz").await.unwrap();
-    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (503, &json!("not_ready")),
+        "{v}"
+    );
     // Every attach stream was cut with the proxy: the containers are lost to the daemon.
     wait_pool(&d, "out", "no idle container left", LONG, |v| {
         v["idle"] == 0

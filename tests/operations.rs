@@ -463,7 +463,12 @@ image = "warmpool/agent:latest"
             "{v}"
         );
     }
-    assert_eq!(d.get("/v1/pools/c").await.unwrap().0, 404);
+    let (status, v) = d.get("/v1/pools/c").await.unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_pool")),
+        "{v}"
+    );
     let (status, v) = d.task("a", json!({"shell": "echo still"})).await;
     assert_eq!(
         (status, v["stdout"].as_str()),
@@ -544,7 +549,12 @@ max = 2
         containers(&d.instance, Some("e")).is_empty(),
         "pool e's containers are left"
     );
-    assert_eq!(d.get(&format!("/v1/sessions/{id}")).await.unwrap().0, 404);
+    let (status, v) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_session")),
+        "{v}"
+    );
 }
 
 fn token_client(d: &Daemon, token: Option<&str>) -> warmpool::client::Client {
@@ -599,7 +609,11 @@ max = 2
     ] {
         let stream = tokio::net::TcpStream::connect(&tcp).await.unwrap();
         let (status, v) = send(stream, "GET", "/v1/pools", &[("authorization", auth)], None).await;
-        assert_eq!(status, 401, "{auth:?}: {v}");
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{auth:?}: {v}"
+        );
     }
 
     // The scheme is case-insensitive (RFC 9110), as some clients write it in lower case.
@@ -659,8 +673,17 @@ max = 2
     // An emptied token file is refused by the reload: the daemon never falls open.
     std::fs::write(&token_file, "").unwrap();
     let (status, v) = call(&second, "POST", "/v1/admin/reload", None).await;
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(call(&none, "GET", "/v1/pools", None).await.0, 401);
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_config")),
+        "{v}"
+    );
+    let (status, v) = call(&none, "GET", "/v1/pools", None).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (401, &json!("unauthorized")),
+        "{v}"
+    );
     assert_eq!(call(&second, "GET", "/v1/pools", None).await.0, 200);
 }
 
@@ -816,11 +839,19 @@ async fn a_reload_during_start_up_is_refused_or_held_never_fatal() {
     ))
     .await;
     let (status, v) = d.get("/readyz").await.unwrap();
-    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (503, &json!("not_ready")),
+        "{v}"
+    );
 
     // The endpoint says plainly that it is too early.
     let (status, v) = reload(&d).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_config")),
+        "{v}"
+    );
     assert!(
         v["error"]["message"]
             .as_str()

@@ -100,7 +100,11 @@ acquire_timeout = "1s"
     assert_eq!(v["error"]["code"], "unknown_pool", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("nosuch"));
     let (status, v) = d.get("/v1/pools/nosuch").await.unwrap();
-    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_pool")),
+        "{v}"
+    );
 
     // Malformed JSON, and JSON of the wrong shape: 400.
     let (status, v) = d
@@ -109,13 +113,25 @@ acquire_timeout = "1s"
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid_json", "{v}");
     let (status, v) = d.task("one", json!({"cmd": "echo hi"})).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_json")),
+        "{v}"
+    );
     let (status, v) = d
         .task("one", json!({"cmd": ["true"], "tiemout": "1s"}))
         .await;
-    assert_eq!(status, 400, "an unknown field is refused: {v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_json")),
+        "an unknown field is refused: {v}"
+    );
     let (status, v) = d.task("one", json!({})).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{v}"
+    );
     assert!(v["error"]["message"].is_string(), "{v}");
 
     // Oversize body: 413 past max_request_body; just under it still runs.
