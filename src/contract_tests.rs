@@ -115,7 +115,7 @@ const METRICS: &[(&str, &str)] = &[
     ("warmpool_task_duration_seconds", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
     ("warmpool_queue_wait_seconds", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
     ("warmpool_acquisitions_total", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
-    ("warmpool_acquisitions_total{result=\"warm\"}", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
+    ("warmpool_acquisitions_total{result=\"warm\"}", "src/api/contract_tests.rs::cold_start_is_false_for_a_task_that_waited_for_a_busy_container"),
     ("warmpool_acquisitions_total{result=\"cold\"}", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
     ("warmpool_acquire_seconds", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),
     ("warmpool_container_start_seconds", "src/api/contract_tests.rs::task_outcomes_and_histograms_count_what_happened"),

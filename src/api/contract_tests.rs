@@ -861,3 +861,38 @@ async fn task_outcomes_and_histograms_count_what_happened() {
     assert_eq!(count("warmpool_acquire_seconds_count"), 5.0);
     assert_eq!(count("warmpool_queue_wait_seconds_count"), 5.0);
 }
+
+/// docs/api.md: `cold_start` is true only for a container started while the task waited; a
+/// task that waited for a busy one to free up answers `false` (and counts as `warm`).
+#[tokio::test(start_paused = true)]
+async fn cold_start_is_false_for_a_task_that_waited_for_a_busy_container() {
+    let app = start(&[pool("p", 1, 1, 1)]).await;
+    let sup = app.sup.clone();
+    let first = tokio::spawn(async move {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = crate::supervisor::TaskRequest {
+            argv: vec!["sleep".into(), "5".into()],
+            ..Default::default()
+        };
+        sup.submit("p", req, tx).await
+    });
+    app.settle("p", "busy", |c| c.busy == 1).await;
+    let (status, r) = app.task("p", json!({"cmd": ["echo", "after"]})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["cold_start"], false, "{r}");
+    assert!(r["queued_ms"].as_f64().unwrap() >= 4000.0, "it waited: {r}");
+    let first = first.await.unwrap().unwrap().container;
+    assert_eq!(
+        r["container"],
+        first.chars().take(12).collect::<String>(),
+        "the same container, freed by the first task"
+    );
+    assert_eq!(
+        app.metric("warmpool_acquisitions_total{pool=\"p\",result=\"warm\"}"),
+        2.0
+    );
+    assert_eq!(
+        app.metric("warmpool_acquisitions_total{pool=\"p\",result=\"cold\"}"),
+        0.0
+    );
+}
