@@ -40,23 +40,6 @@ fn assert_no_orphans(m: &str, pool: &str) {
     );
 }
 
-/// Polls `/metrics` until `check` holds on it.
-async fn wait_metrics(d: &Daemon, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = metrics(d).await;
-        if check(&text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Containers of this daemon's pool, any state, via `docker ps -a` off the async threads.
 async fn ps(instance: &str, pool: &str) -> Vec<String> {
     let (i, p) = (instance.to_string(), pool.to_string());

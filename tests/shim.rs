@@ -368,19 +368,7 @@ health_check_interval = "1s"
 }
 
 async fn wait_for_metric(d: &Daemon, name: &str, labels: &[(&str, &str)], at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = metric(d, name, labels).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {v}, waited for {at_least}:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric_at_least(d, name, labels, at_least, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]
