@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh machine lacks: busybox (the demo image's
 # rootfs), file (the shim's static-binary check), promtool (alert and recording rules),
-# python3 (scripts/promql-exprs.py), clippy and rustfmt. Safe to run again: it installs only
+# python3 (scripts/promql-exprs.py), curl (tests/operations.rs), clippy and rustfmt. Safe to run again: it installs only
 # what is missing. Needs root (apt-get) on a fresh Debian machine.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -10,6 +10,7 @@ command -v busybox >/dev/null 2>&1 || need="$need busybox-static"
 command -v file >/dev/null 2>&1 || need="$need file"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
+command -v curl >/dev/null 2>&1 || need="$need curl"
 if [ -n "$need" ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps.sh: missing:$need; run as root or install them (apt-get install$need)" >&2

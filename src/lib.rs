@@ -5,6 +5,8 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[cfg(test)]
+mod contract_tests;
 pub mod daemon;
 pub mod exec;
 #[cfg(test)]

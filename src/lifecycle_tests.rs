@@ -410,7 +410,6 @@ async fn a_burst_grows_the_pool_to_max_at_once_and_quiet_shrinks_it_to_min() {
     let mut cfg = pool_cfg(1, 1, 6);
     cfg.scale_interval = Duration::from_secs(1);
     cfg.idle_timeout = Duration::from_secs(3600);
-    *FakeRuntime::new().create_delay.lock() = Duration::ZERO;
     let (sup, fake) = setup(cfg).await;
     *fake.create_delay.lock() = Duration::from_millis(300);
     settle(&sup, "1 idle", |c| c.idle == 1).await;
@@ -475,26 +474,35 @@ async fn max_age_renews_containers_surge_first() {
     settle(&sup, "2 idle", |c| c.idle == 2).await;
     let originals = fake.live();
     *fake.create_delay.lock() = Duration::from_secs(2);
-    // Watch capacity through the renewal: it must never dip below min.
-    let s2 = sup.clone();
+    // Watch capacity through the whole renewal, until the test has seen it end: it must
+    // never dip below min.
+    let t0 = tokio::time::Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, done2) = (sup.clone(), done.clone());
     let watcher = tokio::spawn(async move {
-        let mut lowest = usize::MAX;
-        for _ in 0..2000 {
+        let (mut lowest, mut samples) = (usize::MAX, 0u64);
+        while !done2.load(Ordering::SeqCst) {
             let c = counts(&s2);
             lowest = lowest.min(c.idle + c.busy + c.probing);
+            samples += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        lowest
+        (lowest, samples)
     });
     settle(&sup, "originals renewed", |_| {
         let live = fake.live();
-        originals.iter().all(|o| !live.contains(o))
+        originals.iter().all(|o| !live.contains(o)) && live.len() >= 2
     })
     .await;
+    let renewed_after = t0.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let (lowest, samples) = watcher.await.unwrap();
     assert!(
-        watcher.await.unwrap() >= 2,
-        "capacity dipped below min during renewal"
+        renewed_after >= Duration::from_secs(90),
+        "renewed after {renewed_after:?}: max_age 100 s, at most 10% earlier"
     );
+    assert!(samples > 1000, "the watcher sampled the renewal: {samples}");
+    assert!(lowest >= 2, "capacity dipped below min during renewal");
     assert!(
         metric(
             &sup,

@@ -71,6 +71,7 @@ network = "isolated"
     );
 
     let cfg = &c["Config"];
+    assert_eq!(cfg["Image"], "warmpool/agent:latest");
     assert_eq!(cfg["User"], "1234:2345");
     assert_eq!(cfg["Entrypoint"], json!(["/.warmpool/shim"]));
     assert!(
@@ -320,4 +321,53 @@ network = "none"
     assert_eq!(status, 200, "{v}");
     assert!(!v["stdout"].as_str().unwrap().contains("pong"), "{v}");
     listener.abort();
+}
+
+/// Every security key set away from its default reaches the engine (the defaults are
+/// checked in `inspect_shows_every_configured_setting`).
+#[tokio::test]
+async fn changed_security_settings_reach_the_engine() {
+    let d = Daemon::start(
+        r#"
+[pools.loose]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 1
+
+[pools.loose.security]
+read_only_rootfs = false
+cap_drop = ["NET_RAW", "MKNOD"]
+no_new_privileges = false
+runtime = "io.containerd.runc.v2"
+"#,
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(60)).await;
+    let ids = containers(&d.instance, Some("loose"));
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let host = &inspect(&ids[0])["HostConfig"];
+    assert_eq!(
+        host["ReadonlyRootfs"],
+        json!(false),
+        "read_only_rootfs = false"
+    );
+    let mut dropped: Vec<String> = host["CapDrop"]
+        .as_array()
+        .unwrap_or_else(|| panic!("CapDrop {}", host["CapDrop"]))
+        .iter()
+        .map(|c| c.as_str().unwrap().trim_start_matches("CAP_").to_string())
+        .collect();
+    dropped.sort();
+    assert_eq!(dropped, ["MKNOD", "NET_RAW"], "cap_drop replaces [\"ALL\"]");
+    assert!(
+        !host["SecurityOpt"].as_array().is_some_and(|o| o
+            .iter()
+            .any(|s| s.as_str().unwrap_or("").contains("no-new-privileges"))),
+        "no_new_privileges = false, SecurityOpt {}",
+        host["SecurityOpt"]
+    );
+    assert_eq!(host["Runtime"], "io.containerd.runc.v2", "security.runtime");
+    let (status, v) = d.task("loose", json!({"shell": "echo ok"})).await;
+    assert_eq!((status, v["stdout"].as_str()), (200, Some("ok\n")), "{v}");
 }

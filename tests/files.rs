@@ -351,3 +351,51 @@ async fn unreadable_full_and_nul_paths_are_told_apart() {
         );
     }
 }
+
+/// Files move through the shim: a `docker-exec` pool's session answers 400
+/// `files_unsupported` for every file and archive call, and its tasks still run.
+#[tokio::test]
+async fn a_docker_exec_session_answers_files_unsupported() {
+    let d = Daemon::start(
+        r#"
+[pools.x]
+image = "warmpool/agent:latest"
+exec = "docker-exec"
+min = 1
+warm = 1
+max = 1
+"#,
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-dx", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "x", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = d
+        .task("x", json!({"shell": "echo hi > /tmp/f", "session": id}))
+        .await;
+    assert_eq!((status, &v["exit_code"]), (200, &json!(0)), "{v}");
+    for (method, path, body) in [
+        ("GET", "files/tmp/f", None),
+        ("PUT", "files/tmp/g", Some(b"x".to_vec())),
+        ("GET", "archive/tmp", None),
+    ] {
+        let (status, body) = http(&d, method, &format!("/v1/sessions/{id}/{path}"), body).await;
+        let (code, message) = error(&body);
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "files_unsupported"),
+            "{method} {path}: {message}"
+        );
+        assert!(message.contains("shim"), "{message}");
+    }
+    let (status, v) = d
+        .task("x", json!({"shell": "cat /tmp/f", "session": id}))
+        .await;
+    assert_eq!((status, &v["stdout"]), (200, &json!("hi\n")), "{v}");
+}

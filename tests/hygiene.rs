@@ -112,7 +112,8 @@ async fn a_timed_out_session_task_leaves_no_process_behind() {
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["timed_out"], true, "{v}");
-    assert!(started.elapsed() < Duration::from_secs(6), "{v}");
+    // Held by the spy, the answer would come after the 30 s sleep.
+    assert!(started.elapsed() < Duration::from_secs(15), "{v}");
     let full = full_id(&d.instance, v["container"].as_str().unwrap());
     only_the_shim(&full);
 

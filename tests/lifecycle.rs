@@ -40,23 +40,6 @@ fn assert_no_orphans(m: &str, pool: &str) {
     );
 }
 
-/// Polls `/metrics` until `check` holds on it.
-async fn wait_metrics(d: &Daemon, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = metrics(d).await;
-        if check(&text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Containers of this daemon's pool, any state, via `docker ps -a` off the async threads.
 async fn ps(instance: &str, pool: &str) -> Vec<String> {
     let (i, p) = (instance.to_string(), pool.to_string());
@@ -332,11 +315,8 @@ acquire_timeout = "180s"
             let (mut max_live, mut max_target, mut max_ps) = (0u64, 0u64, 0usize);
             let mut last_ps = Instant::now() - Duration::from_secs(1);
             while !done.load(Ordering::Acquire) {
-                let resp = client
-                    .request("GET", "/v1/pools/burst", None)
-                    .await
-                    .unwrap();
-                let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+                let (_, _, body) = send(&client, "GET", "/v1/pools/burst", None).await;
+                let v: Value = serde_json::from_slice(&body).unwrap();
                 max_live = max_live.max(v["live"].as_u64().unwrap());
                 max_target = max_target.max(v["target"].as_u64().unwrap());
                 if last_ps.elapsed() >= Duration::from_millis(300) {
@@ -698,7 +678,11 @@ acquire_timeout = "5s"
     })
     .await;
     let (status, v) = d.get("/readyz").await.unwrap();
-    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (503, &json!("not_ready")),
+        "{v}"
+    );
     // Every attach stream was cut with the proxy: the containers are lost to the daemon.
     wait_pool(&d, "out", "no idle container left", LONG, |v| {
         v["idle"] == 0

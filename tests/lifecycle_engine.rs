@@ -41,13 +41,15 @@ async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
     let running = {
         let client = warmpool::client::Client::new(&d.addr, None);
         tokio::spawn(async move {
-            run_task(&client, "web", json!({"shell": "sleep 1; echo finished"})).await
+            run_task(&client, "web", json!({"shell": "sleep 4; echo finished"})).await
         })
     };
-    wait_pool(&d, "web", "the task to run", Duration::from_secs(10), |v| {
+    wait_pool(&d, "web", "the task to run", Duration::from_secs(60), |v| {
         v["busy"] == 1
     })
     .await;
+    // The signal must reach the daemon while the task runs, or the test proves nothing.
+    assert!(!running.is_finished(), "the task ended before SIGTERM");
     // `stop` blocks until the process is gone; the request above must go on meanwhile.
     let (d, exit) = tokio::task::spawn_blocking(move || {
         let mut d = d;
@@ -319,4 +321,59 @@ network = "warmpool-no-such-network-{instance}"
         nets.is_empty(),
         "networks left by a failed start: {nets:?}\n{log}"
     );
+}
+
+/// `server.shutdown_grace` from pools.toml bounds how long SIGTERM waits for a running task:
+/// at least the grace, and far less than the built-in 30 s.
+#[tokio::test]
+async fn shutdown_grace_from_pools_toml_bounds_the_stop() {
+    let d = Daemon::start(
+        r#"
+[server]
+shutdown_grace = "2s"
+
+[pools.g]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 1
+"#,
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(60)).await;
+    let running = {
+        let client = warmpool::client::Client::new(&d.addr, None);
+        tokio::spawn(async move { run_task(&client, "g", json!({"cmd": ["sleep", "50"]})).await })
+    };
+    wait_pool(&d, "g", "the task to run", Duration::from_secs(60), |v| {
+        v["busy"] == 1
+    })
+    .await;
+    assert!(
+        !running.is_finished(),
+        "the task must still run when SIGTERM is sent"
+    );
+    let t0 = std::time::Instant::now();
+    let (d, exit) = tokio::task::spawn_blocking(move || {
+        let mut d = d;
+        let exit = d.stop();
+        (d, exit)
+    })
+    .await
+    .unwrap();
+    let took = t0.elapsed();
+    assert!(exit.success(), "daemon exit {exit}:\n{}", d.log());
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?}, before shutdown_grace (2s) was up:\n{}",
+        d.log()
+    );
+    // 10x the grace, and below the built-in 30 s a daemon ignoring the key would wait.
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped after {took:?}: shutdown_grace = \"2s\" was not applied:\n{}",
+        d.log()
+    );
+    let _ = running.await;
+    assert!(containers(&d.instance, None).is_empty());
 }

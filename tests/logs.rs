@@ -88,8 +88,12 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Daemon {
         assert_eq!((s, &v["timed_out"]), (200, &json!(true)), "{pool}: {v}");
     }
     let wrong = warmpool::client::Client::new(&d.addr, Some(format!("{TOKEN}-wrong")));
-    let (s, _) = run_task(&wrong, "shim", json!({"cmd": ["true"], "env": env})).await;
-    assert_eq!(s, 401);
+    let (s, v) = run_task(&wrong, "shim", json!({"cmd": ["true"], "env": env})).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (401, &json!("unauthorized")),
+        "{v}"
+    );
 
     // Shut down too: removal and shutdown paths log as well.
     assert!(d.stop().success());

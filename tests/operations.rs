@@ -97,23 +97,20 @@ fn stream(
             .into_bytes();
         while !stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
-            let (status, body) = match client
-                .request(
-                    "POST",
-                    &format!("/v1/pools/{pool}/tasks"),
-                    Some(body.clone()),
-                )
-                .await
-            {
-                Ok(resp) => {
-                    let status = resp.status;
-                    match resp.bytes().await {
-                        Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
-                        Err(e) => (0, json!(e.to_string())),
+            let path = format!("/v1/pools/{pool}/tasks");
+            let (status, body) = common::deadline(format!("POST {path}"), async {
+                match client.request("POST", &path, Some(body.clone())).await {
+                    Ok(resp) => {
+                        let status = resp.status;
+                        match resp.bytes().await {
+                            Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+                            Err(e) => (0, json!(e.to_string())),
+                        }
                     }
+                    Err(e) => (0, json!(e.to_string())),
                 }
-                Err(e) => (0, json!(e.to_string())),
-            };
+            })
+            .await;
             log.lock().push(Outcome {
                 pool: pool.clone(),
                 sent,
@@ -124,6 +121,25 @@ fn stream(
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     })
+}
+
+/// Waits until every stream of `pools` has `more` answers beyond those logged now: the
+/// streams run (instead of a fixed sleep that may be too short on a loaded machine).
+async fn wait_answers(log: &Arc<parking_lot::Mutex<Vec<Outcome>>>, pools: &[&str], more: usize) {
+    let count = |p: &str| log.lock().iter().filter(|o| o.pool == p).count();
+    let base: Vec<usize> = pools.iter().map(|p| count(p)).collect();
+    wait_for(
+        &format!("{more} more answers on each of {pools:?}"),
+        LONG,
+        || {
+            pools
+                .iter()
+                .zip(&base)
+                .all(|(p, b)| count(p) >= b + more)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Removes the second image tag this test makes, even when it fails.
@@ -203,7 +219,7 @@ async fn reloads_under_a_steady_stream_of_tasks_lose_none_and_touch_only_what_ch
         .iter()
         .map(|p| stream(&d, p, stop.clone(), log.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_answers(&log, &["keep", "envp", "imgp", "gone"], 3).await;
     let keep_before = pool_view(&d, "keep");
     let env_before = pool_view(&d, "envp");
     let img_before = pool_view(&d, "imgp");
@@ -273,7 +289,7 @@ async fn reloads_under_a_steady_stream_of_tasks_lose_none_and_touch_only_what_ch
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_answers(&log, &["keep", "envp", "imgp"], 3).await;
     stop.store(true, Ordering::Relaxed);
     for s in streams {
         s.await.unwrap();
@@ -364,7 +380,7 @@ max = 2
         .iter()
         .map(|p| stream(&d, p, stop.clone(), log.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_answers(&log, &["a", "b"], 3).await;
     let before: BTreeMap<&str, BTreeMap<String, Seen>> =
         ["a", "b"].iter().map(|p| (*p, pool_view(&d, p))).collect();
     let errors_before = metric(&d, "warmpool_config_reloads_total", &[("result", "error")]).await;
@@ -420,7 +436,7 @@ image = "warmpool/agent:latest"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_answers(&log, &["a", "b"], 3).await;
     stop.store(true, Ordering::Relaxed);
     for s in streams {
         s.await.unwrap();
@@ -447,7 +463,12 @@ image = "warmpool/agent:latest"
             "{v}"
         );
     }
-    assert_eq!(d.get("/v1/pools/c").await.unwrap().0, 404);
+    let (status, v) = d.get("/v1/pools/c").await.unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_pool")),
+        "{v}"
+    );
     let (status, v) = d.task("a", json!({"shell": "echo still"})).await;
     assert_eq!(
         (status, v["stdout"].as_str()),
@@ -514,12 +535,9 @@ max = 2
     let addr = d.addr.clone();
     let reloading = tokio::spawn(async move {
         let client = warmpool::client::Client::new(&addr, None);
-        let resp = client
-            .request("POST", "/v1/admin/reload", Some(Vec::new()))
-            .await
-            .unwrap();
-        let status = resp.status;
-        (status, resp.bytes().await.unwrap())
+        let (status, _, body) =
+            common::send(&client, "POST", "/v1/admin/reload", Some(Vec::new())).await;
+        (status, body)
     });
     let copy = wait_for("the end command's copy inside the container", LONG, || {
         docker_try(&["exec", &full, "cat", "/tmp/saved-by-end-command"])
@@ -532,7 +550,12 @@ max = 2
         containers(&d.instance, Some("e")).is_empty(),
         "pool e's containers are left"
     );
-    assert_eq!(d.get(&format!("/v1/sessions/{id}")).await.unwrap().0, 404);
+    let (status, v) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_session")),
+        "{v}"
+    );
 }
 
 fn token_client(d: &Daemon, token: Option<&str>) -> warmpool::client::Client {
@@ -587,7 +610,11 @@ max = 2
     ] {
         let stream = tokio::net::TcpStream::connect(&tcp).await.unwrap();
         let (status, v) = send(stream, "GET", "/v1/pools", &[("authorization", auth)], None).await;
-        assert_eq!(status, 401, "{auth:?}: {v}");
+        assert_eq!(
+            (status, &v["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{auth:?}: {v}"
+        );
     }
 
     // The scheme is case-insensitive (RFC 9110), as some clients write it in lower case.
@@ -605,8 +632,8 @@ max = 2
         "a refused call created a session: {v}"
     );
     for open in ["/metrics", "/healthz", "/readyz"] {
-        let resp = none.request("GET", open, None).await.unwrap();
-        assert_eq!(resp.status, 200, "{open} needs no token");
+        let (status, _, _) = common::send(&none, "GET", open, None).await;
+        assert_eq!(status, 200, "{open} needs no token");
     }
     // The CLI takes the token from WARMPOOL_TOKEN.
     let cli = |token: &str| {
@@ -647,8 +674,17 @@ max = 2
     // An emptied token file is refused by the reload: the daemon never falls open.
     std::fs::write(&token_file, "").unwrap();
     let (status, v) = call(&second, "POST", "/v1/admin/reload", None).await;
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(call(&none, "GET", "/v1/pools", None).await.0, 401);
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_config")),
+        "{v}"
+    );
+    let (status, v) = call(&none, "GET", "/v1/pools", None).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (401, &json!("unauthorized")),
+        "{v}"
+    );
     assert_eq!(call(&second, "GET", "/v1/pools", None).await.0, 200);
 }
 
@@ -682,13 +718,16 @@ where
             body.map(|b| b.to_string()).unwrap_or_default(),
         )))
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    common::deadline(format!("{method} {path}"), async move {
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    })
+    .await
 }
 
 async fn over_socket(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -737,16 +776,17 @@ async fn the_api_answers_on_a_unix_socket_of_mode_0660() {
     );
     let (status, _) = over_socket(&socket, "GET", "/healthz", None).await;
     assert_eq!(status, 200);
-    // curl, as an operator would (where curl is installed).
-    if let Ok(out) = Command::new("curl")
-        .args(["-s", "--unix-socket"])
+    // curl, as an operator would. A missing curl fails the test: a skip proves nothing.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "60", "--unix-socket"])
         .arg(&socket)
         .arg("http://warmpool/v1/pools/u")
         .output()
-    {
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(v["name"], "u", "{}", String::from_utf8_lossy(&out.stdout));
-    }
+        .unwrap_or_else(|e| {
+            panic!("curl not runnable ({e}): run scripts/install-test-deps.sh (or apt-get install curl)")
+        });
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v["name"], "u", "{}", String::from_utf8_lossy(&out.stdout));
     // And the TCP listener still serves beside it.
     assert_eq!(d.get("/v1/pools/u").await.unwrap().0, 200);
 }
@@ -800,11 +840,19 @@ async fn a_reload_during_start_up_is_refused_or_held_never_fatal() {
     ))
     .await;
     let (status, v) = d.get("/readyz").await.unwrap();
-    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (503, &json!("not_ready")),
+        "{v}"
+    );
 
     // The endpoint says plainly that it is too early.
     let (status, v) = reload(&d).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_config")),
+        "{v}"
+    );
     assert!(
         v["error"]["message"]
             .as_str()

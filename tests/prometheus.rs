@@ -171,7 +171,9 @@ scrape_configs:
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(resp) = p.client.request("GET", "/-/ready", None).await {
+            if let Ok(resp) =
+                common::deadline("GET /-/ready", p.client.request("GET", "/-/ready", None)).await
+            {
                 if resp.status == 200 {
                     break;
                 }
@@ -196,12 +198,15 @@ scrape_configs:
 
     /// GET of an API path; panics unless Prometheus answers `"status": "success"`.
     async fn api(&self, path: &str) -> Value {
-        let resp = self
-            .client
-            .request("GET", path, None)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path} from prometheus: {e}"));
-        let bytes = resp.bytes().await.unwrap();
+        let bytes = common::deadline(format!("GET {path} from prometheus"), async {
+            let resp = self
+                .client
+                .request("GET", path, None)
+                .await
+                .unwrap_or_else(|e| panic!("GET {path} from prometheus: {e}"));
+            resp.bytes().await.unwrap()
+        })
+        .await;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             panic!("GET {path}: not JSON: {}", String::from_utf8_lossy(&bytes))
         });

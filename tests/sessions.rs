@@ -118,6 +118,24 @@ fn exists(instance: &str, full_id: &str) -> bool {
 }
 
 /// Every byte value, in an order that is not the identity, a few times over.
+/// The session is gone: 404 `unknown_session`.
+async fn assert_unknown_session(d: &Daemon, id: &str) {
+    let (status, v) = get_session(d, id).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_session")),
+        "session {id}: {v}"
+    );
+}
+
+/// The error code of an error body.
+fn code_of(body: &[u8]) -> String {
+    as_json(body)["error"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
 fn binary_blob(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + i / 256) % 256) as u8).collect()
 }
@@ -274,22 +292,30 @@ async fn sessions_never_share_a_container_and_pool_tasks_never_land_in_one() {
         .await
         .1;
     assert_eq!(v["stdout"], "a\nonly-a\n", "{v}");
-    let (status, _) = http(
+    let (status, resp) = http(
         &d,
         "GET",
         &format!("/v1/sessions/{b}/files/work/only-a"),
         None,
     )
     .await;
-    assert_eq!(status, 404, "session b reads session a's file");
-    let (status, _) = http(
+    assert_eq!(
+        (status, code_of(&resp)),
+        (404, "no_such_path".to_string()),
+        "session b reads session a's file"
+    );
+    let (status, resp) = http(
         &d,
         "GET",
         &format!("/v1/sessions/{a}/files/work/only-b"),
         None,
     )
     .await;
-    assert_eq!(status, 404, "session a reads session b's file");
+    assert_eq!(
+        (status, code_of(&resp)),
+        (404, "no_such_path".to_string()),
+        "session a reads session b's file"
+    );
 
     // Pool tasks, many at once and in rounds between session tasks, never run in a
     // session's container and never see a session's files.
@@ -334,7 +360,7 @@ async fn sessions_never_share_a_container_and_pool_tasks_never_land_in_one() {
         assert_ne!(v["container"], ca);
         assert_eq!(v["stdout"], "", "{v}");
     }
-    assert_eq!(get_session(&d, &a).await.0, 404);
+    assert_unknown_session(&d, &a).await;
     assert!(exists(&d.instance, &full_b), "ending a must not touch b");
     assert_eq!(
         stask(&d, "s", &b, "cat /work/only-b").await["stdout"],
@@ -370,14 +396,14 @@ async fn the_idle_timeout_ends_a_session_and_removes_its_container() {
         (!exists(&d.instance, &full)).then_some(())
     })
     .await;
-    assert_eq!(get_session(&d, &short_lived).await.0, 404);
+    assert_unknown_session(&d, &short_lived).await;
     let (status, v) = d
         .task("s", json!({"shell": "true", "session": short_lived}))
         .await;
     assert_eq!(status, 404, "{v}");
     assert_eq!(v["error"]["code"], "unknown_session", "{v}");
     // A session that never started ends the same way.
-    assert_eq!(get_session(&d, &lazy).await.0, 404);
+    assert_unknown_session(&d, &lazy).await;
 
     // The timeout is per session: the other one lives on, with its container.
     let (status, info) = get_session(&d, &long_lived).await;
@@ -413,7 +439,7 @@ async fn the_least_recently_used_session_is_ended_to_make_room() {
         (!exists(&d.instance, &second_container)).then_some(())
     })
     .await;
-    assert_eq!(get_session(&d, &second).await.0, 404);
+    assert_unknown_session(&d, &second).await;
     let (_, list) = d.get("/v1/sessions").await.unwrap();
     let mut ids: Vec<&str> = list["sessions"]
         .as_array()
@@ -465,9 +491,8 @@ session_end_command = ["sh", "-c", "cp /work/state.txt /tmp/saved-by-end-command
     let path = format!("/v1/sessions/{id}");
     let delete = tokio::spawn(async move {
         let client = warmpool::client::Client::new(&addr, None);
-        let resp = client.request("DELETE", &path, None).await.unwrap();
-        let status = resp.status;
-        (status, resp.bytes().await.unwrap())
+        let (status, _, body) = send(&client, "DELETE", &path, None).await;
+        (status, body)
     });
     let seen = wait_for("the end command's copy inside the container", LONG, || {
         docker_try(&["exec", &full, "cat", "/tmp/saved-by-end-command"])
@@ -484,7 +509,7 @@ session_end_command = ["sh", "-c", "cp /work/state.txt /tmp/saved-by-end-command
         (!exists(&d.instance, &full)).then_some(())
     })
     .await;
-    assert_eq!(get_session(&d, &id).await.0, 404);
+    assert_unknown_session(&d, &id).await;
 }
 
 // --- archives -------------------------------------------------------------------------
@@ -757,7 +782,12 @@ async fn file_endpoints_answer_clear_errors() {
         Some(vec![b'x'; 2 << 20]),
     )
     .await;
-    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        (status, code(&resp).as_str()),
+        (413, "body_too_large"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
     // Reads stream in bounded chunks (issue 11): a file larger than max_request_body is
     // read back whole, without the daemon ever holding it.
     stask(&d, "s", &id, "head -c 2000000 /dev/zero > /work/big").await;

@@ -57,8 +57,9 @@ async fn a_background_child_holding_stdout_does_not_hang_the_task() {
             .task("bg", json!({"shell": shell, "timeout": "60s"}))
             .await;
         assert_eq!(status, 200, "{v}");
+        // Held, the answer would come after the child's 30 s.
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(15),
             "{shell:?} answered after {:?}",
             t.elapsed()
         );
@@ -181,12 +182,14 @@ async fn binary_output_comes_back_base64_and_stdin_reaches_the_task() {
     let (status, v) = d
         .task(
             "io",
-            json!({"cmd": ["true"], "stdin": big, "timeout": "10s"}),
+            json!({"cmd": ["true"], "stdin": big, "timeout": "60s"}),
         )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["exit_code"], 0);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(v["timed_out"], false, "{v}");
+    // A stdin writer stuck on the exited task would hold the answer until the 60 s timeout.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
 #[tokio::test]
@@ -368,19 +371,7 @@ health_check_interval = "1s"
 }
 
 async fn wait_for_metric(d: &Daemon, name: &str, labels: &[(&str, &str)], at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = metric(d, name, labels).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {v}, waited for {at_least}:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric_at_least(d, name, labels, at_least, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]
@@ -412,7 +403,8 @@ async fn a_container_whose_shim_dies_is_noticed_and_replaced() {
     let t = Instant::now();
     docker(&["kill", &busy]);
     let (status, v) = task.await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Unnoticed, the task would answer at its 30 s end or 60 s timeout.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert_eq!(status, 502, "{v}");
     assert_eq!(v["error"]["code"], "container_failed", "{v}");
     assert!(

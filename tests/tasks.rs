@@ -100,7 +100,11 @@ acquire_timeout = "1s"
     assert_eq!(v["error"]["code"], "unknown_pool", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("nosuch"));
     let (status, v) = d.get("/v1/pools/nosuch").await.unwrap();
-    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_pool")),
+        "{v}"
+    );
 
     // Malformed JSON, and JSON of the wrong shape: 400.
     let (status, v) = d
@@ -109,13 +113,25 @@ acquire_timeout = "1s"
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid_json", "{v}");
     let (status, v) = d.task("one", json!({"cmd": "echo hi"})).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_json")),
+        "{v}"
+    );
     let (status, v) = d
         .task("one", json!({"cmd": ["true"], "tiemout": "1s"}))
         .await;
-    assert_eq!(status, 400, "an unknown field is refused: {v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_json")),
+        "an unknown field is refused: {v}"
+    );
     let (status, v) = d.task("one", json!({})).await;
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{v}"
+    );
     assert!(v["error"]["message"].is_string(), "{v}");
 
     // Oversize body: 413 past max_request_body; just under it still runs.
@@ -160,9 +176,12 @@ acquire_timeout = "1s"
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["code"], "queue_full", "{v}");
     assert!(retry_after(&headers).is_some_and(|s| s >= 1), "{headers:?}");
+    // At once: a task that queued would get 503 after acquire_timeout, not 429; the bound
+    // is far above the few milliseconds a refusal takes, for a loaded machine.
     assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "429 must come at once"
+        t.elapsed() < Duration::from_secs(5),
+        "429 must come at once, not after {:?}",
+        t.elapsed()
     );
 
     // The queued one gets no container within acquire_timeout (1s): 503 with Retry-After.
@@ -172,7 +191,7 @@ acquire_timeout = "1s"
     assert_eq!(v["error"]["code"], "no_container", "{v}");
     assert!(after.is_some_and(|s| s >= 1), "503 without Retry-After");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
         "answered after {waited:?}, acquire_timeout is 1s"
     );
     let (status, _, v) = running.await.unwrap();
@@ -206,11 +225,14 @@ exec = "docker-exec"
         let took = t.elapsed();
         assert_eq!(status, 200, "{pool}: {v}");
         assert_eq!(v["timed_out"], true, "{pool}: {v}");
+        // 10x the expected 1 s: a loaded 2-core machine must not fail it.
         assert!(
-            took < Duration::from_secs(3),
+            took < Duration::from_secs(10),
             "{pool}: a 1s timeout answered after {took:?}"
         );
-        assert_ne!(v["exit_code"], 0, "{pool}: {v}");
+        // docs/api.md: `timed_out: true`, `signal: 9`, and no exit code.
+        assert_eq!(v["exit_code"], Value::Null, "{pool}: {v}");
+        assert_eq!(v["signal"], 9, "{pool}: {v}");
         // The short id the API reports: the container may be gone already.
         let old = v["container"].as_str().unwrap().to_string();
         wait_for(
@@ -309,8 +331,9 @@ on_exhausted = "cold"
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "pool_exhausted", "{v}");
     assert!(retry_after(&headers).is_some(), "{headers:?}");
+    // Waiting would take acquire_timeout (30 s by default).
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_secs(10),
         "fail must not wait: {:?}",
         t.elapsed()
     );
@@ -488,4 +511,38 @@ exec = "docker-exec"
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"], "next\n");
     assert_ne!(v["container"].as_str().unwrap(), short(&victim));
+}
+
+/// A task's `workdir` is where it runs; without one the pool's `workdir`; a relative one is
+/// refused naming the field.
+#[tokio::test]
+async fn a_task_workdir_is_where_it_runs() {
+    let d = Daemon::start(
+        r#"
+[pools.w]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 1
+workdir = "/job"
+"#,
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(60)).await;
+    let (status, v) = d.task("w", json!({"shell": "pwd"})).await;
+    assert_eq!((status, &v["stdout"]), (200, &json!("/job\n")), "{v}");
+    let (status, v) = d
+        .task("w", json!({"shell": "pwd", "workdir": "/tmp"}))
+        .await;
+    assert_eq!((status, &v["stdout"]), (200, &json!("/tmp\n")), "{v}");
+    let (status, v) = d.task("w", json!({"shell": "pwd", "workdir": "tmp"})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("workdir"),
+        "{v}"
+    );
 }

@@ -362,6 +362,9 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
 }
 
 #[cfg(test)]
+mod contract_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -27,6 +27,24 @@ mod values;
 #[cfg(test)]
 mod tests;
 
+/// Every key of pools.toml as `section.key` (sections `server`, `docker`, `pool` for
+/// `[defaults]`/`[pools.NAME]`, `security`), sub-tables left out: the contract table
+/// (src/contract_tests.rs) maps each to the test that fails when it is ignored.
+#[cfg(test)]
+pub(crate) fn all_keys() -> Vec<String> {
+    let sections: [(&str, &[&str]); 4] = [
+        ("server", server::SERVER_KEYS),
+        ("docker", server::DOCKER_KEYS),
+        ("pool", pool::LAYER_KEYS),
+        ("security", pool::SECURITY_KEYS),
+    ];
+    sections
+        .iter()
+        .flat_map(|(section, keys)| keys.iter().map(move |k| format!("{section}.{k}")))
+        .filter(|k| k != "pool.security")
+        .collect()
+}
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -444,6 +444,14 @@ async fn fake_task(
             died.notify_one();
             return None;
         }
+        // A file command (the shim's helpers) on a path naming an exit code, for the API's
+        // mapping of file command exits: `/fake-exit-77` exits 77.
+        Some(_) if argv.iter().any(|a| a.starts_with("/fake-exit-")) => {
+            exit.code = argv
+                .iter()
+                .find_map(|a| a.strip_prefix("/fake-exit-"))
+                .and_then(|n| n.parse().ok());
+        }
         Some(other) if other.starts_with("missing") => {
             exit.code = None;
             exit.spawn_error = Some(format!("cannot run {other:?}: No such file or directory"));

@@ -252,16 +252,22 @@ impl Daemon {
 
     /// GET, returning status and body parsed as JSON (or a JSON string of the raw text).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let resp = self.client.request("GET", path, None).await?;
-        let status = resp.status;
-        let bytes = resp.bytes().await?;
-        Ok((status, as_json(&bytes)))
+        deadline(format!("GET {path}"), async {
+            let resp = self.client.request("GET", path, None).await?;
+            let status = resp.status;
+            let bytes = resp.bytes().await?;
+            Ok((status, as_json(&bytes)))
+        })
+        .await
     }
 
     /// Raw text of a GET (e.g. /metrics).
     pub async fn get_text(&self, path: &str) -> String {
-        let resp = self.client.request("GET", path, None).await.unwrap();
-        String::from_utf8_lossy(&resp.bytes().await.unwrap()).into_owned()
+        deadline(format!("GET {path}"), async {
+            let resp = self.client.request("GET", path, None).await.unwrap();
+            String::from_utf8_lossy(&resp.bytes().await.unwrap()).into_owned()
+        })
+        .await
     }
 
     /// POST of a raw body.
@@ -341,6 +347,25 @@ impl Drop for Daemon {
     }
 }
 
+/// How long any one request of a test may take, its answer read in full: a lost task or a
+/// hung daemon fails the test with the request named instead of hanging the run. No test
+/// task runs longer than a few seconds; the slowest answer (a cold start on a loaded
+/// 2-core machine) is well under this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `fut` for at most [`REQUEST_DEADLINE`], or panics naming `what`.
+pub async fn deadline<T>(
+    what: impl std::fmt::Display,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(REQUEST_DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => {
+            panic!("{what}: no answer within {REQUEST_DEADLINE:?} (a lost task or a hung daemon)")
+        }
+    }
+}
+
 /// A body parsed as JSON, or a JSON string of the raw text when it is not JSON.
 pub fn as_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
@@ -355,10 +380,13 @@ pub async fn send(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> (u16, hyper::HeaderMap, Vec<u8>) {
-    let resp = client.request(method, path, body).await.unwrap();
-    let status = resp.status;
-    let headers = resp.headers.clone();
-    (status, headers, resp.bytes().await.unwrap().to_vec())
+    deadline(format!("{method} {path}"), async {
+        let resp = client.request(method, path, body).await.unwrap();
+        let status = resp.status;
+        let headers = resp.headers.clone();
+        (status, headers, resp.bytes().await.unwrap().to_vec())
+    })
+    .await
 }
 
 /// A request with an optional JSON body through `client`: status and JSON answer.

@@ -140,6 +140,40 @@ pub async fn wait_pool(
     }
 }
 
+/// Polls `/metrics` until `check` holds on it.
+pub async fn wait_metrics(d: &Daemon, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = metrics(d).await;
+        if check(&text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `/metrics` until the series `name{labels}` is at least `at_least`.
+pub async fn wait_metric_at_least(
+    d: &Daemon,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+    timeout: Duration,
+) {
+    wait_metrics(
+        d,
+        &format!("{name}{labels:?} >= {at_least}"),
+        timeout,
+        |m| metric_in(m, name, labels) >= at_least,
+    )
+    .await;
+}
+
 /// The text of `/metrics`.
 pub async fn metrics(d: &Daemon) -> String {
     d.get_text("/metrics").await
