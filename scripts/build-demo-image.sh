@@ -30,6 +30,7 @@ fi
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"   # the image's / (mktemp makes it 0700; rootless Podman's vfs keeps that)
 mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/work" "$root/root"
 cp "$busybox" "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do

@@ -175,7 +175,10 @@ if [ "$mode" != rootful ]; then
   su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman system service --time=0 $user_sock >$user_run/service.log 2>&1 & echo \$! >$user_run/service.pid"
   wait_socket "$user_run/podman.sock"
   service_pids+=("$(cat "$user_run/service.pid")")
-  su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman load -q -i $tar" >/dev/null
+  # Built in the user's store rather than loaded: rootless Podman's vfs storage keeps the
+  # mode of the image's /, and an image built before build-demo-image.sh set it 0755 has a
+  # 0700 one that the tasks' user cannot enter.
+  DOCKER_HOST=$user_sock scripts/build-demo-image.sh --force
   cgroups=$(su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman info --format '{{.Host.CgroupsVersion}}'")
   # The shim is bind-mounted from the daemon's temporary directory, and the container's
   # users are subordinate ids: the path must be searchable by others, unlike $user_run.
