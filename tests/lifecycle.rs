@@ -404,6 +404,8 @@ warm = 1
 max = 2
 max_uses = 1
 acquire_timeout = "120s"
+# The thresholds alone: the forecast would keep 2 for its window after 10 quick tasks.
+predictive = false
 "#,
     )
     .await;

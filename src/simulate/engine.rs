@@ -76,6 +76,9 @@ pub struct SimEngine {
     next_id: AtomicUsize,
     /// Seconds of removed containers and creates, per pool.
     usage: Mutex<BTreeMap<String, PoolUsage>>,
+    /// Container life before this instant is not counted (the pools' warm-up before the
+    /// trace starts).
+    epoch: Mutex<Option<Instant>>,
 }
 
 impl SimEngine {
@@ -88,7 +91,18 @@ impl SimEngine {
             next_slot: Mutex::new(None),
             next_id: AtomicUsize::new(0),
             usage: Mutex::default(),
+            epoch: Mutex::new(None),
         })
+    }
+
+    /// Counts container life from now on only, and the creates from now on.
+    pub fn start_counting(&self) {
+        *self.epoch.lock() = Some(Instant::now());
+        self.usage.lock().clear();
+    }
+
+    fn since(&self, created: Instant) -> Instant {
+        self.epoch.lock().map_or(created, |e| e.max(created))
     }
 
     /// Creates and container-seconds per pool, counting live containers up to `until`.
@@ -96,8 +110,9 @@ impl SimEngine {
         let mut usage = self.usage.lock().clone();
         for c in self.containers.lock().values() {
             let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            usage.entry(pool).or_default().container_seconds +=
-                until.saturating_duration_since(c.created).as_secs_f64();
+            usage.entry(pool).or_default().container_seconds += until
+                .saturating_duration_since(self.since(c.created))
+                .as_secs_f64();
         }
         usage
     }
@@ -206,8 +221,8 @@ impl Runtime for SimEngine {
         if let Some(c) = gone {
             c.kill.notify_one();
             let pool = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            self.usage.lock().entry(pool).or_default().container_seconds +=
-                c.created.elapsed().as_secs_f64();
+            let lived = self.since(c.created).elapsed().as_secs_f64();
+            self.usage.lock().entry(pool).or_default().container_seconds += lived;
         }
         Ok(())
     }

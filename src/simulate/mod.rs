@@ -229,7 +229,8 @@ struct Outcome {
 }
 
 /// Replays `trace` against `config` on a fresh paused runtime and returns one report per
-/// pool of the trace, labelled `policy`.
+/// pool of the trace, labelled `policy`. The trace starts once every pool is up at its
+/// initial size (`max(warm, min)`); container-seconds and creates count from then on.
 ///
 /// Errors: the config could not be started (a pool's setup failed), or the runtime could
 /// not be built.
@@ -308,6 +309,18 @@ async fn replay(config: &Config, trace: &Trace, opts: &Options) -> anyhow::Resul
         config.server.max_sessions,
     );
     sup.start(config).await?;
+    // The trace starts on a daemon that is up: every pool at its initial size.
+    for _ in 0..100_000 {
+        let up = sup.pools().iter().all(|p| {
+            let c = p.counts();
+            c.up() >= c.target
+        });
+        if up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.start_counting();
     sup.set_wall_clock(opts.start);
     let t0 = Instant::now();
     let outcomes: Arc<Mutex<Vec<Option<Outcome>>>> =
