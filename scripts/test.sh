@@ -22,3 +22,5 @@ cargo test --locked --test '*' -- --test-threads=1
 scripts/test-python.sh
 # The MCP server through the official Python MCP client, over stdio and /mcp.
 scripts/test-mcp.sh
+# The same engine tests on Podman's Docker-compatible API, rootful and a rootless smoke subset.
+scripts/test-podman.sh
