@@ -27,6 +27,7 @@
 #[path = "../src/shim_proto.rs"]
 mod shim_proto;
 
+mod failure;
 mod files;
 mod protocol;
 mod sweep;

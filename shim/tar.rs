@@ -10,7 +10,7 @@
 //! by hard link or through a symlink), so a refused archive changes nothing; if writing then
 //! fails (a full disk), what it had created is removed again.
 
-use crate::files::{fail_read, fail_write, Failure, BAD_ARCHIVE, WRONG_KIND};
+use crate::failure::{fail_read, fail_write, Failure, BAD_ARCHIVE, WRONG_KIND};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
