@@ -36,7 +36,6 @@ mod task;
 mod wipe;
 
 use protocol::{Busy, Output, Shim};
-use shim_proto::{Event, PROTOCOL_VERSION};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -68,16 +67,34 @@ fn main() {
         }
     }
 
+    // `--listen PATH` (the direct transport): the daemon connects to a unix socket at PATH, a
+    // directory of this container's own bind-mounted from the host. Otherwise the protocol
+    // runs over the attached stdin/stdout.
+    let listen = match args.as_slice() {
+        [_, flag, path] if flag == "--listen" => Some(std::path::PathBuf::from(path)),
+        _ => None,
+    };
+    let listener = listen.as_deref().map(|path| match listen_on(path) {
+        Ok(l) => l,
+        Err(e) => die(1, &format!("cannot listen on {}: {e}", path.display())),
+    });
     // Own descriptors for the protocol stream: unbuffered (one write per frame) and close-on-exec.
-    let (input, output) = match (
-        dup_file(io::stdin().as_fd()),
-        dup_file(io::stdout().as_fd()),
-    ) {
-        (Ok(i), Ok(o)) => (i, o),
-        (Err(e), _) | (_, Err(e)) => die(1, &format!("cannot use stdin/stdout: {e}")),
+    let (input, output) = if listener.is_some() {
+        (None, None)
+    } else {
+        match (
+            dup_file(io::stdin().as_fd()),
+            dup_file(io::stdout().as_fd()),
+        ) {
+            (Ok(i), Ok(o)) => (Some(i), Some(o)),
+            (Err(e), _) | (_, Err(e)) => die(1, &format!("cannot use stdin/stdout: {e}")),
+        }
     };
     let shim: &'static Shim = Box::leak(Box::new(Shim {
-        out: Output(Mutex::new(output)),
+        out: Output {
+            stream: Mutex::new(None),
+            direct: listener.is_some(),
+        },
         reaper: task::Reaper::default(),
         workers: Workers::default(),
         busy: Mutex::new(Busy::Idle),
@@ -90,10 +107,27 @@ fn main() {
     if let Err(e) = spawn_thread("signals", move || shim.on_shutdown_signal()) {
         die(1, &format!("cannot start the signal thread: {e}"));
     }
-    shim.out.send(&Event::Hello {
-        version: PROTOCOL_VERSION,
-    });
-    shim.serve(input);
+    match (listener, input, output) {
+        (Some(listener), _, _) => shim.serve_socket(listener),
+        (None, Some(input), Some(output)) => {
+            shim.out.connect(output);
+            shim.serve(input)
+        }
+        _ => unreachable!("either a socket or stdin/stdout"),
+    }
+}
+
+/// The direct transport's socket: only its owner (the container's user, the daemon being
+/// root or that user) may connect. A socket left by an earlier run of the shim is replaced.
+fn listen_on(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {

@@ -49,9 +49,19 @@ extern "C" {
     fn __errno_location() -> *mut i32;
     fn getpid() -> i32;
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    fn shutdown(fd: i32, how: i32) -> i32;
 }
 
 const PR_SET_CHILD_SUBREAPER: i32 = 36;
+const SHUT_RDWR: i32 = 2;
+
+/// Shuts a socket down both ways, so that a thread blocked reading it sees end of input.
+/// Errors (not a socket, already shut) are of no interest: the caller is giving up on it.
+pub fn shutdown_socket(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown takes a descriptor that the borrow keeps open, and an integer.
+    unsafe { shutdown(fd.as_raw_fd(), SHUT_RDWR) };
+}
 
 /// This process's pid (in its own pid namespace: 1 when it is the container's init).
 pub fn my_pid() -> i32 {

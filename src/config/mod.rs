@@ -36,7 +36,7 @@ use toml_edit::ImDocument;
 pub use error::{ConfigError, Problem};
 pub use pool::{PoolConfig, SecurityConfig};
 pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
-pub use values::{parse_size, ExecMode, NetworkMode, OnExhausted};
+pub use values::{parse_size, ExecMode, ExecTransport, NetworkMode, OnExhausted};
 
 use read::{Ctx, Pos};
 
