@@ -1,7 +1,10 @@
 //! warmpool-shim: the in-container agent of warmpool.
 //!
-//! It is the container's entrypoint (PID 1). The daemon attaches once to the container's
-//! stdin/stdout and sends framed requests (see `src/shim_proto.rs`); the shim runs one task at
+//! It is the container's entrypoint (PID 1). The daemon either connects to the unix socket the
+//! shim listens on with `--listen PATH` (the direct transport: a host directory of this
+//! container's own, one daemon connection at a time, for the container's whole life), or
+//! attaches once to the container's stdin/stdout; either way it sends framed requests (see
+//! `src/shim_proto.rs`), each connection starting with a Hello. The shim runs one task at
 //! a time in its own process group, streams its output back, ends every process the task left
 //! behind (`sweep.rs`), and reports how it ended. That replaces a `docker exec` per task
 //! (about 50 ms) with a spawn (1 to 2 ms, mostly the kernel's fork and exec).
@@ -19,9 +22,11 @@
 //! enforces the timeout, sends Exit), two output readers and, when there is stdin to give, a
 //! stdin writer.
 //!
-//! End of stdin means the daemon is gone for good (it creates the container with `OpenStdin` and
-//! without `StdinOnce`, so detaching never closes it): the shim lets the running task finish,
-//! sends its Exit, and exits 0. SIGTERM/SIGINT: SIGKILL the running task's group, exit 0.
+//! Attached, end of stdin means the daemon is gone for good (it creates the container with
+//! `OpenStdin` and without `StdinOnce`, so detaching never closes it): the shim lets the
+//! running task finish, sends its Exit, and exits 0. Direct, the end of a connection is not:
+//! the task goes on and the shim waits for the next daemon (adoption after a restart).
+//! SIGTERM/SIGINT: SIGKILL the running task's group, exit 0.
 
 // Unused half (request encoding, event decoding) allowed in the module itself.
 #[path = "../src/shim_proto.rs"]
