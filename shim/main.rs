@@ -232,3 +232,18 @@ impl Workers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_peer_in_the_same_pid_namespace_has_its_pid() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            crate::sys::peer_pid(a.as_fd()),
+            Some(crate::sys::my_pid()),
+            "a process of the container is told from the daemon (pid 0)"
+        );
+    }
+}

@@ -54,6 +54,12 @@ impl Shim {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => self.stop(1, &format!("cannot accept on the socket: {e}")),
             };
+            // Only the daemon, outside the container: a process of the container (a task,
+            // same user) sees the socket too, but its pid in our namespace is not 0.
+            if sys::my_pid() == 1 && sys::peer_pid(stream.as_fd()) != Some(0) {
+                eprintln!("warmpool-shim: refused a connection from inside the container");
+                continue;
+            }
             let reader = match stream.try_clone() {
                 Ok(r) => File::from(std::os::fd::OwnedFd::from(r)),
                 Err(e) => {

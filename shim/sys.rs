@@ -50,6 +50,37 @@ extern "C" {
     fn getpid() -> i32;
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     fn shutdown(fd: i32, how: i32) -> i32;
+    fn getsockopt(fd: i32, level: i32, name: i32, value: *mut Ucred, len: *mut u32) -> i32;
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Ucred {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_PEERCRED: i32 = 17;
+
+/// The pid of a unix socket's peer as this process's pid namespace sees it: 0 for a process
+/// outside it (the daemon, seen from a container), `None` if it cannot be told.
+pub fn peer_pid(fd: std::os::fd::BorrowedFd<'_>) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = Ucred::default();
+    let mut len = std::mem::size_of::<Ucred>() as u32;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which outlives the call.
+    let r = unsafe {
+        getsockopt(
+            fd.as_raw_fd(),
+            SOL_SOCKET,
+            SO_PEERCRED,
+            &raw mut cred,
+            &raw mut len,
+        )
+    };
+    (r == 0).then_some(cred.pid)
 }
 
 const PR_SET_CHILD_SUBREAPER: i32 = 36;
