@@ -2,7 +2,8 @@
 //! each container's own) and `attach` (the engine's attached stream) run the same task suite
 //! (output, stdin, timeouts, output caps, signals, binary output); a shim or container killed
 //! mid-task gives 502 `container_failed` on both; a direct container cannot reach, nor even
-//! see, a neighbour's socket; the socket directories go with their containers.
+//! see, a neighbour's socket; the socket directories go with their containers, and the
+//! instance's run root with the daemon.
 //!
 //! The fallback for remote engines is a pure decision, unit-tested in `src/exec/direct.rs`.
 
@@ -300,4 +301,5 @@ async fn a_container_cannot_reach_a_neighbours_socket() {
         .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!root.exists(), "the instance's run root goes at shutdown");
 }

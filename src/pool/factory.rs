@@ -250,8 +250,13 @@ impl Factory {
     }
 
     /// Removes every network this daemon set up, including one of a pool whose setup a
-    /// signal or an error cut short before the pool existed.
+    /// signal or an error cut short before the pool existed; and, the last thing of a
+    /// shutdown, this instance's run root of socket directories if nothing is left in it.
     pub async fn remove_networks(&self) {
+        if self.run_root_ready.lock().is_some() {
+            // Only succeeds when empty: a directory still there is a container's still here.
+            let _ = std::fs::remove_dir(&self.run_root);
+        }
         let nets: Vec<String> = self.networks.lock().iter().cloned().collect();
         for net in nets {
             if let Err(e) = self.runtime.remove_network(&net).await {
