@@ -4,8 +4,11 @@
 //! 2. raw `docker exec` into a running container through the Engine API (create exec, start
 //!    attached, read to end, inspect the exit code);
 //! 3. warmpool with `exec = "docker-exec"`, through its HTTP API;
-//! 4. warmpool with the shim, through its HTTP API;
-//! 5. the same with `reset_workdir = false`, which shows what wiping /work and /tmp between
+//! 4. warmpool with the shim over the engine's attached stream (`exec_transport = "attach"`),
+//!    through its HTTP API;
+//! 5. warmpool with the shim over its own unix socket (`exec_transport = "direct"`, the
+//!    default), through its HTTP API;
+//! 6. direct with `reset_workdir = false`, which shows what wiping /work and /tmp between
 //!    pool tasks costs.
 //!
 //! For each: p50/p99 of N tasks one after another, and tasks/s with 8 concurrent clients on 4
@@ -20,9 +23,11 @@
 //! WARMPOOL_BENCH_N_COLD (sequential cold runs, 30), WARMPOOL_BENCH_SECS (seconds of each
 //! concurrent phase, 5), WARMPOOL_BENCH_CLIENTS (8), WARMPOOL_BENCH_POOL (containers per pool,
 //! 4), WARMPOOL_BENCH_RSS_WARM (20; 0 skips the RSS step), WARMPOOL_BENCH_MODES (comma list
-//! of cold,exec,pool-exec,pool-shim,pool-shim-noreset; all by default), WARMPOOL_BENCH_INSTANCE
-//! (bench), WARMPOOL_BENCH_BIN (the daemon to run, for A/B comparisons; default the one
-//! cargo built).
+//! of cold,exec,pool-exec,pool-shim,pool-direct,pool-shim-noreset; all by default),
+//! WARMPOOL_BENCH_ROUNDS (1: rounds of the warmpool modes, interleaved, the order reversed
+//! every other round; with more than one the table gives each mode's medians over the rounds
+//! and a per-round table follows), WARMPOOL_BENCH_INSTANCE (bench), WARMPOOL_BENCH_BIN (the
+//! daemon to run, for A/B comparisons; default the one cargo built).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,6 +56,7 @@ struct Settings {
     rss_warm: usize,
     modes: Vec<String>,
     instance: String,
+    rounds: usize,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -66,7 +72,7 @@ impl Settings {
     fn from_env() -> Settings {
         let modes = env_or(
             "WARMPOOL_BENCH_MODES",
-            "cold,exec,pool-exec,pool-shim,pool-shim-noreset".to_string(),
+            "cold,exec,pool-exec,pool-shim,pool-direct,pool-shim-noreset".to_string(),
         );
         Settings {
             n_fast: env_or("WARMPOOL_BENCH_N", 200),
@@ -77,6 +83,7 @@ impl Settings {
             rss_warm: env_or("WARMPOOL_BENCH_RSS_WARM", 20),
             modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
             instance: env_or("WARMPOOL_BENCH_INSTANCE", "bench".to_string()),
+            rounds: env_or("WARMPOOL_BENCH_ROUNDS", 1usize).max(1),
         }
     }
 
@@ -86,6 +93,7 @@ impl Settings {
 }
 
 /// One mode's figures.
+#[derive(Clone)]
 struct Row {
     key: &'static str,
     mode: &'static str,
@@ -290,6 +298,7 @@ fn cpu_snapshot(ours: &Ours) -> CpuSnap {
 }
 
 /// CPU milliseconds per task, by group, and how busy the machine was.
+#[derive(Clone)]
 struct CpuUse {
     per_task_ms: [f64; GROUPS.len()],
     machine_busy: f64,
@@ -631,14 +640,14 @@ impl Drop for Daemon {
     }
 }
 
-fn pool_toml(name: &str, exec: &str, size: usize, reset_workdir: bool) -> String {
+fn pool_toml(name: &str, exec: &str, size: usize, reset_workdir: bool, transport: &str) -> String {
     // Fixed size, and no replacement by uses or age during the run: the bench measures the
     // warm path, not container churn (with the default max_uses = 100 every container would
     // be recreated many times per second of load).
     format!(
         "[pools.{name}]\nimage = \"{IMAGE}\"\nexec = \"{exec}\"\nmin = {size}\nwarm = {size}\n\
          max = {size}\nmax_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\
-         reset_workdir = {reset_workdir}\n\n"
+         reset_workdir = {reset_workdir}\nexec_transport = \"{transport}\"\n\n"
     )
 }
 
@@ -675,31 +684,78 @@ struct PoolMode {
     pool: &'static str,
     exec: &'static str,
     reset_workdir: bool,
+    transport: &'static str,
 }
 
-const POOL_MODES: [PoolMode; 3] = [
+const POOL_MODES: [PoolMode; 4] = [
     PoolMode {
         key: "pool-exec",
         label: "warmpool, `exec = \"docker-exec\"`",
         pool: "dexec",
         exec: "docker-exec",
         reset_workdir: true,
+        transport: "attach",
     },
     PoolMode {
         key: "pool-shim",
-        label: "warmpool, `exec = \"shim\"`",
+        label: "warmpool attach (shim, `exec_transport = \"attach\"`)",
         pool: "shim",
         exec: "shim",
         reset_workdir: true,
+        transport: "attach",
+    },
+    PoolMode {
+        key: "pool-direct",
+        label: "warmpool direct (shim, `exec_transport = \"direct\"`)",
+        pool: "direct",
+        exec: "shim",
+        reset_workdir: true,
+        transport: "direct",
     },
     PoolMode {
         key: "pool-shim-noreset",
-        label: "warmpool, shim, `reset_workdir = false`",
+        label: "warmpool direct, `reset_workdir = false`",
         pool: "shimnoreset",
         exec: "shim",
         reset_workdir: false,
+        transport: "direct",
     },
 ];
+
+/// The median of some figures (NaN for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
+/// One row per mode, of the medians over its rounds (the rows of one mode, in order).
+fn medians(rounds: &[Row]) -> Row {
+    let first = rounds[0].clone();
+    let med = |f: &dyn Fn(&Row) -> f64| median(rounds.iter().map(f).collect());
+    let mut per_task_ms = first.cpu.per_task_ms;
+    for (g, v) in per_task_ms.iter_mut().enumerate() {
+        *v = med(&|r| r.cpu.per_task_ms[g]);
+    }
+    Row {
+        n: rounds.iter().map(|r| r.n).sum(),
+        p50: med(&|r| r.p50),
+        p99: med(&|r| r.p99),
+        tasks: rounds.iter().map(|r| r.tasks).sum(),
+        tput: med(&|r| r.tput),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+        server: first.server.map(|_| {
+            (
+                med(&|r| r.server.map_or(f64::NAN, |s| s.0)),
+                med(&|r| r.server.map_or(f64::NAN, |s| s.1)),
+            )
+        }),
+        cpu: CpuUse {
+            per_task_ms,
+            machine_busy: med(&|r| r.cpu.machine_busy),
+        },
+        ..first
+    }
+}
 
 async fn bench_pool(
     s: &Settings,
@@ -829,7 +885,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     if !daemon_modes.is_empty() {
         let mut pools = String::new();
         for m in &daemon_modes {
-            pools += &pool_toml(m.pool, m.exec, s.pool, m.reset_workdir);
+            pools += &pool_toml(m.pool, m.exec, s.pool, m.reset_workdir, m.transport);
         }
         let mut d = Daemon::spawn(&s.instance, &pools)?;
         client = warmpool::client::Client::new(&d.base, None);
@@ -892,20 +948,42 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // Interleaved rounds: A B C, C B A, A B C, ... so that a drift in the machine's load
+    // weighs on every mode alike.
+    let mut by_round: Vec<Vec<Row>> = Vec::new();
+    for round in 0..s.rounds {
+        let mut order = daemon_modes.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut this = Vec::new();
+        for m in order {
+            eprintln!("round {}/{}: {}...", round + 1, s.rounds, m.label);
+            let ours = Ours {
+                daemon: daemon.as_ref().map(Daemon::pid),
+                containers: container_ids(
+                    &docker,
+                    &[
+                        format!("warmpool.instance={}", s.instance),
+                        format!("warmpool.pool={}", m.pool),
+                    ],
+                )
+                .await,
+            };
+            this.push(bench_pool(&s, &client, m, &ours).await);
+        }
+        by_round.push(this);
+    }
     for m in &daemon_modes {
-        eprintln!("{}...", m.label);
-        let ours = Ours {
-            daemon: daemon.as_ref().map(Daemon::pid),
-            containers: container_ids(
-                &docker,
-                &[
-                    format!("warmpool.instance={}", s.instance),
-                    format!("warmpool.pool={}", m.pool),
-                ],
-            )
-            .await,
-        };
-        rows.push(bench_pool(&s, &client, m, &ours).await);
+        let of_mode: Vec<Row> = by_round
+            .iter()
+            .flatten()
+            .filter(|r| r.key == m.key)
+            .cloned()
+            .collect();
+        if !of_mode.is_empty() {
+            rows.push(medians(&of_mode));
+        }
     }
     let main_rss = daemon.as_ref().map(|d| d.rss_kib());
     if let Some(mut d) = daemon.take() {
@@ -918,7 +996,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut rss = None;
     if s.rss_warm > 0 {
         eprintln!("RSS: a daemon with {} warm shim containers...", s.rss_warm);
-        let mut d = Daemon::spawn(&s.instance, &pool_toml("rss", "shim", s.rss_warm, true))?;
+        let mut d = Daemon::spawn(
+            &s.instance,
+            &pool_toml("rss", "shim", s.rss_warm, true, "direct"),
+        )?;
         let c = warmpool::client::Client::new(&d.base, None);
         let took = d.wait_ready(&c).await?;
         // Let the start-up settle (the last attach, the first health checks are 30 s away).
@@ -945,6 +1026,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     println!();
     println!("## warmpool compare: `true` run one after another, and by concurrent clients");
     println!();
+    if s.rounds > 1 {
+        println!(
+            "warmpool rows: medians over {} interleaved rounds (per round below).",
+            s.rounds
+        );
+        println!();
+    }
     println!(
         "| mode | p50 ms | p99 ms | tasks/s @{} clients | speed-up vs raw exec (p50) |",
         s.clients
@@ -1039,15 +1127,86 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             r.cpu.machine_busy * 100.0
         );
     }
+    if s.rounds > 1 {
+        println!();
+        println!("**Rounds** (interleaved; p50 ms / p99 ms / tasks/s / CPU ms per task)");
+        println!();
+        let keys: Vec<&PoolMode> = daemon_modes.clone();
+        println!(
+            "| round | {} |",
+            keys.iter().map(|m| m.key).collect::<Vec<_>>().join(" | ")
+        );
+        println!("| --- |{}", " --- |".repeat(keys.len()));
+        for (i, round) in by_round.iter().enumerate() {
+            let cells: Vec<String> = keys
+                .iter()
+                .map(|m| {
+                    round
+                        .iter()
+                        .find(|r| r.key == m.key)
+                        .map_or("".into(), |r| {
+                            format!(
+                                "{} / {} / {:.0} / {:.2}",
+                                fmt_ms(r.p50),
+                                fmt_ms(r.p99),
+                                r.tput,
+                                r.cpu.per_task_ms.iter().sum::<f64>()
+                            )
+                        })
+                })
+                .collect();
+            println!("| {} | {} |", i + 1, cells.join(" | "));
+        }
+        let ratio = |f: &dyn Fn(&Row) -> f64| {
+            median(
+                by_round
+                    .iter()
+                    .filter_map(|round| {
+                        let a = round.iter().find(|r| r.key == "pool-shim")?;
+                        let d = round.iter().find(|r| r.key == "pool-direct")?;
+                        Some(f(d) / f(a))
+                    })
+                    .collect(),
+            )
+        };
+        if keys.iter().any(|m| m.key == "pool-shim") && keys.iter().any(|m| m.key == "pool-direct")
+        {
+            println!();
+            println!(
+                "- direct / attach, median of the per-round ratios: p50 {:.2}, p99 {:.2}, tasks/s {:.2}, CPU per task {:.2}",
+                ratio(&|r| r.p50),
+                ratio(&|r| r.p99),
+                ratio(&|r| r.tput),
+                ratio(&|r| r.cpu.per_task_ms.iter().sum::<f64>())
+            );
+        }
+    }
     println!();
     println!("**Machine**");
     println!();
     for f in &facts {
         println!("- {f}");
     }
+    if let Some(direct) = rows.iter().find(|r| r.key == "pool-direct") {
+        println!();
+        println!("**Targets** (direct transport, reported, not asserted)");
+        println!();
+        println!(
+            "- end-to-end p50 ≤ 1.0 ms: {} ({} ms)",
+            met(direct.p50 <= 1.0),
+            fmt_ms(direct.p50)
+        );
+        println!(
+            "- ≥ 1,500 tasks/s @{} clients on {} containers: {} ({:.0})",
+            s.clients,
+            s.pool,
+            met(direct.tput >= 1500.0),
+            direct.tput
+        );
+    }
     if let Some(shim) = rows.iter().find(|r| r.key == "pool-shim") {
         println!();
-        println!("**Targets** (shim path, reported, not asserted)");
+        println!("**Targets** (attach transport, reported, not asserted)");
         println!();
         println!(
             "- end-to-end p50 ≤ 2 ms: {} ({} ms)",

@@ -1,7 +1,10 @@
 //! warmpool-shim: the in-container agent of warmpool.
 //!
-//! It is the container's entrypoint (PID 1). The daemon attaches once to the container's
-//! stdin/stdout and sends framed requests (see `src/shim_proto.rs`); the shim runs one task at
+//! It is the container's entrypoint (PID 1). The daemon either connects to the unix socket the
+//! shim listens on with `--listen PATH` (the direct transport: a host directory of this
+//! container's own, one daemon connection at a time, for the container's whole life), or
+//! attaches once to the container's stdin/stdout; either way it sends framed requests (see
+//! `src/shim_proto.rs`), each connection starting with a Hello. The shim runs one task at
 //! a time in its own process group, streams its output back, ends every process the task left
 //! behind (`sweep.rs`), and reports how it ended. That replaces a `docker exec` per task
 //! (about 50 ms) with a spawn (1 to 2 ms, mostly the kernel's fork and exec).
@@ -19,9 +22,11 @@
 //! enforces the timeout, sends Exit), two output readers and, when there is stdin to give, a
 //! stdin writer.
 //!
-//! End of stdin means the daemon is gone for good (it creates the container with `OpenStdin` and
-//! without `StdinOnce`, so detaching never closes it): the shim lets the running task finish,
-//! sends its Exit, and exits 0. SIGTERM/SIGINT: SIGKILL the running task's group, exit 0.
+//! Attached, end of stdin means the daemon is gone for good (it creates the container with
+//! `OpenStdin` and without `StdinOnce`, so detaching never closes it): the shim lets the
+//! running task finish, sends its Exit, and exits 0. Direct, the end of a connection is not:
+//! the task goes on and the shim waits for the next daemon (adoption after a restart).
+//! SIGTERM/SIGINT: SIGKILL the running task's group, exit 0.
 
 // Unused half (request encoding, event decoding) allowed in the module itself.
 #[path = "../src/shim_proto.rs"]
@@ -37,7 +42,6 @@ mod task;
 mod wipe;
 
 use protocol::{Busy, Output, Shim};
-use shim_proto::{Event, PROTOCOL_VERSION};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -69,16 +73,34 @@ fn main() {
         }
     }
 
+    // `--listen PATH` (the direct transport): the daemon connects to a unix socket at PATH, a
+    // directory of this container's own bind-mounted from the host. Otherwise the protocol
+    // runs over the attached stdin/stdout.
+    let listen = match args.as_slice() {
+        [_, flag, path] if flag == "--listen" => Some(std::path::PathBuf::from(path)),
+        _ => None,
+    };
+    let listener = listen.as_deref().map(|path| match listen_on(path) {
+        Ok(l) => l,
+        Err(e) => die(1, &format!("cannot listen on {}: {e}", path.display())),
+    });
     // Own descriptors for the protocol stream: unbuffered (one write per frame) and close-on-exec.
-    let (input, output) = match (
-        dup_file(io::stdin().as_fd()),
-        dup_file(io::stdout().as_fd()),
-    ) {
-        (Ok(i), Ok(o)) => (i, o),
-        (Err(e), _) | (_, Err(e)) => die(1, &format!("cannot use stdin/stdout: {e}")),
+    let (input, output) = if listener.is_some() {
+        (None, None)
+    } else {
+        match (
+            dup_file(io::stdin().as_fd()),
+            dup_file(io::stdout().as_fd()),
+        ) {
+            (Ok(i), Ok(o)) => (Some(i), Some(o)),
+            (Err(e), _) | (_, Err(e)) => die(1, &format!("cannot use stdin/stdout: {e}")),
+        }
     };
     let shim: &'static Shim = Box::leak(Box::new(Shim {
-        out: Output(Mutex::new(output)),
+        out: Output {
+            stream: Mutex::new(None),
+            direct: listener.is_some(),
+        },
         reaper: task::Reaper::default(),
         workers: Workers::default(),
         busy: Mutex::new(Busy::Idle),
@@ -91,10 +113,27 @@ fn main() {
     if let Err(e) = spawn_thread("signals", move || shim.on_shutdown_signal()) {
         die(1, &format!("cannot start the signal thread: {e}"));
     }
-    shim.out.send(&Event::Hello {
-        version: PROTOCOL_VERSION,
-    });
-    shim.serve(input);
+    match (listener, input, output) {
+        (Some(listener), _, _) => shim.serve_socket(listener),
+        (None, Some(input), Some(output)) => {
+            shim.out.connect(output);
+            shim.serve(input)
+        }
+        _ => unreachable!("either a socket or stdin/stdout"),
+    }
+}
+
+/// The direct transport's socket: only its owner (the container's user, the daemon being
+/// root or that user) may connect. A socket left by an earlier run of the shim is replaced.
+fn listen_on(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
@@ -192,5 +231,20 @@ impl Workers {
             }
             q = lock(&self.queue);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_peer_in_the_same_pid_namespace_has_its_pid() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            crate::sys::peer_pid(a.as_fd()),
+            Some(crate::sys::my_pid()),
+            "a process of the container is told from the daemon (pid 0)"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The protocol loop: reads the daemon's requests, dispatches them, and writes events back.
 //! Nothing here waits on a task; tasks run on worker threads (see `task.rs`).
 
-use crate::shim_proto::{Event, Exit, Request, Spawn};
+use crate::shim_proto::{Event, Exit, Request, Spawn, PROTOCOL_VERSION};
 use crate::task::{not_started, Reaper};
 use crate::{die, lock, sys, wait, wipe, Workers, CHUNK};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 pub struct Shim {
@@ -29,8 +31,51 @@ pub enum Busy {
 }
 
 impl Shim {
+    /// Attached: read and dispatch requests until end of stdin, which means the daemon is
+    /// gone for good; let the running task finish and exit.
+    pub fn serve(&'static self, input: File) -> ! {
+        self.serve_stream(input);
+        // Idle is set in the same critical section that sends the final Exit/ResetDone, so
+        // once we see it nothing is left to say.
+        let mut busy = lock(&self.busy);
+        while !matches!(*busy, Busy::Idle) {
+            busy = wait(&self.idle, busy);
+        }
+        std::process::exit(0)
+    }
+
+    /// Direct: serve one daemon connection at a time, for the container's whole life. A
+    /// connection's end is not the daemon's for good (a restarted daemon adopts the container
+    /// by connecting again), so the running task goes on and the shim waits for the next.
+    pub fn serve_socket(&'static self, listener: UnixListener) -> ! {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => self.stop(1, &format!("cannot accept on the socket: {e}")),
+            };
+            // Only the daemon, outside the container: a process of the container (a task,
+            // same user) sees the socket too, but its pid in our namespace is not 0.
+            if sys::my_pid() == 1 && sys::peer_pid(stream.as_fd()) != Some(0) {
+                eprintln!("warmpool-shim: refused a connection from inside the container");
+                continue;
+            }
+            let reader = match stream.try_clone() {
+                Ok(r) => File::from(std::os::fd::OwnedFd::from(r)),
+                Err(e) => {
+                    eprintln!("warmpool-shim: cannot use a connection: {e}");
+                    continue;
+                }
+            };
+            self.out
+                .connect(File::from(std::os::fd::OwnedFd::from(stream)));
+            self.serve_stream(reader);
+            self.out.disconnect();
+        }
+    }
+
     /// Read and dispatch requests until end of input. Nothing here waits on a task.
-    pub fn serve(&'static self, mut input: File) -> ! {
+    fn serve_stream(&'static self, mut input: File) {
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
         loop {
             let mut used = 0;
@@ -58,7 +103,7 @@ impl Shim {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        eprintln!("warmpool-shim: reading stdin: {e}");
+                        eprintln!("warmpool-shim: reading requests: {e}");
                         break 0;
                     }
                 }
@@ -74,13 +119,6 @@ impl Shim {
                 buf.len()
             );
         }
-        // Idle is set in the same critical section that sends the final Exit/ResetDone, so
-        // once we see it nothing is left to say.
-        let mut busy = lock(&self.busy);
-        while !matches!(*busy, Busy::Idle) {
-            busy = wait(&self.idle, busy);
-        }
-        std::process::exit(0)
     }
 
     fn handle(&'static self, req: Request) {
@@ -224,16 +262,45 @@ impl Shim {
 }
 
 /// The protocol stream to the daemon. One mutex, so that frames never interleave.
-pub struct Output(pub Mutex<File>);
+///
+/// Attached (stdout): always there; a failed write ends the shim. Direct (a unix socket the
+/// daemon connects to): `None` between connections, and a failed write only drops the
+/// connection (the daemon went away; the next one connects again).
+pub struct Output {
+    pub stream: Mutex<Option<File>>,
+    pub direct: bool,
+}
 
 impl Output {
     pub fn send(&self, event: &Event) {
         let mut frame = Vec::new();
         event.encode(&mut frame);
-        if let Err(e) = lock(&self.0).write_all(&frame) {
-            // Docker keeps the container's stdout open while it runs, so this is not a detach:
-            // a shim that cannot talk is useless, and its exit tells the daemon.
-            die(2, &format!("cannot write to stdout: {e}"));
+        let mut stream = lock(&self.stream);
+        let Some(out) = stream.as_mut() else {
+            return;
+        };
+        if let Err(e) = out.write_all(&frame) {
+            if !self.direct {
+                // Docker keeps the container's stdout open while it runs, so this is not a
+                // detach: a shim that cannot talk is useless, and its exit tells the daemon.
+                die(2, &format!("cannot write to stdout: {e}"));
+            }
+            eprintln!("warmpool-shim: writing to the daemon's connection: {e}; dropping it");
+            // The reading side (the main thread) sees end of input and accepts the next one.
+            sys::shutdown_socket(out.as_fd());
+            *stream = None;
         }
+    }
+
+    /// A new daemon connection: events go to it from now on, starting with the greeting.
+    pub fn connect(&self, stream: File) {
+        *lock(&self.stream) = Some(stream);
+        self.send(&Event::Hello {
+            version: PROTOCOL_VERSION,
+        });
+    }
+
+    pub fn disconnect(&self) {
+        *lock(&self.stream) = None;
     }
 }

@@ -49,9 +49,50 @@ extern "C" {
     fn __errno_location() -> *mut i32;
     fn getpid() -> i32;
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    fn shutdown(fd: i32, how: i32) -> i32;
+    fn getsockopt(fd: i32, level: i32, name: i32, value: *mut Ucred, len: *mut u32) -> i32;
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Ucred {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_PEERCRED: i32 = 17;
+
+/// The pid of a unix socket's peer as this process's pid namespace sees it: 0 for a process
+/// outside it (the daemon, seen from a container), `None` if it cannot be told.
+pub fn peer_pid(fd: std::os::fd::BorrowedFd<'_>) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = Ucred::default();
+    let mut len = std::mem::size_of::<Ucred>() as u32;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which outlives the call.
+    let r = unsafe {
+        getsockopt(
+            fd.as_raw_fd(),
+            SOL_SOCKET,
+            SO_PEERCRED,
+            &raw mut cred,
+            &raw mut len,
+        )
+    };
+    (r == 0).then_some(cred.pid)
 }
 
 const PR_SET_CHILD_SUBREAPER: i32 = 36;
+const SHUT_RDWR: i32 = 2;
+
+/// Shuts a socket down both ways, so that a thread blocked reading it sees end of input.
+/// Errors (not a socket, already shut) are of no interest: the caller is giving up on it.
+pub fn shutdown_socket(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown takes a descriptor that the borrow keeps open, and an integer.
+    unsafe { shutdown(fd.as_raw_fd(), SHUT_RDWR) };
+}
 
 /// This process's pid (in its own pid namespace: 1 when it is the container's init).
 pub fn my_pid() -> i32 {

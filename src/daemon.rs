@@ -32,6 +32,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let token = Token::new(read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?);
     let runtime = crate::runtime::docker::DockerRuntime::new(config.docker.host.as_deref());
+    // Whether pools may use exec_transport = "direct" depends on where the engine is.
+    crate::exec::direct::set_engine_host(config.docker.host.as_deref());
     let shim_path = crate::shim::install(&crate::shim::default_dir())
         .context("cannot write the shim binary (set WARMPOOL_SHIM_DIR to a writable directory the engine can see)")?;
     let metrics = Arc::new(Metrics::new());

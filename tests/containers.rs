@@ -73,7 +73,11 @@ network = "isolated"
     let cfg = &c["Config"];
     assert_eq!(cfg["Image"], "warmpool/agent:latest");
     assert_eq!(cfg["User"], "1234:2345");
-    assert_eq!(cfg["Entrypoint"], json!(["/.warmpool/shim"]));
+    // The shim, listening on its own socket directory (exec_transport = "direct", the default).
+    assert_eq!(
+        cfg["Entrypoint"],
+        json!(["/.warmpool/shim", "--listen", "/.warmpool/run/shim.sock"])
+    );
     assert!(
         cfg["Env"]
             .as_array()
@@ -126,6 +130,16 @@ network = "isolated"
             .iter()
             .any(|s| s.as_str().unwrap().contains(":/.warmpool/shim:ro"))),
         "the shim is bind-mounted read-only: {}",
+        host["Binds"]
+    );
+    assert!(
+        host["Binds"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|s| s.as_str().unwrap().ends_with(&format!(
+                "/{}:/.warmpool/run",
+                c["Name"].as_str().unwrap().trim_start_matches('/')
+            )))),
+        "the container's own socket directory is bind-mounted: {}",
         host["Binds"]
     );
     let attached = c["NetworkSettings"]["Networks"].as_object().unwrap();

@@ -55,7 +55,8 @@ pub use error::{ConfigError, Problem};
 pub use pool::{PoolConfig, SecurityConfig};
 pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
 pub use values::{
-    duration_problem, parse_size, ExecMode, NetworkMode, OnExhausted, DURATION_MAX, DURATION_STEP,
+    duration_problem, parse_size, ExecMode, ExecTransport, NetworkMode, OnExhausted, DURATION_MAX,
+    DURATION_STEP,
 };
 
 use read::{Ctx, Pos};

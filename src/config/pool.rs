@@ -15,7 +15,7 @@ use super::checks::{
 use super::keys::settings;
 use super::read::{closest, join, layered, Ctx, Pos, Slot};
 use super::suggest::Section;
-use super::values::{ExecMode, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
+use super::values::{ExecMode, ExecTransport, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
 use crate::scaling::ScheduleFloor;
 
 type Env = BTreeMap<String, String>;
@@ -112,6 +112,11 @@ settings! {
             /// How tasks are run in a container.
             exec: ExecMode = ExecMode::Shim,
                 |cx, e| cx.choice(e, &[("shim", ExecMode::Shim), ("docker-exec", ExecMode::DockerExec)]);
+            /// How the daemon reaches a shim pool's shims: `direct` (a unix socket in a host
+            /// directory of each container's own, no engine process in a task's path) where the
+            /// engine is local, else `attach` (the container's attached stdio, via the engine).
+            exec_transport: ExecTransport = ExecTransport::Direct,
+                |cx, e| cx.choice(e, &[("direct", ExecTransport::Direct), ("attach", ExecTransport::Attach)]);
             /// An extra in-container probe, as argv; the shim's ping is always done.
             health_cmd: Option<Vec<String>> = None, |cx, e| cx.argv(e).map(Some);
             /// A session with no task for this long is ended.

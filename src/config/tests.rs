@@ -40,6 +40,7 @@ max_output = "4MiB"              # per stream; the rest is drained and dropped, 
 pids_limit = 256                 # per container; memory and cpus are set per pool (no default limit)
 workdir = "/work"
 exec = "shim"                    # "shim" (in-container agent, ~1 ms a task) | "docker-exec"
+exec_transport = "direct"        # "direct" (a unix socket per container; local engines only, else attach) | "attach"
 # health_cmd = ["true"]          # extra in-container probe; the shim's ping is always done
 session_idle_timeout = "5m"      # a session with no task for this long is ended
 reset_workdir = true             # wipe the workdir and /tmp after every pool task (a session's tasks share theirs)
@@ -184,6 +185,7 @@ max_output = "1KiB"
 pids_limit = 64
 workdir = "/home/agent"
 exec = "docker-exec"
+exec_transport = "attach"
 health_cmd = ["true"]
 session_idle_timeout = "1h"
 reset_workdir = false
@@ -225,6 +227,7 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         pids_limit: 64,
         workdir: "/home/agent".to_string(),
         exec: ExecMode::DockerExec,
+        exec_transport: ExecTransport::Attach,
         health_cmd: Some(vec!["true".to_string()]),
         session_idle_timeout: Duration::from_secs(3600),
         reset_workdir: false,

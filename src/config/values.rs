@@ -94,6 +94,33 @@ impl fmt::Display for ExecMode {
     }
 }
 
+/// How the daemon talks to a shim pool's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecTransport {
+    /// A unix socket the shim listens on, in a host directory of the container's own: no
+    /// engine process in a task's path. Needs a local engine; falls back to `Attach` otherwise.
+    Direct,
+    /// The container's attached stdin/stdout, through the engine: works with any engine.
+    Attach,
+}
+
+impl ExecTransport {
+    /// As written in `pools.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecTransport::Direct => "direct",
+            ExecTransport::Attach => "attach",
+        }
+    }
+}
+
+impl fmt::Display for ExecTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The network of a pool's containers. Serialized as the string written in `pools.toml`,
 /// so status output reads like the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! Exec owns every timeout of talking to a container (greeting, probe, wipe, backstop): they
 //! are properties of the transport, not of the pool that holds the container.
 
+pub mod direct;
 mod docker_exec;
 mod shim;
 

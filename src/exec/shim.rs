@@ -1,4 +1,5 @@
-//! The shim transport: one attached stream per container, tasks as frames on it.
+//! The shim transport: one stream per container (the attached stdio, or the direct socket of
+//! `direct.rs`), tasks as frames on it.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -32,6 +33,8 @@ pub struct ShimConn {
     death: Arc<Mutex<Option<String>>>,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
+    /// The direct transport's host directory, removed with the last handle on the connection.
+    _socket_dir: Option<super::direct::SocketDir>,
 }
 
 impl Drop for ShimConn {
@@ -46,6 +49,16 @@ impl ShimConn {
     pub async fn connect(
         attached: Attached,
         wait_hello: Option<Duration>,
+    ) -> Result<Arc<ShimConn>, ExecError> {
+        Self::connect_with(attached, wait_hello, None).await
+    }
+
+    /// [`ShimConn::connect`], keeping `socket_dir` (the direct transport's) as long as the
+    /// connection lives.
+    pub(super) async fn connect_with(
+        attached: Attached,
+        wait_hello: Option<Duration>,
+        socket_dir: Option<super::direct::SocketDir>,
     ) -> Result<Arc<ShimConn>, ExecError> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let dead = Arc::new(AtomicBool::new(false));
@@ -65,6 +78,7 @@ impl ShimConn {
             death,
             next_id: AtomicU64::new(1),
             reader,
+            _socket_dir: socket_dir,
         });
         if let Some(limit) = wait_hello {
             match tokio::time::timeout(limit, hello_rx).await {
@@ -242,7 +256,9 @@ async fn read_events(
             }
         }
         match stdout.read_buf(&mut buf).await {
-            Ok(0) => break "the container's output stream closed (the shim exited)".to_string(),
+            Ok(0) => {
+                break "the shim's stream closed (the shim or its container exited)".to_string()
+            }
             Ok(_) => {}
             Err(e) => break format!("reading from the shim failed: {e}"),
         }

@@ -1,6 +1,6 @@
 //! Where containers come from: the container spec a pool's config asks for, the networks of
-//! `isolated` pools, create → attach → start → greeting, and re-attaching a container a
-//! previous run left (adoption).
+//! `isolated` pools, create → connect (a socket directory or attach) → start → greeting, and
+//! re-connecting to a container a previous run left (adoption).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{ExecMode, NetworkMode, PoolConfig};
+use crate::config::{ExecMode, ExecTransport, NetworkMode, PoolConfig};
+use crate::exec::direct::{self, SocketDir, LABEL_SOCKET, SOCKET_DIR_IN_CONTAINER, SOCKET_NAME};
 use crate::exec::{Conn, DockerExecConn, ShimConn, ADOPT_PING_TIMEOUT, START_TIMEOUT};
 use crate::metrics::{Metrics, RemoveReason};
 use crate::runtime::{
@@ -29,6 +30,12 @@ pub struct Factory {
     shim_path: Option<PathBuf>,
     /// Networks this daemon created (or reused) for `isolated` pools; shutdown removes them.
     networks: Mutex<BTreeSet<String>>,
+    /// Host directory of the direct transport's socket directories ([`direct::run_root`]).
+    run_root: PathBuf,
+    /// Whether `run_root` was set up (and swept of a previous run's leftovers): once.
+    run_root_ready: Mutex<Option<Result<(), String>>>,
+    /// Pools whose fallback to `attach` was logged, with why, so a reload does not repeat it.
+    fallbacks_logged: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Factory {
@@ -43,10 +50,53 @@ impl Factory {
         Factory {
             runtime,
             daemon_id,
+            run_root: direct::run_root(&instance),
             instance,
             shim_path,
             networks: Mutex::default(),
+            run_root_ready: Mutex::default(),
+            fallbacks_logged: Mutex::default(),
         }
+    }
+
+    /// Whether a shim pool's containers get the direct transport; logs, once per pool and
+    /// reason, why not when `direct` was asked for.
+    fn direct_transport(&self, cfg: &PoolConfig) -> bool {
+        let why = match direct::decide(
+            cfg.exec_transport,
+            &direct::engine_host(),
+            direct::daemon_uid(),
+            &cfg.security.user,
+        ) {
+            Ok(_) => match self.prepare_run_root() {
+                Ok(()) => return true,
+                Err(e) => e,
+            },
+            Err(why) => why,
+        };
+        if cfg.exec_transport == ExecTransport::Direct
+            && self
+                .fallbacks_logged
+                .lock()
+                .insert((cfg.name.clone(), why.clone()))
+        {
+            tracing::info!(pool = %cfg.name, reason = %why, "exec_transport: using attach (the engine's attached stream) instead of direct");
+        }
+        false
+    }
+
+    fn prepare_run_root(&self) -> Result<(), String> {
+        self.run_root_ready
+            .lock()
+            .get_or_insert_with(|| {
+                direct::prepare_root(&self.run_root).map_err(|e| {
+                    format!(
+                        "cannot set up the socket directory {}: {e} (set WARMPOOL_RUN_DIR)",
+                        self.run_root.display()
+                    )
+                })
+            })
+            .clone()
     }
 
     /// The container spec a pool's config asks for; its hash (label `warmpool.spec`) is what
@@ -78,6 +128,19 @@ impl Factory {
             ),
         ]);
         let (entrypoint, binds) = match (cfg.exec, &self.shim_path) {
+            // The run root stands for the container's own directory under it, which
+            // `create_and_connect` makes once it knows the container's name.
+            (ExecMode::Shim, Some(path)) if self.direct_transport(cfg) => (
+                vec![
+                    SHIM_IN_CONTAINER.to_string(),
+                    "--listen".to_string(),
+                    format!("{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}"),
+                ],
+                vec![
+                    format!("{}:{}:ro", path.display(), SHIM_IN_CONTAINER),
+                    format!("{}:{}", self.run_root.display(), SOCKET_DIR_IN_CONTAINER),
+                ],
+            ),
             (ExecMode::Shim, Some(path)) => (
                 vec![SHIM_IN_CONTAINER.to_string()],
                 vec![format!("{}:{}:ro", path.display(), SHIM_IN_CONTAINER)],
@@ -114,8 +177,10 @@ impl Factory {
             network,
             binds,
             workdir: cfg.workdir.clone(),
-            open_stdin: cfg.exec == ExecMode::Shim,
+            open_stdin: false,
         };
+        // The attach transport talks over the container's stdin.
+        spec.open_stdin = cfg.exec == ExecMode::Shim && !is_direct(&spec);
         spec.labels = labels.clone();
         labels.insert(LABEL_SPEC.to_string(), spec.hash());
         spec.labels = labels;
@@ -185,8 +250,13 @@ impl Factory {
     }
 
     /// Removes every network this daemon set up, including one of a pool whose setup a
-    /// signal or an error cut short before the pool existed.
+    /// signal or an error cut short before the pool existed; and, the last thing of a
+    /// shutdown, this instance's run root of socket directories if nothing is left in it.
     pub async fn remove_networks(&self) {
+        if self.run_root_ready.lock().is_some() {
+            // Only succeeds when empty: a directory still there is a container's still here.
+            let _ = std::fs::remove_dir(&self.run_root);
+        }
         let nets: Vec<String> = self.networks.lock().iter().cloned().collect();
         for net in nets {
             if let Err(e) = self.runtime.remove_network(&net).await {
@@ -206,6 +276,38 @@ pub(super) async fn create_and_connect(
     spec: &ContainerSpec,
     exec: ExecMode,
 ) -> Result<(String, Conn), String> {
+    // Direct: the container's own socket directory, made before the container so the engine
+    // mounts it rather than creating it; removed again whatever fails below.
+    let mut socket_dir = None;
+    let direct_spec;
+    let spec = match (exec, direct_root(spec)) {
+        (ExecMode::Shim, Some(root)) => {
+            let owner = direct::decide(
+                ExecTransport::Direct,
+                &direct::engine_host(),
+                direct::daemon_uid(),
+                &spec.user,
+            )?;
+            let dir = SocketDir::create(&root, name, owner).map_err(|e| {
+                format!(
+                    "cannot create the socket directory {}: {e}",
+                    root.join(name).display()
+                )
+            })?;
+            let mut s = spec.clone();
+            for bind in &mut s.binds {
+                if bind.ends_with(&format!(":{SOCKET_DIR_IN_CONTAINER}")) {
+                    *bind = format!("{}:{SOCKET_DIR_IN_CONTAINER}", dir.dir.display());
+                }
+            }
+            s.labels
+                .insert(LABEL_SOCKET.to_string(), dir.socket().display().to_string());
+            socket_dir = Some(dir);
+            direct_spec = s;
+            &direct_spec
+        }
+        _ => spec,
+    };
     let id = runtime
         .create(name, spec)
         .await
@@ -215,6 +317,15 @@ pub(super) async fn create_and_connect(
     metrics.created(pool);
     let result = async {
         match exec {
+            ExecMode::Shim if socket_dir.is_some() => {
+                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                let dir = socket_dir.take();
+                let socket = dir.as_ref().map(SocketDir::socket).unwrap_or_default();
+                let conn = direct::connect(runtime, &id, &socket, dir, Some(START_TIMEOUT))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Conn::Shim(conn))
+            }
             ExecMode::Shim => {
                 let attached = runtime.attach(&id).await.map_err(|e| e.to_string())?;
                 runtime.start(&id).await.map_err(|e| e.to_string())?;
@@ -248,10 +359,48 @@ pub(super) async fn create_and_connect(
 /// Re-attaches a running shim container a previous daemon run left, and asks its shim
 /// whether a task runs in it. `None` when it does not answer: it is not worth adopting.
 pub async fn reattach(runtime: &Arc<dyn Runtime>, container: &str) -> Option<(Conn, bool)> {
-    let attached = runtime.attach(container).await.ok()?;
-    let conn = ShimConn::connect(attached, None).await.ok()?;
+    let listed = runtime.list_managed().await.ok()?;
+    let labels = &listed.iter().find(|c| c.id == container)?.labels;
+    let conn = match labels.get(LABEL_SOCKET) {
+        Some(socket) => {
+            let socket = PathBuf::from(socket);
+            // The directory goes with the connection, but only one under this instance's
+            // run root: a label is not to be trusted to name what the daemon deletes.
+            let instance = labels.get(LABEL_INSTANCE)?;
+            let dir = socket
+                .parent()
+                .filter(|d| d.parent() == Some(direct::run_root(instance).as_path()))
+                .map(|d| SocketDir {
+                    dir: d.to_path_buf(),
+                });
+            direct::connect(runtime, container, &socket, dir, None)
+                .await
+                .ok()?
+        }
+        None => {
+            let attached = runtime.attach(container).await.ok()?;
+            ShimConn::connect(attached, None).await.ok()?
+        }
+    };
     let busy = conn.ping(ADOPT_PING_TIMEOUT).await.ok()?;
     Some((Conn::Shim(conn), busy))
+}
+
+/// Whether a spec is for the direct transport (the shim listens on a socket).
+fn is_direct(spec: &ContainerSpec) -> bool {
+    spec.entrypoint.iter().any(|a| a == "--listen")
+}
+
+/// A direct spec's run root: the host side of its socket directory's bind.
+fn direct_root(spec: &ContainerSpec) -> Option<PathBuf> {
+    if !is_direct(spec) {
+        return None;
+    }
+    let suffix = format!(":{SOCKET_DIR_IN_CONTAINER}");
+    spec.binds
+        .iter()
+        .find_map(|b| b.strip_suffix(&suffix))
+        .map(PathBuf::from)
 }
 
 /// A fresh container's name: `warmpool-<pool>-<8 hex digits>`.
