@@ -10,6 +10,7 @@
 //! Because both go through the HTTP API, a tool error carries exactly the API's error code
 //! and message. See docs/mcp.md.
 
+mod catalog;
 pub mod tools;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,7 +27,8 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt;
 
 use crate::api::{ApiError, Token};
-pub use tools::{Backend, Warmpool, MAX_TOOL_OUTPUT};
+pub use catalog::MAX_TOOL_OUTPUT;
+pub use tools::{Backend, Warmpool};
 
 /// The `warmpool mcp` arguments.
 #[derive(clap::Args)]
