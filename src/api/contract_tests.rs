@@ -779,7 +779,7 @@ async fn a_file_command_ending_unknown_answers_file_transfer_failed() {
         .task("p", json!({"cmd": ["echo"], "session": "f"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{r}");
-    // The fake shim's file command exits 99, a code the API does not know.
+    // The file command (an exec in the fake engine) exits 99, a code the API does not know.
     let failed = app
         .call("GET", "/v1/sessions/f/files/fake-exit-99", None)
         .await;
