@@ -713,13 +713,17 @@ async fn scale_up_threshold_decides_when_a_busy_pool_grows() {
 
 #[tokio::test(start_paused = true)]
 async fn scale_down_threshold_decides_when_a_quiet_pool_shrinks() {
+    // The thresholds alone: the forecast (on by default) would keep or shed containers of
+    // its own and hide what the threshold does.
     let mut high = pool("high", 1, 4, 4);
     high.scale_interval = Duration::from_secs(1);
     high.scale_down_threshold = 0.3;
     high.idle_timeout = Duration::from_secs(36_000);
+    high.predictive = false;
     let mut usual = pool("usual", 1, 4, 4);
     usual.scale_interval = Duration::from_secs(1);
     usual.idle_timeout = Duration::from_secs(36_000);
+    usual.predictive = false;
     let app = start(&[high, usual]).await;
     let _a = hold_one_busy(&app, "high");
     let _b = hold_one_busy(&app, "usual");
