@@ -290,8 +290,9 @@ impl Runtime for FakeRuntime {
 
     /// An exec, as the file transfers (`session::transfer`) run the shim's file commands:
     /// stdin is drained, `echo ARGS..` writes its arguments to stdout, a path naming an
-    /// exit code (`/fake-exit-77`) exits with it (saying so on stderr), anything else exits
-    /// 0 with no output. Tasks still run through the fake shim only.
+    /// exit code (`/fake-exit-77`) exits with it (stderr says it failed, without the
+    /// code, so a test sees whether the daemon names it), anything else exits 0 with no
+    /// output. Tasks still run through the fake shim only.
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         self.check_up()?;
         if !self
@@ -305,7 +306,7 @@ impl Runtime for FakeRuntime {
         let mut chunks = Vec::new();
         let code = match spec.argv.iter().find_map(|a| a.strip_prefix("/fake-exit-")) {
             Some(n) => {
-                chunks.push(Ok(ExecChunk::Stderr(format!("fake exit {n}\n").into())));
+                chunks.push(Ok(ExecChunk::Stderr("fake file command failed\n".into())));
                 n.parse().unwrap_or(1)
             }
             None if spec.argv.first().is_some_and(|a| a == "echo") => {
