@@ -31,7 +31,7 @@ const KEYS: &[(&str, &str)] = &[
     ("pool.max", "src/lifecycle_tests.rs::a_burst_grows_the_pool_to_max_at_once_and_quiet_shrinks_it_to_min"),
     ("pool.warm", "src/lifecycle_tests.rs::warm_containers_are_created_at_start_and_serve_tasks"),
     ("pool.health_check_interval", "src/lifecycle_tests.rs::health_checks_run_every_interval"),
-    ("pool.health_check_timeout", "tests/hygiene_daemon.rs::slow_probes_never_take_the_pool_out_of_service"),
+    ("pool.health_check_timeout", "src/api/contract_tests.rs::health_check_timeout_is_how_long_a_probe_may_take"),
     ("pool.max_age", "src/lifecycle_tests.rs::max_age_renews_containers_surge_first"),
     ("pool.max_uses", "src/lifecycle_tests.rs::max_uses_replaces_a_container_after_that_many_tasks"),
     ("pool.idle_timeout", "src/lifecycle_tests.rs::idle_containers_above_min_are_removed_after_idle_timeout"),

@@ -1032,3 +1032,30 @@ async fn forecast_window_is_how_long_the_forecast_remembers_a_peak() {
         forecast("long")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn health_check_timeout_is_how_long_a_probe_may_take() {
+    // A health_cmd of 7 s: failed against the default 5 s, passed against 10 s.
+    let mut usual = pool("usual", 1, 1, 1);
+    usual.health_check_interval = Duration::from_secs(20);
+    usual.health_cmd = Some(vec!["sleep".into(), "7".into()]);
+    let mut patient = usual.clone();
+    patient.name = "patient".into();
+    patient.health_check_timeout = Duration::from_secs(10);
+    let app = start(&[usual, patient]).await;
+    let checks = |p: &str, r: &str| {
+        app.metric(&format!(
+            "warmpool_health_checks_total{{pool=\"{p}\",result=\"{r}\"}}"
+        ))
+    };
+    for _ in 0..6000 {
+        if checks("usual", "unhealthy") >= 1.0 && checks("patient", "healthy") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(checks("usual", "unhealthy"), 1.0);
+    assert_eq!(checks("usual", "healthy"), 0.0);
+    assert_eq!(checks("patient", "healthy"), 1.0);
+    assert_eq!(checks("patient", "unhealthy"), 0.0);
+}
