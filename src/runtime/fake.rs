@@ -295,11 +295,11 @@ impl Runtime for FakeRuntime {
     /// output. Tasks still run through the fake shim only.
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         self.check_up()?;
-        if !self
+        if self
             .containers
             .lock()
             .get(id)
-            .is_some_and(|c| c.state == "running")
+            .is_none_or(|c| c.state != "running")
         {
             return Err(RuntimeError::NotFound(format!("no running container {id}")));
         }
