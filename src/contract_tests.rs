@@ -52,6 +52,7 @@ const KEYS: &[(&str, &str)] = &[
     ("pool.cpus", "tests/containers.rs::inspect_shows_every_configured_setting"),
     ("pool.workdir", "tests/containers.rs::inspect_shows_every_configured_setting"),
     ("pool.exec", "tests/tasks.rs::docker_exec_pools_run_tasks"),
+    ("pool.exec_transport", "tests/transport.rs::the_task_suite_over_attach"),
     ("pool.health_cmd", "src/api/contract_tests.rs::a_failing_health_cmd_replaces_the_container_and_a_passing_one_keeps_it"),
     ("pool.network", "tests/containers.rs::isolated_pools_cannot_reach_each_other_and_none_has_only_loopback"),
     ("pool.env", "tests/containers.rs::inspect_shows_every_configured_setting"),
