@@ -13,6 +13,7 @@ use super::checks::{
     check_capability, check_image, check_network, check_runtime, check_user, check_workdir,
 };
 use super::keys::settings;
+use super::mounts::{read_mounts, within, Mount};
 use super::read::{closest, join, layered, Ctx, Pos, Slot};
 use super::suggest::Section;
 use super::values::{ExecMode, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
@@ -117,6 +118,9 @@ settings! {
             /// Environment of every task; a pool's variables are added to those of
             /// `[defaults]`, replacing only those of the same name.
             env: Env = Env::new(), |cx, e| cx.env(e), merge union_env;
+            /// Bind mounts, named volumes and tmpfs of every container; a pool's list
+            /// replaces that of `[defaults]`.
+            mounts: Vec<Mount> = Vec::new(), |cx, e| read_mounts(cx, e);
         }
         tables {
             /// `[defaults.security]` / `[pools.NAME.security]`, merged key by key.
@@ -236,6 +240,22 @@ pub(super) fn resolve(
                 describe(max, "max", b.max)
             );
             cx.report(at, message);
+        }
+    }
+
+    // A mount must leave the workdir alone: it is a tmpfs of its own, wiped between tasks.
+    if let Slot::Set(s) = layered(&p.mounts, &d.mounts) {
+        let workdir = pool.workdir.trim_end_matches('/').to_string();
+        for (i, m) in s.value.iter().enumerate() {
+            let t = m.target.trim_end_matches('/');
+            if within(t, &workdir) || within(&workdir, t) {
+                let message = format!(
+                    "{}[{i}].target ({:?}) overlaps the workdir ({workdir:?}), a tmpfs wiped between \
+                     tasks: mount it outside, such as \"/data\"",
+                    s.path, m.target
+                );
+                cx.report(s.at, message);
+            }
         }
     }
 

@@ -187,6 +187,7 @@ memory = "1GiB"
 cpus = 2
 network = "agents-net"
 env = { A = "1" }
+mounts = [{ type = "tmpfs", target = "/scratch", size = "1MiB" }]
 security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges = false, user = "agent:agent", runtime = "runsc" }
 "#;
     let expected = PoolConfig {
@@ -218,6 +219,13 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         cpus: Some(2.0),
         network: NetworkMode::Named("agents-net".to_string()),
         env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+        mounts: vec![crate::config::Mount {
+            kind: crate::config::MountKind::Tmpfs,
+            source: None,
+            target: "/scratch".to_string(),
+            read_only: false,
+            size: Some(1024 * 1024),
+        }],
         security: SecurityConfig {
             read_only_rootfs: false,
             cap_drop: vec!["NET_RAW".to_string()],

@@ -115,6 +115,7 @@ impl Factory {
             binds,
             workdir: cfg.workdir.clone(),
             open_stdin: cfg.exec == ExecMode::Shim,
+            mounts: cfg.mounts.clone(),
         };
         spec.labels = labels.clone();
         labels.insert(LABEL_SPEC.to_string(), spec.hash());

@@ -93,6 +93,30 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
     }
 }
 
+/// A pool's mount as the engine takes it. A tmpfs is world-writable with the sticky bit,
+/// as /tmp is, so the task user can write to it.
+fn engine_mount(m: &crate::config::Mount) -> bollard::models::Mount {
+    use crate::config::MountKind;
+    use bollard::models::{MountTmpfsOptions, MountType};
+    let typ = match m.kind {
+        MountKind::Bind => MountType::BIND,
+        MountKind::Volume => MountType::VOLUME,
+        MountKind::Tmpfs => MountType::TMPFS,
+    };
+    bollard::models::Mount {
+        target: Some(m.target.clone()),
+        source: m.source.clone(),
+        typ: Some(typ),
+        read_only: Some(m.read_only),
+        tmpfs_options: (m.kind == MountKind::Tmpfs).then(|| MountTmpfsOptions {
+            size_bytes: m.size.map(|b| b as i64),
+            mode: Some(0o1777),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])])
 }
@@ -182,6 +206,8 @@ impl Runtime for DockerRuntime {
             runtime: spec.runtime.clone(),
             network_mode: Some(spec.network.clone()),
             binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+            mounts: (!spec.mounts.is_empty())
+                .then(|| spec.mounts.iter().map(engine_mount).collect()),
             // Task output must not pile up in the engine's log files.
             log_config: Some(bollard::models::HostConfigLogConfig {
                 typ: Some("none".into()),

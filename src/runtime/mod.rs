@@ -69,6 +69,8 @@ pub struct ContainerSpec {
     pub workdir: String,
     /// Keep stdin open so the daemon can attach to the shim, and re-attach after a restart.
     pub open_stdin: bool,
+    /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
+    pub mounts: Vec<crate::config::Mount>,
 }
 
 impl ContainerSpec {
@@ -101,6 +103,12 @@ impl ContainerSpec {
             self.workdir,
             self.open_stdin,
         );
+        // Appended only when set, so pools without mounts keep the hash they had before.
+        let text = if self.mounts.is_empty() {
+            text
+        } else {
+            format!("{text}|{:?}", self.mounts)
+        };
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
