@@ -5,7 +5,7 @@ mod common;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -133,4 +133,101 @@ async fn a_bad_mount_is_refused_naming_the_field_and_nothing_is_created() {
         "{message}"
     );
     assert_eq!(containers(&d.instance, None), before);
+}
+
+const PREWARM_POOL: &str = r#"
+[pools.p]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 4
+idle_timeout = "1h"
+scale_interval = "1s"
+"#;
+
+#[tokio::test]
+async fn prewarm_raises_the_floor_for_a_while_then_falls_back() {
+    let d = Daemon::start(PREWARM_POOL).await;
+    d.wait_ready(LONG).await;
+    // Above max: a 400 naming the field and the bound, nothing created.
+    let (status, v) = d
+        .post_raw(
+            "/v1/pools/p/prewarm",
+            json!({"containers": 5, "for": "10m"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("containers (5)") && message.contains("max (4)"),
+        "{message}"
+    );
+    assert_eq!(pool_status(&d, "p").await["live"], 1);
+
+    let (status, v) = d
+        .post_raw(
+            "/v1/pools/p/prewarm",
+            json!({"containers": 3, "for": "10s"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["prewarm"]["containers"], 3, "{v}");
+    let started = Instant::now();
+    wait_pool(&d, "p", "3 idle containers", LONG, |v| {
+        v["idle"] == 3 && v["live"] == 3
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the floor was reached after it ended"
+    );
+    assert_eq!(running(&d.instance, "p").len(), 3);
+    assert_eq!(
+        metric(&d, "warmpool_pool_prewarm_containers", &[("pool", "p")]).await,
+        3.0
+    );
+    // After `for`, the pool falls back to what its demand needs (min here).
+    let v = wait_pool(&d, "p", "the fall back to min", LONG, |v| {
+        v["live"] == 1 && v["target"] == 1
+    })
+    .await;
+    assert!(v["prewarm"].is_null(), "{v}");
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        metric(&d, "warmpool_pool_prewarm_containers", &[("pool", "p")]).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_warm_session_holds_its_container_at_once() {
+    let d = Daemon::start(PREWARM_POOL).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-warm", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "p", "id": id, "warm": true})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let container = full_id(&d.instance, v["container"].as_str().unwrap());
+    assert!(is_running(&container));
+    // Named after its session in the background, off the claim's path.
+    let name = format!("-s-{id}");
+    wait_for("the session's container name", LONG, || {
+        inspect(&container)["Name"]
+            .as_str()
+            .unwrap()
+            .ends_with(&name)
+            .then_some(())
+    })
+    .await;
 }

@@ -27,6 +27,7 @@ use crate::supervisor::{ReloadSummary, SubmitError, Supervisor};
 mod admin;
 mod files;
 mod pools;
+mod prewarm;
 mod sessions;
 mod tasks;
 
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools", get(pools::list_pools))
         .route("/v1/pools/{pool}", get(pools::get_pool))
         .route("/v1/pools/{pool}/tasks", post(tasks::submit_task))
+        .route("/v1/pools/{pool}/prewarm", post(prewarm::prewarm))
         .route("/v1/admin/reload", post(admin::admin_reload))
         .route(
             "/v1/sessions",

@@ -20,6 +20,9 @@ struct SessionBody {
     pool: String,
     id: Option<String>,
     idle_timeout: Option<String>,
+    /// Claim the container now instead of on the first task.
+    #[serde(default)]
+    warm: bool,
 }
 
 /// A session as the API shows it: the container id cut to 12 characters, `idle_seconds` to
@@ -59,6 +62,9 @@ pub(super) async fn create_session(
     let (session, created) = state
         .supervisor
         .create_session(&body.pool, body.id, idle_timeout)?;
+    if body.warm {
+        state.supervisor.sessions.warm(&session.id).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -200,6 +200,8 @@ pub struct Metrics {
     scale_events: IntCounterVec,
     /// `warmpool_sessions{pool}`: live sessions.
     sessions: IntGaugeVec,
+    /// `warmpool_pool_prewarm_containers{pool}`: the pre-warm floor in force, 0 for none.
+    prewarm: IntGaugeVec,
     /// `warmpool_config_reloads_total{result}`.
     config_reloads: IntCounterVec,
     /// `warmpool_engine_up`: 1 when the container engine answers.
@@ -351,6 +353,12 @@ impl Metrics {
                 "Live sessions of the pool.",
                 &["pool"],
             ),
+            prewarm: gauge_vec(
+                r,
+                "warmpool_pool_prewarm_containers",
+                "Pre-warm floor of the pool asked through the API, 0 when none is in force.",
+                &["pool"],
+            ),
             config_reloads: counter_vec(
                 r,
                 "warmpool_config_reloads_total",
@@ -484,13 +492,14 @@ impl Metrics {
     }
 
     /// The integer gauges labelled by `pool` alone, so init and forget cannot miss one.
-    fn pool_gauges(&self) -> [&IntGaugeVec; 5] {
+    fn pool_gauges(&self) -> [&IntGaugeVec; 6] {
         [
             &self.pool_target,
             &self.pool_min,
             &self.pool_max,
             &self.queue_length,
             &self.sessions,
+            &self.prewarm,
         ]
     }
 
@@ -531,6 +540,11 @@ impl Metrics {
     /// Sets how many tasks wait in the pool's queue.
     pub fn set_queue_length(&self, pool: &str, n: i64) {
         self.queue_length.with_label_values(&[pool]).set(n);
+    }
+
+    /// Sets the pool's pre-warm floor (0 when none is in force).
+    pub fn set_prewarm(&self, pool: &str, n: i64) {
+        self.prewarm.with_label_values(&[pool]).set(n);
     }
 
     /// Sets how many sessions of the pool are live.

@@ -100,6 +100,10 @@ pub struct Counts {
     pub queued: usize,
     /// What the autoscaler wants, between `min` and `max`.
     pub target: usize,
+    /// The pre-warm floor in force (`POST /v1/pools/{pool}/prewarm`), 0 for none.
+    pub prewarm: usize,
+    /// When that floor ends.
+    pub prewarm_until: Option<Instant>,
 }
 
 impl Counts {
@@ -148,6 +152,8 @@ pub(super) struct State {
     /// Containers this pool removed lately (ids, or names of failed starts), with when: the
     /// reaper may have listed one just before it went. It prunes what went before its listing.
     pub(super) gone: Vec<(String, Instant)>,
+    /// A pre-warm floor and when it ends; cleared by the loop once past.
+    pub(super) prewarm: Option<(usize, Instant)>,
 }
 
 impl State {
@@ -158,6 +164,8 @@ impl State {
             unhealthy: self.retiring_unhealthy,
             queued: self.waiters.len(),
             target: self.target,
+            prewarm: self.prewarm.map_or(0, |(n, _)| n),
+            prewarm_until: self.prewarm.map(|(_, until)| until),
             ..Default::default()
         };
         for m in self.members.values() {
@@ -217,6 +225,9 @@ pub struct Desired {
     pub target: usize,
     /// The engine answers: when it does not, nothing is started (and no failures pile up).
     pub engine_up: bool,
+    /// A pre-warm floor in force (0: none): like `min`, idle containers up to it are not
+    /// removed for `idle_timeout`.
+    pub floor: usize,
 }
 
 /// What the pool's pure `plan` decided: carried out by the pool outside the decision.
@@ -255,7 +266,8 @@ pub(super) fn plan(
         closed: st.closed,
         now,
     };
-    let clamp = |t: usize| t.max(cfg.min).min(cfg.max);
+    let min = cfg.min.max(desired.floor.min(cfg.max));
+    let clamp = |t: usize| t.max(min).min(cfg.max);
     let mut target = desired.target;
     let want = clamp(target);
     // In id order, so that which stale member is kept is the same on every run.
@@ -291,10 +303,10 @@ pub(super) fn plan(
         if fresh_up > want {
             retire.push((id, RemoveReason::ScaleDown));
             fresh_up -= 1;
-        } else if fresh_up > cfg.min && now.duration_since(last_used) >= cfg.idle_timeout {
+        } else if fresh_up > min && now.duration_since(last_used) >= cfg.idle_timeout {
             retire.push((id, RemoveReason::Idle));
             fresh_up -= 1;
-            let to = target.min(fresh_up).max(cfg.min);
+            let to = target.min(fresh_up).max(min);
             if to < target {
                 lowered.push((target, to));
             }
@@ -374,6 +386,7 @@ mod tests {
         Desired {
             target,
             engine_up: true,
+            floor: 0,
         }
     }
 
@@ -393,6 +406,7 @@ mod tests {
         let down = Desired {
             target: 2,
             engine_up: false,
+            floor: 0,
         };
         assert_eq!(plan(&st, &cfg(1, 10), "a", down, now).start, 0);
         st.backoff_until = Some(now + Duration::from_secs(1));
@@ -456,6 +470,10 @@ mod tests {
         assert!(p.retire.iter().all(|(_, r)| *r == RemoveReason::Idle));
         assert_eq!((p.target, p.start), (1, 0));
         assert_eq!(p.lowered, vec![(3, 2), (2, 1)]);
+        // A pre-warm floor keeps idle containers up to it, as min does.
+        let floored = Desired { floor: 2, ..up(3) };
+        let p = plan(&st, &cfg(1, 10), "a", floored, now);
+        assert_eq!((p.retire.len(), p.target), (1, 2));
     }
 
     #[test]

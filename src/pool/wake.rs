@@ -15,16 +15,19 @@ pub enum Wake {
     Engine,
     /// The pool was closed.
     Closed,
+    /// A pre-warm floor was set or cleared through the API.
+    Prewarm,
 }
 
 impl Wake {
-    const ALL: [Wake; 6] = [
+    const ALL: [Wake; 7] = [
         Wake::Queued,
         Wake::Retired,
         Wake::StartEnded,
         Wake::Config,
         Wake::Engine,
         Wake::Closed,
+        Wake::Prewarm,
     ];
 
     pub(super) fn bit(self) -> u8 {

@@ -321,6 +321,73 @@ impl Sessions {
         if session.meta.lock().ended {
             return Err(SessionError::NotFound(id.to_string()));
         }
+        let cold = self.claim(&session, &pool, &mut slot).await?;
+        let (container, conn) = slot.clone().expect("claimed above");
+        let queued = queued_at.elapsed();
+        let ran = task::execute(&self.0.metrics, &pool.name, &conn, &spec, &out).await;
+        {
+            let mut m = session.meta.lock();
+            m.tasks += 1;
+            m.last_used = Instant::now();
+        }
+        match ran.result {
+            Ok(exit) => Ok(TaskReport {
+                task_id,
+                pool: pool.name.clone(),
+                container,
+                exit,
+                queued,
+                run: ran.run,
+                cold_start: cold,
+            }),
+            Err(e) => {
+                // The container is gone or wedged: the session starts afresh next time.
+                *slot = None;
+                session.meta.lock().container = None;
+                let _ = self.0.runtime.remove(&container).await;
+                let e = match e {
+                    ExecError::Dead(why) => ExecError::Dead(format!(
+                        "{why}; the session's files are lost and its next task starts a fresh container"
+                    )),
+                    other => other,
+                };
+                Err(SubmitError::Exec(e).into())
+            }
+        }
+    }
+
+    /// Claims the session's container now (`POST /v1/sessions` with `"warm": true`) rather
+    /// than on its first task; nothing to do when it holds one.
+    ///
+    /// Errors: unknown session, or no container could be had (as a task's acquire).
+    pub async fn warm(&self, id: &str) -> Result<(), SessionError> {
+        let session = self
+            .get(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let pool = self
+            .0
+            .pools
+            .get(&session.pool)
+            .ok_or_else(|| SubmitError::UnknownPool(session.pool.clone()))?;
+        let _active = ActiveGuard::new(&session);
+        let mut slot = session.slot.lock().await;
+        if session.meta.lock().ended {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
+        self.claim(&session, &pool, &mut slot).await.map(|_| ())
+    }
+
+    /// Gives the session a container when `slot` holds none: a warm one from its pool,
+    /// wiped if a pool task used it, renamed after the session. Returns whether it was a
+    /// cold start.
+    async fn claim(
+        &self,
+        session: &Arc<Session>,
+        pool: &Arc<crate::pool::Pool>,
+        slot: &mut Option<(String, Conn)>,
+    ) -> Result<bool, SessionError> {
+        let id = session.id.as_str();
+        let cfg = pool.config();
         let mut cold = false;
         if slot.is_none() {
             let lease = match pool.acquire().await {
@@ -358,38 +425,7 @@ impl Sessions {
             *slot = Some((container, conn));
             self.publish();
         }
-        let (container, conn) = slot.clone().expect("set above");
-        let queued = queued_at.elapsed();
-        let ran = task::execute(&self.0.metrics, &pool.name, &conn, &spec, &out).await;
-        {
-            let mut m = session.meta.lock();
-            m.tasks += 1;
-            m.last_used = Instant::now();
-        }
-        match ran.result {
-            Ok(exit) => Ok(TaskReport {
-                task_id,
-                pool: pool.name.clone(),
-                container,
-                exit,
-                queued,
-                run: ran.run,
-                cold_start: cold,
-            }),
-            Err(e) => {
-                // The container is gone or wedged: the session starts afresh next time.
-                *slot = None;
-                session.meta.lock().container = None;
-                let _ = self.0.runtime.remove(&container).await;
-                let e = match e {
-                    ExecError::Dead(why) => ExecError::Dead(format!(
-                        "{why}; the session's files are lost and its next task starts a fresh container"
-                    )),
-                    other => other,
-                };
-                Err(SubmitError::Exec(e).into())
-            }
-        }
+        Ok(cold)
     }
 
     /// Runs a helper command in the session's container (file transfer), with `stdin`,

@@ -241,6 +241,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + pool.config().health_check_interval;
         let mut next_scale = Instant::now();
         let mut cause = Cause::Start;
+        let mut floor_was = 0;
         loop {
             let cfg = pool.config();
             if self.stop.is_cancelled() || pool.is_closed() {
@@ -251,12 +252,18 @@ impl Supervisor {
             if look {
                 next_scale = Instant::now() + cfg.scale_interval;
             }
-            memory = self.reconcile(&pool, &cfg, memory, look, cause);
+            let (floor, floor_until) = pool.prewarm_floor();
+            memory = self.reconcile(&pool, &cfg, memory, look, cause, (floor, floor_was));
+            floor_was = floor;
             if Instant::now() >= next_health {
                 next_health = Instant::now() + cfg.health_check_interval;
                 pool.check_health();
             }
-            let tick = cfg.scale_interval.min(cfg.health_check_interval);
+            let mut tick = cfg.scale_interval.min(cfg.health_check_interval);
+            // A pre-warm floor falls back when it ends, not at the next tick after.
+            if let Some(until) = floor_until {
+                tick = tick.min(until.saturating_duration_since(Instant::now()));
+            }
             cause = tokio::select! {
                 _ = tokio::time::sleep(tick) => Cause::Tick,
                 why = pool.woken() => Cause::Woken(why),
@@ -275,6 +282,7 @@ impl Supervisor {
         memory: scaling::Memory,
         look: bool,
         cause: Cause,
+        (floor, floor_was): (usize, usize),
     ) -> scaling::Memory {
         // Observe.
         let c = pool.counts();
@@ -294,7 +302,7 @@ impl Supervisor {
             ..memory
         };
         // Decide.
-        let (mut memory, step) = if look || c.queued > 0 {
+        let (memory, step) = if look || c.queued > 0 {
             scaling::decide(
                 &obs,
                 memory,
@@ -303,6 +311,11 @@ impl Supervisor {
             )
         } else {
             (memory, None)
+        };
+        // The pre-warm floor, a separate input of the pure decision.
+        let (mut memory, step) = match scaling::floor(&obs, memory, floor, floor_was) {
+            (floored, Some(s)) => (floored, Some(s)),
+            (floored, None) => (floored, step),
         };
         if let Some(step) = step {
             let dir = match step {
@@ -316,6 +329,7 @@ impl Supervisor {
         let plan = pool.converge(Desired {
             target: memory.target,
             engine_up: self.engine_up(),
+            floor,
         });
         // The pool chose to be smaller (idle_timeout): that lowers the target, so it is a
         // scale down like the autoscaler's, counted the same way.
