@@ -231,3 +231,69 @@ async fn a_warm_session_holds_its_container_at_once() {
     })
     .await;
 }
+
+const SIZED_POOL: &str = r#"
+[pools.z]
+image = "warmpool/agent:latest"
+min = 1
+warm = 1
+max = 3
+memory = "256MiB"
+cpus = 0.5
+session_max_memory = "1GiB"
+session_max_cpus = 2
+session_max_pids = 512
+"#;
+
+#[tokio::test]
+async fn a_session_size_is_applied_live_to_a_warm_container() {
+    let d = Daemon::start(SIZED_POOL).await;
+    d.wait_ready(LONG).await;
+    let warm_before = running(&d.instance, "z");
+    assert_eq!(warm_before.len(), 1);
+    // Over a bound: a 400 naming the field, the bound and the fix; no session, nothing created.
+    let id = format!("{}-big", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "z", "id": id, "memory": "4GiB"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("memory (4GiB)")
+            && message.contains("session_max_memory (1GiB)")
+            && message.contains("raise session_max_memory"),
+        "{message}"
+    );
+    assert_eq!(d.get(&format!("/v1/sessions/{id}")).await.unwrap().0, 404);
+    assert_eq!(containers(&d.instance, None).len(), 1);
+
+    let id = format!("{}-sized", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "z", "id": id, "memory": "512MiB", "cpus": 1.5, "pids_limit": 300, "warm": true})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["memory"], 512 * 1024 * 1024, "{v}");
+    let container = full_id(&d.instance, v["container"].as_str().unwrap());
+    // The warm container the pool already had: no create for the session.
+    assert_eq!(vec![container.clone()], warm_before);
+    let host = &inspect(&container)["HostConfig"];
+    assert_eq!(host["Memory"], 512 * 1024 * 1024, "{host}");
+    assert_eq!(host["NanoCpus"], 1_500_000_000i64, "{host}");
+    assert_eq!(host["PidsLimit"], 300, "{host}");
+    // And its tasks run under them.
+    let (status, v) = d
+        .task("z", json!({"session": id, "shell": "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"].as_str().unwrap().trim(), "300", "{v}");
+}

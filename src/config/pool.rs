@@ -118,6 +118,16 @@ settings! {
             /// Environment of every task; a pool's variables are added to those of
             /// `[defaults]`, replacing only those of the same name.
             env: Env = Env::new(), |cx, e| cx.env(e), merge union_env;
+            /// The most memory one session may ask for (`POST /v1/sessions {"memory": ...}`);
+            /// unset: sessions may not set memory.
+            session_max_memory: Option<u64> = None,
+                |cx, e| cx.size(e, DOCKER_MIN_MEMORY, " (Docker's minimum); leave it out to keep sessions at the pool's memory")
+                    .map(Some);
+            /// The most CPUs one session may ask for; unset: sessions may not set cpus.
+            session_max_cpus: Option<f64> = None, |cx, e| cx.cpus(e).map(Some);
+            /// The largest pids limit one session may ask for; unset: sessions may not set it.
+            session_max_pids: Option<i64> = None,
+                |cx, e| cx.count(e, 1, ": it bounds the pids_limit a session may ask for").map(Some);
             /// Bind mounts, named volumes and tmpfs of every container; a pool's list
             /// replaces that of `[defaults]`.
             mounts: Vec<Mount> = Vec::new(), |cx, e| read_mounts(cx, e);

@@ -14,7 +14,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
+    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Limits, Runtime,
     RuntimeError, LABEL_MANAGED,
 };
 
@@ -302,6 +302,22 @@ impl Runtime for DockerRuntime {
                     name: name.to_string(),
                 },
             )
+            .await
+            .map_err(map_err)
+    }
+
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let memory = limits.memory_bytes.map(|m| m as i64);
+        let body = bollard::models::ContainerUpdateBody {
+            memory,
+            // Swap equal to memory, as at create: the container cannot swap past its limit.
+            memory_swap: memory,
+            nano_cpus: limits.nano_cpus,
+            pids_limit: limits.pids_limit,
+            ..Default::default()
+        };
+        self.client()?
+            .update_container(id, body)
             .await
             .map_err(map_err)
     }

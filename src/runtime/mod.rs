@@ -114,6 +114,25 @@ impl ContainerSpec {
     }
 }
 
+/// Resource limits changed on a running container (the engine's live update): what a
+/// session asked for. `None` leaves that limit as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Limits {
+    /// Bytes of memory, swap included.
+    pub memory_bytes: Option<u64>,
+    /// Billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// Processes.
+    pub pids_limit: Option<i64>,
+}
+
+impl Limits {
+    /// No limit is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.nano_cpus.is_none() && self.pids_limit.is_none()
+    }
+}
+
 /// A container as the engine lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSummary {
@@ -176,6 +195,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Renames a container; a session's claim renames its warm container so the session id
     /// survives a daemon restart (the engine cannot relabel a running container).
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
+    /// Changes the limits of a running container in place (no restart, no new container).
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError>;
     /// Force-removes; a container that is already gone is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every container (any state) carrying `warmpool.managed=true`.

@@ -48,6 +48,8 @@ pub struct SessionInfo {
     pub idle_timeout: Duration,
     /// A task runs or waits.
     pub busy: bool,
+    /// The session's own limits, applied to its container (empty: the pool's).
+    pub limits: crate::runtime::Limits,
 }
 
 pub(super) struct Meta {
@@ -67,6 +69,9 @@ pub struct Session {
     pub pool: String,
     /// It ends after this long idle.
     pub idle_timeout: Duration,
+    /// Its own memory, cpus and pids limit (empty: the pool's), applied when it claims a
+    /// container.
+    pub limits: crate::runtime::Limits,
     /// Held for the whole of each task, so tasks run one at a time; tokio's mutex is fair,
     /// so they run in arrival order.
     pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,
@@ -79,6 +84,7 @@ impl Session {
             id,
             pool,
             idle_timeout,
+            limits: crate::runtime::Limits::default(),
             slot: tokio::sync::Mutex::new(None),
             meta: Mutex::new(Meta {
                 container: None,
@@ -110,6 +116,7 @@ impl Session {
             },
             idle_timeout: self.idle_timeout,
             busy: m.active > 0,
+            limits: self.limits,
         }
     }
 

@@ -10,6 +10,7 @@
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
 
 mod entry;
+mod size;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use crate::task::{self, SubmitError, TaskReport, TaskRequest};
 use entry::ActiveGuard;
 
 pub use entry::{container_name, session_of_name, validate_id, Session, SessionInfo, SessionState};
+pub use size::{limits_for, SessionOptions};
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -159,6 +161,20 @@ impl Sessions {
         id: Option<String>,
         idle_timeout: Option<Duration>,
     ) -> Result<(Arc<Session>, bool), SessionError> {
+        self.create_with(pool, id, idle_timeout, SessionOptions::default())
+    }
+
+    /// [`Sessions::create`] with the session's own size (checked against the pool's
+    /// `session_max_*` bounds). A live session of that id is returned as it is.
+    ///
+    /// Errors: as [`Sessions::create`], plus a size over its bound.
+    pub fn create_with(
+        &self,
+        pool: &str,
+        id: Option<String>,
+        idle_timeout: Option<Duration>,
+        opts: SessionOptions,
+    ) -> Result<(Arc<Session>, bool), SessionError> {
         let p = self
             .0
             .pools
@@ -180,6 +196,7 @@ impl Sessions {
             Some(t) => t,
             None => p.config().session_idle_timeout,
         };
+        let limits = limits_for(&p.config(), &opts).map_err(SessionError::Invalid)?;
         let (session, evict) = {
             let mut map = self.0.map.lock();
             if let Some(existing) = map.get(&id) {
@@ -206,7 +223,9 @@ impl Sessions {
             if let Some(old) = &evict {
                 self.take_locked(&mut map, &old.id);
             }
-            let session = Arc::new(Session::new(id.clone(), pool.to_string(), idle_timeout));
+            let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout);
+            session.limits = limits;
+            let session = Arc::new(session);
             map.insert(id, session.clone());
             (session, evict)
         };
@@ -408,6 +427,21 @@ impl Sessions {
                     session.meta.lock().container = None;
                     let _ = self.0.runtime.remove(&container).await;
                     return Err(SubmitError::Exec(e).into());
+                }
+            }
+            // The session's own size, by the engine's live update: no new container.
+            if !session.limits.is_empty() {
+                if let Err(e) = self
+                    .0
+                    .runtime
+                    .update_limits(&container, &session.limits)
+                    .await
+                {
+                    session.meta.lock().container = None;
+                    let _ = self.0.runtime.remove(&container).await;
+                    return Err(SessionError::Invalid(format!(
+                        "the engine refused the session's memory, cpus or pids_limit: {e}"
+                    )));
                 }
             }
             // Naming is for a restarted daemon's benefit only: keep it off the task's path.
