@@ -297,3 +297,64 @@ async fn a_session_size_is_applied_live_to_a_warm_container() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["stdout"].as_str().unwrap().trim(), "300", "{v}");
 }
+
+#[tokio::test]
+async fn two_tasks_of_a_session_overlap_with_max_concurrent_tasks_2() {
+    let d = Daemon::start(
+        "[pools.c]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nmax = 2\nmax_concurrent_tasks = 2\n",
+    )
+    .await;
+    d.wait_ready(LONG).await;
+    // Above the pool's value: a 400 naming it.
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "c", "max_concurrent_tasks": 3})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_tasks (3) is above pool c's max_concurrent_tasks (2)"),
+        "{v}"
+    );
+    let id = format!("{}-conc", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "c", "id": id, "warm": true})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["max_concurrent_tasks"], 2, "{v}");
+    // Each waits (up to 20 s) for the other's file: both see it only if they overlap.
+    let wait_for_other = |me: &str, other: &str| {
+        format!(
+            "touch /work/{me}; i=0; while [ ! -e /work/{other} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; [ -e /work/{other} ] && echo saw-{other}"
+        )
+    };
+    let client = warmpool::client::Client::new(&d.addr, None);
+    let (a, b) = tokio::join!(
+        run_task(
+            &client,
+            "c",
+            json!({"session": id, "shell": wait_for_other("a", "b")})
+        ),
+        run_task(
+            &client,
+            "c",
+            json!({"session": id, "shell": wait_for_other("b", "a")})
+        ),
+    );
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    assert_eq!(a.1["stdout"], "saw-b\n", "{}", a.1);
+    assert_eq!(b.1["stdout"], "saw-a\n", "{}", b.1);
+    assert_eq!(a.1["container"], b.1["container"], "one container");
+}

@@ -29,6 +29,8 @@ struct SessionBody {
     cpus: Option<f64>,
     /// The session's own pids limit.
     pids_limit: Option<i64>,
+    /// Tasks of the session that may run at once, at most the pool's.
+    max_concurrent_tasks: Option<usize>,
 }
 
 /// `memory` as a size string or a number of bytes.
@@ -64,6 +66,7 @@ fn session_json(info: &SessionInfo) -> Value {
         "idle_seconds": (info.idle.as_secs_f64() * 10.0).round() / 10.0,
         "idle_timeout": humantime::format_duration(info.idle_timeout).to_string(),
         "busy": info.busy,
+        "max_concurrent_tasks": info.max_concurrent_tasks,
     });
     // The session's own size, when it asked for one.
     if let Some(m) = info.limits.memory_bytes {
@@ -101,7 +104,7 @@ pub(super) async fn create_session(
         memory: memory_of(body.memory)?,
         cpus: body.cpus,
         pids_limit: body.pids_limit,
-        ..Default::default()
+        max_concurrent_tasks: body.max_concurrent_tasks,
     };
     let (session, created) =
         state

@@ -118,6 +118,10 @@ settings! {
             /// Environment of every task; a pool's variables are added to those of
             /// `[defaults]`, replacing only those of the same name.
             env: Env = Env::new(), |cx, e| cx.env(e), merge union_env;
+            /// Tasks of one session that may run at once (1: one at a time, in arrival
+            /// order); a session may ask for fewer.
+            max_concurrent_tasks: usize = 1,
+                |cx, e| cx.count(e, 1, ": 1 runs a session's tasks one at a time");
             /// The most memory one session may ask for (`POST /v1/sessions {"memory": ...}`);
             /// unset: sessions may not set memory.
             session_max_memory: Option<u64> = None,

@@ -188,6 +188,7 @@ cpus = 2
 network = "agents-net"
 env = { A = "1" }
 mounts = [{ type = "tmpfs", target = "/scratch", size = "1MiB" }]
+max_concurrent_tasks = 4
 session_max_memory = "2GiB"
 session_max_cpus = 2
 session_max_pids = 512
@@ -222,6 +223,7 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         cpus: Some(2.0),
         network: NetworkMode::Named("agents-net".to_string()),
         env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+        max_concurrent_tasks: 4,
         session_max_memory: Some(2 * GIB),
         session_max_cpus: Some(2.0),
         session_max_pids: Some(512),

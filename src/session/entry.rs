@@ -50,6 +50,8 @@ pub struct SessionInfo {
     pub busy: bool,
     /// The session's own limits, applied to its container (empty: the pool's).
     pub limits: crate::runtime::Limits,
+    /// Tasks that may run at once.
+    pub max_concurrent_tasks: usize,
 }
 
 pub(super) struct Meta {
@@ -72,8 +74,17 @@ pub struct Session {
     /// Its own memory, cpus and pids limit (empty: the pool's), applied when it claims a
     /// container.
     pub limits: crate::runtime::Limits,
-    /// Held for the whole of each task, so tasks run one at a time; tokio's mutex is fair,
-    /// so they run in arrival order.
+    /// Tasks of the session that may run at once (the pool's `max_concurrent_tasks`, or
+    /// less when the session asked); 1 runs them one at a time.
+    pub max_concurrent_tasks: usize,
+    /// One permit per task that may run at once, held for the whole task; tokio's semaphore
+    /// is fair, so tasks start in arrival order. Ending the session takes them all.
+    pub(super) permits: tokio::sync::Semaphore,
+    /// The container's own connection (its shim) is running a task: another task running
+    /// at the same time gets a `docker exec` of its own in the same container.
+    pub(super) conn_busy: std::sync::atomic::AtomicBool,
+    /// The container and its connection; locked while a container is claimed, briefly
+    /// otherwise.
     pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,
     pub(super) meta: Mutex<Meta>,
 }
@@ -85,6 +96,9 @@ impl Session {
             pool,
             idle_timeout,
             limits: crate::runtime::Limits::default(),
+            max_concurrent_tasks: 1,
+            permits: tokio::sync::Semaphore::new(1),
+            conn_busy: std::sync::atomic::AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(None),
             meta: Mutex::new(Meta {
                 container: None,
@@ -94,6 +108,14 @@ impl Session {
                 ended: false,
             }),
         }
+    }
+
+    /// Lets `n` (at least 1) of its tasks run at once.
+    pub(super) fn with_concurrency(mut self, n: usize) -> Session {
+        let n = n.max(1);
+        self.permits.add_permits(n - self.max_concurrent_tasks);
+        self.max_concurrent_tasks = n;
+        self
     }
 
     /// A snapshot for the API.
@@ -117,6 +139,7 @@ impl Session {
             idle_timeout: self.idle_timeout,
             busy: m.active > 0,
             limits: self.limits,
+            max_concurrent_tasks: self.max_concurrent_tasks,
         }
     }
 
@@ -162,6 +185,17 @@ impl<'a> ActiveGuard<'a> {
     pub(super) fn new(s: &'a Session) -> Self {
         s.meta.lock().active += 1;
         ActiveGuard(s)
+    }
+}
+
+/// Marks the container's own connection busy while one task uses it.
+pub(super) struct ConnGuard<'a>(pub(super) &'a Session);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .conn_busy
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, RemoveReason};
 use crate::pool::{AcquireError, Pools};
 use crate::runtime::Runtime;
 use crate::task::{self, SubmitError, TaskReport, TaskRequest};
-use entry::ActiveGuard;
+use entry::{ActiveGuard, ConnGuard};
 
 pub use entry::{container_name, session_of_name, validate_id, Session, SessionInfo, SessionState};
 pub use size::{limits_for, SessionOptions};
@@ -197,6 +197,21 @@ impl Sessions {
             None => p.config().session_idle_timeout,
         };
         let limits = limits_for(&p.config(), &opts).map_err(SessionError::Invalid)?;
+        let pool_max = p.config().max_concurrent_tasks;
+        let concurrency = match opts.max_concurrent_tasks {
+            Some(0) => {
+                return Err(SessionError::Invalid(
+                    "max_concurrent_tasks (0) must be at least 1".into(),
+                ))
+            }
+            Some(n) if n > pool_max => {
+                return Err(SessionError::Invalid(format!(
+                    "max_concurrent_tasks ({n}) is above pool {pool}'s max_concurrent_tasks ({pool_max}): ask for at most {pool_max}, or raise max_concurrent_tasks in pools.toml"
+                )))
+            }
+            Some(n) => n,
+            None => pool_max,
+        };
         let (session, evict) = {
             let mut map = self.0.map.lock();
             if let Some(existing) = map.get(&id) {
@@ -223,7 +238,8 @@ impl Sessions {
             if let Some(old) = &evict {
                 self.take_locked(&mut map, &old.id);
             }
-            let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout);
+            let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout)
+                .with_concurrency(concurrency);
             session.limits = limits;
             let session = Arc::new(session);
             map.insert(id, session.clone());
@@ -264,6 +280,11 @@ impl Sessions {
     async fn finish_container(&self, session: &Arc<Session>) {
         session.meta.lock().ended = true;
         self.publish();
+        // Every permit: the tasks that run (or came before) are done.
+        let _all = session
+            .permits
+            .acquire_many(session.max_concurrent_tasks as u32)
+            .await;
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
             return;
@@ -336,12 +357,21 @@ impl Sessions {
         let task_id = task::new_task_id();
         let _active = ActiveGuard::new(&session);
         let queued_at = Instant::now();
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended {
-            return Err(SessionError::NotFound(id.to_string()));
-        }
-        let cold = self.claim(&session, &pool, &mut slot).await?;
-        let (container, conn) = slot.clone().expect("claimed above");
+        let _permit = session
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))?;
+        let (container, conn, cold) = {
+            let mut slot = session.slot.lock().await;
+            if session.meta.lock().ended {
+                return Err(SessionError::NotFound(id.to_string()));
+            }
+            let cold = self.claim(&session, &pool, &mut slot).await?;
+            let (container, conn) = slot.clone().expect("claimed above");
+            (container, conn, cold)
+        };
+        let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let queued = queued_at.elapsed();
         let ran = task::execute(&self.0.metrics, &pool.name, &conn, &spec, &out).await;
         {
@@ -360,9 +390,15 @@ impl Sessions {
                 cold_start: cold,
             }),
             Err(e) => {
-                // The container is gone or wedged: the session starts afresh next time.
-                *slot = None;
-                session.meta.lock().container = None;
+                // The container is gone or wedged: the session starts afresh next time
+                // (unless a task running beside this one already saw to that).
+                {
+                    let mut slot = session.slot.lock().await;
+                    if slot.as_ref().is_some_and(|(c, _)| *c == container) {
+                        *slot = None;
+                        session.meta.lock().container = None;
+                    }
+                }
                 let _ = self.0.runtime.remove(&container).await;
                 let e = match e {
                     ExecError::Dead(why) => ExecError::Dead(format!(
@@ -372,6 +408,35 @@ impl Sessions {
                 };
                 Err(SubmitError::Exec(e).into())
             }
+        }
+    }
+
+    /// The connection one task uses: the container's own (its shim) when no other task of
+    /// the session holds it, else a `docker exec` of its own in the same container (same
+    /// files, same limits, tens of milliseconds more). With `max_concurrent_tasks = 1` it is
+    /// always the container's own.
+    fn conn_for<'s>(
+        &self,
+        session: &'s Session,
+        container: &str,
+        conn: Conn,
+    ) -> (Conn, Option<ConnGuard<'s>>) {
+        use std::sync::atomic::Ordering;
+        if matches!(conn, Conn::DockerExec(_)) {
+            return (conn, None);
+        }
+        match session
+            .conn_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => (conn, Some(ConnGuard(session))),
+            Err(_) => (
+                Conn::DockerExec(crate::exec::DockerExecConn {
+                    runtime: self.0.runtime.clone(),
+                    container: container.to_string(),
+                }),
+                None,
+            ),
         }
     }
 
@@ -492,15 +557,24 @@ impl Sessions {
         cfg.max_output = max_output;
         let spec = task::validate(&cfg, request)?;
         let _active = ActiveGuard::new(&session);
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended {
-            return Err(SessionError::NotFound(id.to_string()));
-        }
-        let Some((_, conn)) = slot.as_mut() else {
+        let _permit = session
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))?;
+        let held = {
+            let slot = session.slot.lock().await;
+            if session.meta.lock().ended {
+                return Err(SessionError::NotFound(id.to_string()));
+            }
+            slot.clone()
+        };
+        let Some((container, conn)) = held else {
             return Err(SessionError::Invalid(format!(
                 "session {id:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
             )));
         };
+        let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let exit = conn.run(&spec, &tx).await.map_err(SubmitError::Exec)?;
         drop(tx);
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -573,7 +647,13 @@ impl Sessions {
             .get(pool)
             .map(|p| p.config().session_idle_timeout)
             .unwrap_or(Duration::from_secs(300));
-        let session = Session::new(id.to_string(), pool.to_string(), idle_timeout);
+        let concurrency = self
+            .0
+            .pools
+            .get(pool)
+            .map_or(1, |p| p.config().max_concurrent_tasks);
+        let session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
+            .with_concurrency(concurrency);
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
         self.0.map.lock().insert(id.to_string(), Arc::new(session));
