@@ -18,3 +18,4 @@ pub mod shim;
 pub mod shim_proto;
 pub mod supervisor;
 pub mod task;
+pub mod workspace;

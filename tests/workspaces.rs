@@ -358,3 +358,163 @@ async fn two_tasks_of_a_session_overlap_with_max_concurrent_tasks_2() {
     assert_eq!(b.1["stdout"], "saw-a\n", "{}", b.1);
     assert_eq!(a.1["container"], b.1["container"], "one container");
 }
+
+/// A session's state as `GET /v1/sessions/{id}` shows it.
+async fn session_state(d: &Daemon, id: &str) -> String {
+    let (status, v) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["state"].as_str().unwrap().to_string()
+}
+
+/// Runs `shell` in session `id`, retrying once after a 502 (the container died under it).
+async fn in_session(d: &Daemon, pool: &str, id: &str, shell: &str) -> Value {
+    for _ in 0..2 {
+        let (status, v) = d.task(pool, json!({"session": id, "shell": shell})).await;
+        if status == 502 {
+            continue;
+        }
+        assert_eq!(status, 200, "{v}");
+        return v;
+    }
+    panic!("two 502s in a row for {shell:?}:\n{}", d.log());
+}
+
+#[tokio::test]
+async fn a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        r#"
+[pools.w]
+image = "warmpool/agent:latest"
+min = 1
+warm = 2
+max = 4
+session_workspace = "persistent"
+workspace_root = "{}"
+session_idle_timeout = "1s"
+"#,
+        root.path().display()
+    );
+    let mut d = Daemon::start(&config).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-ws", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "w", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = in_session(
+        &d,
+        "w",
+        &id,
+        "echo kept > /workspace/f.txt && cat /workspace/f.txt",
+    )
+    .await;
+    assert_eq!(v["stdout"], "kept\n", "{v}");
+    let first = container_of(&d, &v);
+
+    // Idle is not the end: the container goes, the workspace stays.
+    wait_for("the session to go idle", LONG, || {
+        (!exists(&first)).then_some(())
+    })
+    .await;
+    assert_eq!(session_state(&d, &id).await, "idle");
+    let v = in_session(&d, "w", &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "resumed on a warm container: {v}");
+    let second = container_of(&d, &v);
+    assert_ne!(first, second);
+
+    // Its container killed under it.
+    let _ = docker_try(&["kill", &second]);
+    let v = in_session(&d, "w", &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "after docker kill: {v}");
+
+    // The daemon killed and restarted, then a reload.
+    d.kill9();
+    d.restart().await;
+    d.wait_ready(LONG).await;
+    let v = in_session(&d, "w", &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "after kill -9 and a restart: {v}");
+    let (status, v) = d.post_raw("/v1/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{v}");
+    let v = in_session(&d, "w", &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "after a reload: {v}");
+
+    // Never visible to another session or to a pool task.
+    let other = format!("{}-other", d.instance);
+    d.post_raw(
+        "/v1/sessions",
+        json!({"pool": "w", "id": other}).to_string().into_bytes(),
+    )
+    .await;
+    let v = in_session(&d, "w", &other, "ls -A /workspace; echo end").await;
+    assert_eq!(v["stdout"], "end\n", "{v}");
+    let (status, v) = d
+        .task("w", json!({"shell": "ls -A /workspace; echo end"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stdout"], "end\n", "{v}");
+
+    // Listed with its pool and size, and counted.
+    let (status, v) = d.get("/v1/workspaces").await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    let mine = v["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in {v}"))
+        .clone();
+    assert_eq!(mine["pool"], "w");
+    assert_eq!(mine["bytes"], 5);
+    assert!(mine["last_used"].is_string(), "{mine}");
+    let mut n = 0.0;
+    for _ in 0..200 {
+        n = metric(&d, "warmpool_workspaces", &[("pool", "w")]).await;
+        if n >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 2.0, "warmpool_workspaces");
+    assert!(metric(&d, "warmpool_workspace_bytes", &[("pool", "w")]).await >= 5.0);
+
+    // Deleted with the session on request; a `..` id refused; the other by its own endpoint.
+    let (status, _, body) = d
+        .request(
+            "DELETE",
+            &format!("/v1/sessions/{id}?workspace=delete"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{}", as_json(&body));
+    let (_, v) = d.get("/v1/workspaces").await.unwrap();
+    assert!(
+        !v["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == id.as_str()),
+        "{v}"
+    );
+    let store = root.path().join(&d.instance).join("store");
+    assert!(!store.join(&id).exists());
+    for bad in ["a..b", "%2E%2E"] {
+        let (status, _, body) = d
+            .request("DELETE", &format!("/v1/workspaces/{bad}"), None)
+            .await;
+        assert_eq!(status, 400, "{bad}: {}", as_json(&body));
+    }
+    let (status, _, body) = d
+        .request("DELETE", &format!("/v1/workspaces/{other}"), None)
+        .await;
+    assert_eq!(status, 200, "{}", as_json(&body));
+    assert!(!store.join(&other).exists());
+    assert_eq!(
+        d.get(&format!("/v1/sessions/{other}")).await.unwrap().0,
+        404
+    );
+}

@@ -30,6 +30,7 @@ mod pools;
 mod prewarm;
 mod sessions;
 mod tasks;
+mod workspaces;
 
 /// What every handler gets: the supervisor, plus what the daemon around it provides.
 #[derive(Clone)]
@@ -92,6 +93,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sessions/{id}",
             get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route("/v1/workspaces", get(workspaces::list_workspaces))
+        .route(
+            "/v1/workspaces/{id}",
+            axum::routing::delete(workspaces::delete_workspace),
         )
         .route(
             "/v1/sessions/{id}/files/{*path}",

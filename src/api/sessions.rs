@@ -152,8 +152,34 @@ pub(super) async fn get_session(
 pub(super) async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let info = state.supervisor.end_session(&id).await?;
+    // `?workspace=delete` removes a persistent workspace too; `keep` (the default) keeps it.
+    let mut delete_workspace = false;
+    for pair in query
+        .0
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair {
+            "workspace=delete" => delete_workspace = true,
+            "workspace=keep" => delete_workspace = false,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("unknown query {other:?}: DELETE /v1/sessions/{{id}} takes workspace=keep (the default) or workspace=delete"),
+                ))
+            }
+        }
+    }
+    let info = state
+        .supervisor
+        .sessions
+        .end_with(&id, delete_workspace)
+        .await?;
     let mut v = session_json(&info);
     v["state"] = json!("ended");
     Ok(Json(v))

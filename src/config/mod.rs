@@ -38,7 +38,7 @@ pub use error::{ConfigError, Problem};
 pub use mounts::{Mount, MountKind};
 pub use pool::{PoolConfig, SecurityConfig};
 pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
-pub use values::{parse_size, ExecMode, NetworkMode, OnExhausted};
+pub use values::{parse_size, ExecMode, NetworkMode, OnExhausted, WorkspaceMode};
 
 use read::{Ctx, Pos};
 

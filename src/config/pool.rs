@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::checks::{
-    check_capability, check_image, check_network, check_runtime, check_user, check_workdir,
+    check_absolute, check_capability, check_image, check_network, check_runtime, check_user,
+    check_workdir,
 };
 use super::keys::settings;
 use super::mounts::{read_mounts, within, Mount};
 use super::read::{closest, join, layered, Ctx, Pos, Slot};
 use super::suggest::Section;
-use super::values::{ExecMode, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
+use super::values::{ExecMode, NetworkMode, OnExhausted, WorkspaceMode, DOCKER_MIN_MEMORY, MIB};
 
 type Env = BTreeMap<String, String>;
 
@@ -132,6 +133,20 @@ settings! {
             /// The largest pids limit one session may ask for; unset: sessions may not set it.
             session_max_pids: Option<i64> = None,
                 |cx, e| cx.count(e, 1, ": it bounds the pids_limit a session may ask for").map(Some);
+            /// `ephemeral`: a session's files go with its container. `persistent`: a host
+            /// directory at /workspace that outlives it (idle ends, restarts, reloads).
+            session_workspace: WorkspaceMode = WorkspaceMode::Ephemeral,
+                |cx, e| cx.choice(e, &[
+                    ("ephemeral", WorkspaceMode::Ephemeral),
+                    ("persistent", WorkspaceMode::Persistent),
+                ]);
+            /// Host directory under which persistent workspaces live (one directory per
+            /// daemon instance), on the engine's host.
+            workspace_root: String = "/var/lib/warmpool/workspaces".to_string(),
+                |cx, e| cx.text(e, "an absolute host path such as \"/var/lib/warmpool/workspaces\"", check_absolute);
+            /// A persistent workspace unused for this long is removed.
+            workspace_ttl: Duration = Duration::from_secs(7 * 24 * 3600),
+                |cx, e| cx.duration(e, Some("every workspace would be removed at once"));
             /// Bind mounts, named volumes and tmpfs of every container; a pool's list
             /// replaces that of `[defaults]`.
             mounts: Vec<Mount> = Vec::new(), |cx, e| read_mounts(cx, e);

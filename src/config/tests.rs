@@ -189,6 +189,9 @@ network = "agents-net"
 env = { A = "1" }
 mounts = [{ type = "tmpfs", target = "/scratch", size = "1MiB" }]
 max_concurrent_tasks = 4
+session_workspace = "persistent"
+workspace_root = "/srv/ws"
+workspace_ttl = "1h"
 session_max_memory = "2GiB"
 session_max_cpus = 2
 session_max_pids = 512
@@ -224,6 +227,10 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         network: NetworkMode::Named("agents-net".to_string()),
         env: BTreeMap::from([("A".to_string(), "1".to_string())]),
         max_concurrent_tasks: 4,
+        session_workspace: crate::config::WorkspaceMode::Persistent,
+        workspace_root: "/srv/ws".to_string(),
+        workspace_ttl: Duration::from_secs(3600),
+
         session_max_memory: Some(2 * GIB),
         session_max_cpus: Some(2.0),
         session_max_pids: Some(512),

@@ -71,6 +71,9 @@ pub struct ContainerSpec {
     pub open_stdin: bool,
     /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
     pub mounts: Vec<crate::config::Mount>,
+    /// Persistent workspaces: the host root (`<workspace_root>/<instance>`) under which each
+    /// container gets a slot of its own, bind-mounted at /workspace (see `crate::workspace`).
+    pub workspace_root: Option<String>,
 }
 
 impl ContainerSpec {
@@ -108,6 +111,10 @@ impl ContainerSpec {
             text
         } else {
             format!("{text}|{:?}", self.mounts)
+        };
+        let text = match &self.workspace_root {
+            None => text,
+            Some(root) => format!("{text}|workspace:{root}"),
         };
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()

@@ -17,6 +17,9 @@ pub enum SessionState {
     NotStarted,
     /// Holds a container.
     Running,
+    /// A persistent session that gave its container back when it went idle: its workspace
+    /// waits on the host, its next task resumes on a warm container.
+    Idle,
 }
 
 impl SessionState {
@@ -25,6 +28,7 @@ impl SessionState {
         match self {
             SessionState::NotStarted => "not_started",
             SessionState::Running => "running",
+            SessionState::Idle => "idle",
         }
     }
 }
@@ -61,6 +65,10 @@ pub(super) struct Meta {
     /// Tasks running or waiting: a session with any is never idle.
     pub(super) active: usize,
     pub(super) ended: bool,
+    /// A persistent session gave its container back (idle) and keeps its workspace.
+    pub(super) released: bool,
+    /// Its end removes its workspace too (`?workspace=delete`, `workspace_ttl`).
+    pub(super) delete_workspace: bool,
 }
 
 /// A live session; the API reads it through [`Session::info`].
@@ -83,6 +91,8 @@ pub struct Session {
     /// The container's own connection (its shim) is running a task: another task running
     /// at the same time gets a `docker exec` of its own in the same container.
     pub(super) conn_busy: std::sync::atomic::AtomicBool,
+    /// The persistent workspace's store, for a `session_workspace = "persistent"` pool.
+    pub workspace: Option<crate::workspace::Store>,
     /// The container and its connection; locked while a container is claimed, briefly
     /// otherwise.
     pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,
@@ -97,6 +107,7 @@ impl Session {
             idle_timeout,
             limits: crate::runtime::Limits::default(),
             max_concurrent_tasks: 1,
+            workspace: None,
             permits: tokio::sync::Semaphore::new(1),
             conn_busy: std::sync::atomic::AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(None),
@@ -106,6 +117,8 @@ impl Session {
                 last_used: Instant::now(),
                 active: 0,
                 ended: false,
+                released: false,
+                delete_workspace: false,
             }),
         }
     }
@@ -126,6 +139,8 @@ impl Session {
             pool: self.pool.clone(),
             state: if m.container.is_some() {
                 SessionState::Running
+            } else if m.released {
+                SessionState::Idle
             } else {
                 SessionState::NotStarted
             },
@@ -145,7 +160,13 @@ impl Session {
 
     pub(super) fn idle_expired(&self) -> bool {
         let m = self.meta.lock();
-        m.active == 0 && !m.ended && m.last_used.elapsed() >= self.idle_timeout
+        m.active == 0 && !m.ended && !m.released && m.last_used.elapsed() >= self.idle_timeout
+    }
+
+    /// A released persistent session unused for `ttl`: it ends, its workspace with it.
+    pub(super) fn workspace_expired(&self, ttl: Duration) -> bool {
+        let m = self.meta.lock();
+        m.active == 0 && !m.ended && m.released && m.last_used.elapsed() >= ttl
     }
 }
 

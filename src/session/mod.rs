@@ -36,6 +36,17 @@ pub use size::{limits_for, SessionOptions};
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often idle sessions are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
+/// Every this many looks, workspaces are measured, and those unused past `workspace_ttl`
+/// without a session are removed.
+const WORKSPACE_SWEEP_EVERY: u64 = 10;
+
+/// The workspace store of a persistent pool's sessions.
+fn workspace_store(pool: &crate::pool::Pool) -> Option<crate::workspace::Store> {
+    pool.spec()
+        .workspace_root
+        .as_ref()
+        .map(crate::workspace::Store::new)
+}
 
 /// Why a session call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -241,6 +252,7 @@ impl Sessions {
             let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout)
                 .with_concurrency(concurrency);
             session.limits = limits;
+            session.workspace = workspace_store(&p);
             let session = Arc::new(session);
             map.insert(id, session.clone());
             (session, evict)
@@ -258,6 +270,23 @@ impl Sessions {
     ///
     /// Errors: [`SessionError::NotFound`] when it is not live.
     pub async fn end(&self, id: &str) -> Result<SessionInfo, SessionError> {
+        self.end_with(id, false).await
+    }
+
+    /// [`Sessions::end`]; `delete_workspace` removes a persistent workspace too (else it is
+    /// kept for a later session of the same id).
+    ///
+    /// Errors: [`SessionError::NotFound`] when it is not live.
+    pub async fn end_with(
+        &self,
+        id: &str,
+        delete_workspace: bool,
+    ) -> Result<SessionInfo, SessionError> {
+        if let Some(s) = self.get(id) {
+            if delete_workspace {
+                s.meta.lock().delete_workspace = true;
+            }
+        }
         let session = {
             let mut map = self.0.map.lock();
             self.take_locked(&mut map, id)
@@ -287,6 +316,7 @@ impl Sessions {
             .await;
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
+            self.keep_or_delete_workspace(session);
             return;
         };
         let cfg = self.0.pools.get(&session.pool).map(|p| p.config());
@@ -316,7 +346,54 @@ impl Sessions {
         self.0
             .metrics
             .removed(&session.pool, RemoveReason::SessionEnd);
+        self.keep_or_delete_workspace(session);
         tracing::info!(session = %session.id, "session ended");
+    }
+
+    /// At a session's end: its persistent workspace goes back to the store, or is removed.
+    fn keep_or_delete_workspace(&self, session: &Session) {
+        let Some(store) = &session.workspace else {
+            return;
+        };
+        if session.meta.lock().delete_workspace {
+            store.delete(&session.id);
+        } else if let Err(e) = store.detach(&session.id) {
+            tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
+        }
+    }
+
+    /// A persistent session gone idle gives its container back (removed) and keeps its
+    /// workspace on the host; its next task resumes on a warm container.
+    async fn release(&self, session: Arc<Session>) {
+        let _all = session
+            .permits
+            .acquire_many(session.max_concurrent_tasks as u32)
+            .await;
+        let mut slot = session.slot.lock().await;
+        if session.meta.lock().ended || !session.idle_expired() {
+            return;
+        }
+        let Some((container, conn)) = slot.take() else {
+            return;
+        };
+        drop(conn);
+        if let Err(e) = self.0.runtime.remove(&container).await {
+            tracing::warn!(session = %session.id, error = %e, "removing the idle session's container failed; the reaper will retry");
+        }
+        self.0
+            .metrics
+            .removed(&session.pool, RemoveReason::SessionEnd);
+        if let Some(store) = &session.workspace {
+            if let Err(e) = store.detach(&session.id) {
+                tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
+            }
+        }
+        {
+            let mut m = session.meta.lock();
+            m.container = None;
+            m.released = true;
+        }
+        tracing::info!(session = %session.id, "idle: container given back, workspace kept");
     }
 
     /// Finds a live session of `pool`.
@@ -409,6 +486,28 @@ impl Sessions {
                 Err(SubmitError::Exec(e).into())
             }
         }
+    }
+
+    /// Moves workspace `id` into the slot of `container` (found by its `warmpool.slot` label).
+    async fn attach_workspace(
+        &self,
+        store: &crate::workspace::Store,
+        id: &str,
+        pool: &str,
+        container: &str,
+    ) -> Result<(), String> {
+        let list = self
+            .0
+            .runtime
+            .list_managed()
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = list
+            .into_iter()
+            .find(|c| c.id == container)
+            .and_then(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
+            .ok_or_else(|| "the container has no workspace slot".to_string())?;
+        store.attach(id, pool, &key).map_err(|e| e.to_string())
     }
 
     /// The connection one task uses: the container's own (its shim) when no other task of
@@ -509,6 +608,20 @@ impl Sessions {
                     )));
                 }
             }
+            // A persistent workspace moves into the container's slot.
+            if let Some(store) = &session.workspace {
+                if let Err(e) = self
+                    .attach_workspace(store, id, &pool.name, &container)
+                    .await
+                {
+                    session.meta.lock().container = None;
+                    let _ = self.0.runtime.remove(&container).await;
+                    return Err(SessionError::Invalid(format!(
+                        "could not bring the session's workspace into its container: {e}"
+                    )));
+                }
+                session.meta.lock().released = false;
+            }
             // Naming is for a restarted daemon's benefit only: keep it off the task's path.
             let (runtime, name, cid, sid) = (
                 self.0.runtime.clone(),
@@ -590,6 +703,7 @@ impl Sessions {
 
     /// Ends sessions idle past their timeout, until `stop` is cancelled.
     pub async fn reap_idle(self, stop: CancellationToken) {
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(REAP_EVERY) => {}
@@ -599,7 +713,7 @@ impl Sessions {
                 let mut map = self.0.map.lock();
                 let ids: Vec<String> = map
                     .values()
-                    .filter(|s| s.idle_expired())
+                    .filter(|s| s.workspace.is_none() && s.idle_expired())
                     .map(|s| s.id.clone())
                     .collect();
                 ids.iter()
@@ -611,7 +725,137 @@ impl Sessions {
                 let me = self.clone();
                 tokio::spawn(async move { me.finish(s).await });
             }
+            // Persistent sessions gone idle give their container back; past workspace_ttl
+            // they end with their workspace.
+            for s in self.list() {
+                let Some(pool) = self.0.pools.get(&s.pool) else {
+                    continue;
+                };
+                if s.workspace.is_none() {
+                    continue;
+                }
+                if s.workspace_expired(pool.config().workspace_ttl) {
+                    tracing::info!(session = %s.id, "workspace unused past workspace_ttl");
+                    s.meta.lock().delete_workspace = true;
+                    let me = self.clone();
+                    let id = s.id.clone();
+                    tokio::spawn(async move { me.end_with(&id, true).await });
+                } else if s.meta.lock().container.is_some() && s.idle_expired() {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.release(s).await });
+                }
+            }
+            ticks += 1;
+            if ticks % WORKSPACE_SWEEP_EVERY == 0 {
+                self.sweep_workspaces();
+            }
         }
+    }
+
+    /// The workspace stores of the persistent pools, with their pools' names and TTLs.
+    fn stores(&self) -> Vec<(String, crate::workspace::Store, Duration)> {
+        self.0
+            .pools
+            .list()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone(),
+                    workspace_store(p)?,
+                    p.config().workspace_ttl,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every persistent workspace of every pool.
+    pub fn workspaces(&self) -> Vec<crate::workspace::WorkspaceInfo> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (_, store, _) in self.stores() {
+            if seen.insert(store.root().to_path_buf()) {
+                out.extend(store.list());
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Removes workspace `id`: ends its live session if it has one. False when there is no
+    /// such workspace.
+    pub async fn delete_workspace(&self, id: &str) -> bool {
+        if self.get(id).is_some_and(|s| s.workspace.is_some()) {
+            return self.end_with(id, true).await.is_ok();
+        }
+        let mut found = false;
+        for (pool, store, _) in self.stores() {
+            if store.record(id).is_some_and(|r| r.pool == pool) {
+                found |= store.delete(id);
+            }
+        }
+        found
+    }
+
+    /// Measures workspaces for the metrics and removes those unused past their pool's
+    /// `workspace_ttl` that no live session holds.
+    fn sweep_workspaces(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Slots of containers that are gone (a retired pool container) go too.
+            let Ok(list) = me.0.runtime.list_managed().await else {
+                return;
+            };
+            let live: std::collections::HashSet<String> = list
+                .into_iter()
+                .filter_map(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || me.sweep_stores(&live)).await;
+        });
+    }
+
+    fn sweep_stores(&self, live: &std::collections::HashSet<String>) {
+        let me = self;
+        {
+            for (pool, store, ttl) in me.stores() {
+                for w in store.expired(ttl) {
+                    if w.pool == pool && me.get(&w.id).is_none() {
+                        tracing::info!(workspace = %w.id, "workspace unused past workspace_ttl: removed");
+                        store.delete(&w.id);
+                    }
+                }
+                store.sweep_slots(live);
+                let mine: Vec<_> = store
+                    .list()
+                    .into_iter()
+                    .filter(|w| w.pool == pool)
+                    .collect();
+                let bytes: u64 = mine.iter().map(|w| w.bytes).sum();
+                me.0.metrics
+                    .set_workspaces(&pool, mine.len() as i64, bytes as i64);
+            }
+        }
+    }
+
+    /// Re-creates, idle, the sessions of the persistent workspaces a previous run left
+    /// (those whose container was not adopted).
+    pub fn restore_workspaces(&self) {
+        for (pool, store, _) in self.stores() {
+            for w in store.list() {
+                if w.pool != pool || self.get(&w.id).is_some() {
+                    continue;
+                }
+                let p = self.0.pools.get(&pool).expect("listed above");
+                let cfg = p.config();
+                let mut session =
+                    Session::new(w.id.clone(), pool.clone(), cfg.session_idle_timeout)
+                        .with_concurrency(cfg.max_concurrent_tasks);
+                session.workspace = Some(store.clone());
+                session.meta.lock().released = true;
+                tracing::info!(session = %w.id, "restored an idle session around its workspace");
+                self.0.map.lock().insert(w.id.clone(), Arc::new(session));
+            }
+        }
+        self.publish();
     }
 
     /// Ends every session (shutdown), running their end commands.
@@ -652,8 +896,9 @@ impl Sessions {
             .pools
             .get(pool)
             .map_or(1, |p| p.config().max_concurrent_tasks);
-        let session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
+        let mut session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
             .with_concurrency(concurrency);
+        session.workspace = self.0.pools.get(pool).and_then(|p| workspace_store(&p));
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
         self.0.map.lock().insert(id.to_string(), Arc::new(session));

@@ -194,6 +194,7 @@ impl Supervisor {
             self.create_pool(cfg.clone()).await?;
         }
         self.adopt_or_remove(leftovers).await;
+        self.sessions.restore_workspaces();
         for pool in self.pools() {
             self.spawn_pool_loop(pool);
         }
