@@ -518,3 +518,31 @@ session_idle_timeout = "1s"
         404
     );
 }
+
+#[tokio::test]
+async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1KiB\"\n",
+        root.path().display()
+    );
+    let d = Daemon::start(&config).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-full", d.instance);
+    d.post_raw(
+        "/v1/sessions",
+        json!({"pool": "w", "id": id}).to_string().into_bytes(),
+    )
+    .await;
+    let v = in_session(&d, "w", &id, "head -c 2048 /dev/zero > /workspace/big").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let (status, v) = d.task("w", json!({"session": id, "shell": "true"})).await;
+    assert_eq!(status, 507, "{v}");
+    assert_eq!(v["error"]["code"], "workspace_full");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("2048 bytes") && message.contains("workspace_max_size (1024 bytes)"),
+        "{message}"
+    );
+}

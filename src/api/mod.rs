@@ -246,6 +246,9 @@ impl From<SessionError> for ApiError {
             SessionError::Invalid(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", msg)
             }
+            SessionError::WorkspaceFull(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "workspace_full", msg)
+            }
             SessionError::Submit(e) => e.into(),
         }
     }

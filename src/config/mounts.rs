@@ -429,3 +429,25 @@ mounts = [
         assert_ne!(spec.hash(), before);
     }
 }
+
+#[cfg(test)]
+mod workspace_tests {
+    use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn a_persistent_workspace_keeps_the_workdir_and_mounts_off_workspace() {
+        let text = "[pools.w]\nimage = \"img\"\nsession_workspace = \"persistent\"\nworkdir = \"/workspace\"\nmounts = [{type = \"tmpfs\", target = \"/workspace/x\"}]\n";
+        let Err(ConfigError::Invalid(p)) = Config::parse(text, "pools.toml") else {
+            panic!("accepted");
+        };
+        let p: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].contains("overlaps the workdir"), "{p:#?}");
+        assert!(
+            p[1].contains("mounts[0].target (\"/workspace/x\")"),
+            "{p:#?}"
+        );
+        let ok = "[pools.w]\nimage = \"img\"\nsession_workspace = \"persistent\"\n";
+        assert!(Config::parse(ok, "pools.toml").is_ok());
+    }
+}

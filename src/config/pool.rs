@@ -147,6 +147,10 @@ settings! {
             /// A persistent workspace unused for this long is removed.
             workspace_ttl: Duration = Duration::from_secs(7 * 24 * 3600),
                 |cx, e| cx.duration(e, Some("every workspace would be removed at once"));
+            /// The most bytes one persistent workspace may hold: measured after each task,
+            /// a session over it gets no new task (507). Unset: no bound.
+            workspace_max_size: Option<u64> = None,
+                |cx, e| cx.size(e, 1, "; leave it out for no bound").map(Some);
             /// Bind mounts, named volumes and tmpfs of every container; a pool's list
             /// replaces that of `[defaults]`.
             mounts: Vec<Mount> = Vec::new(), |cx, e| read_mounts(cx, e);
@@ -284,6 +288,32 @@ pub(super) fn resolve(
                     s.path, m.target
                 );
                 cx.report(s.at, message);
+            }
+        }
+    }
+
+    // A persistent workspace is mounted at /workspace: the workdir and mounts stay clear.
+    let mode = layered(&p.session_workspace, &d.session_workspace);
+    if let (Slot::Set(m), WorkspaceMode::Persistent) = (mode, pool.session_workspace) {
+        let ws = crate::workspace::WORKSPACE_PATH;
+        let workdir = pool.workdir.trim_end_matches('/');
+        if within(workdir, ws) || within(ws, workdir) {
+            let message = format!(
+                "{} (\"persistent\") mounts the workspace at {ws}, which overlaps the workdir \
+                 ({workdir:?}): set workdir elsewhere, such as \"/work\"",
+                m.path
+            );
+            cx.report(m.at, message);
+        }
+        for (i, mnt) in pool.mounts.iter().enumerate() {
+            let t = mnt.target.trim_end_matches('/');
+            if within(t, ws) || within(ws, t) {
+                let message = format!(
+                    "{} (\"persistent\") mounts the workspace at {ws}, which mounts[{i}].target \
+                     ({:?}) overlaps: mount it elsewhere, such as \"/data\"",
+                    m.path, mnt.target
+                );
+                cx.report(m.at, message);
             }
         }
     }

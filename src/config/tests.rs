@@ -192,6 +192,7 @@ max_concurrent_tasks = 4
 session_workspace = "persistent"
 workspace_root = "/srv/ws"
 workspace_ttl = "1h"
+workspace_max_size = "1GiB"
 session_max_memory = "2GiB"
 session_max_cpus = 2
 session_max_pids = 512
@@ -230,6 +231,7 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         session_workspace: crate::config::WorkspaceMode::Persistent,
         workspace_root: "/srv/ws".to_string(),
         workspace_ttl: Duration::from_secs(3600),
+        workspace_max_size: Some(GIB),
 
         session_max_memory: Some(2 * GIB),
         session_max_cpus: Some(2.0),

@@ -69,6 +69,8 @@ pub(super) struct Meta {
     pub(super) released: bool,
     /// Its end removes its workspace too (`?workspace=delete`, `workspace_ttl`).
     pub(super) delete_workspace: bool,
+    /// Bytes its persistent workspace held after its last task.
+    pub(super) workspace_bytes: u64,
 }
 
 /// A live session; the API reads it through [`Session::info`].
@@ -119,6 +121,7 @@ impl Session {
                 ended: false,
                 released: false,
                 delete_workspace: false,
+                workspace_bytes: 0,
             }),
         }
     }

@@ -64,6 +64,9 @@ pub enum SessionError {
     /// 400: a bad id or idle timeout, or files asked of a session with no container.
     #[error("{0}")]
     Invalid(String),
+    /// 507: the session's persistent workspace is over `workspace_max_size`.
+    #[error("{0}")]
+    WorkspaceFull(String),
     /// The task's own error, mapped as a pool task's is.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -439,6 +442,14 @@ impl Sessions {
             .acquire()
             .await
             .map_err(|_| SessionError::NotFound(id.to_string()))?;
+        let held = session.meta.lock().workspace_bytes;
+        if let Some(max) = cfg.workspace_max_size.filter(|m| held > *m) {
+            return Err(SessionError::WorkspaceFull(format!(
+                "the workspace of session {id:?} holds {held} bytes, over pool {}'s workspace_max_size ({max} bytes): \
+                 delete it (DELETE /v1/workspaces/{id}) or raise workspace_max_size in pools.toml (a reload applies it)",
+                pool.name
+            )));
+        }
         let (container, conn, cold) = {
             let mut slot = session.slot.lock().await;
             if session.meta.lock().ended {
@@ -455,6 +466,14 @@ impl Sessions {
             let mut m = session.meta.lock();
             m.tasks += 1;
             m.last_used = Instant::now();
+        }
+        // A bounded persistent workspace is measured after each task.
+        if let (Some(store), Some(_)) = (&session.workspace, cfg.workspace_max_size) {
+            let files = store.files(&session.id);
+            let bytes = tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
+                .await
+                .unwrap_or(0);
+            session.meta.lock().workspace_bytes = bytes;
         }
         match ran.result {
             Ok(exit) => Ok(TaskReport {
