@@ -211,6 +211,10 @@ impl Sessions {
             None => p.config().session_idle_timeout,
         };
         let limits = limits_for(&p.config(), &opts).map_err(SessionError::Invalid)?;
+        if p.config().session_workspace == crate::config::WorkspaceMode::Persistent {
+            // The id names the workspace's directory.
+            crate::workspace::check_id(&id).map_err(SessionError::Invalid)?;
+        }
         let pool_max = p.config().max_concurrent_tasks;
         let concurrency = match opts.max_concurrent_tasks {
             Some(0) => {
@@ -759,9 +763,16 @@ impl Sessions {
                     let me = self.clone();
                     let id = s.id.clone();
                     tokio::spawn(async move { me.end_with(&id, true).await });
-                } else if s.meta.lock().container.is_some() && s.idle_expired() {
+                } else if s.idle_expired() {
                     let me = self.clone();
-                    tokio::spawn(async move { me.release(s).await });
+                    if s.meta.lock().container.is_some() {
+                        tokio::spawn(async move { me.release(s).await });
+                    } else {
+                        // Never started: there is no workspace to keep, it ends as any other.
+                        tracing::info!(session = %s.id, "session idle past its timeout");
+                        let id = s.id.clone();
+                        tokio::spawn(async move { me.end_with(&id, false).await });
+                    }
                 }
             }
             ticks += 1;
