@@ -500,9 +500,14 @@ impl Sessions {
                     }
                 }
                 let _ = self.0.runtime.remove(&container).await;
+                let lost = if session.workspace.is_some() {
+                    "the session's workdir is lost (its /workspace is kept)"
+                } else {
+                    "the session's files are lost"
+                };
                 let e = match e {
                     ExecError::Dead(why) => ExecError::Dead(format!(
-                        "{why}; the session's files are lost and its next task starts a fresh container"
+                        "{why}; {lost} and its next task starts a fresh container"
                     )),
                     other => other,
                 };
