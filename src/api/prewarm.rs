@@ -49,3 +49,33 @@ pub(super) async fn prewarm(
         .map_err(invalid)?;
     Ok(Json(pool_status(&pool.config(), &pool.counts())))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::config::PoolConfig;
+    use crate::metrics::Metrics;
+    use crate::pool::Pool;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::ContainerSpec;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_prewarm_replaces_the_earlier_and_above_max_is_refused() {
+        let mut cfg = PoolConfig::new("p", "img");
+        cfg.max = 4;
+        let metrics = Arc::new(Metrics::new());
+        let pool = Pool::new(cfg, ContainerSpec::default(), FakeRuntime::new(), metrics);
+        let e = pool.set_prewarm(5, Duration::from_secs(60)).unwrap_err();
+        assert!(e.contains("containers (5)") && e.contains("max (4)"), "{e}");
+        assert_eq!(pool.prewarm_floor().0, 0, "a refused floor changes nothing");
+        pool.set_prewarm(3, Duration::from_secs(60)).unwrap();
+        pool.set_prewarm(2, Duration::from_secs(10)).unwrap();
+        assert_eq!(pool.prewarm_floor().0, 2);
+        assert_eq!(pool.counts().prewarm, 2);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(pool.prewarm_floor(), (0, None), "it ends after `for`");
+        assert_eq!(pool.counts().prewarm, 0);
+    }
+}
