@@ -220,16 +220,12 @@ async fn a_warm_session_holds_its_container_at_once() {
     assert_eq!(v["state"], "running", "{v}");
     let container = full_id(&d.instance, v["container"].as_str().unwrap());
     assert!(is_running(&container));
-    // Named after its session in the background, off the claim's path.
-    let name = format!("-s-{id}");
-    wait_for("the session's container name", LONG, || {
-        inspect(&container)["Name"]
-            .as_str()
-            .unwrap()
-            .ends_with(&name)
-            .then_some(())
-    })
-    .await;
+    // Named after its session (warmpool-<pool>.<nonce>.<id>) before the claim answers.
+    let name = inspect(&container)["Name"].as_str().unwrap().to_string();
+    assert!(
+        name.starts_with("/warmpool-p.") && name.ends_with(&format!(".{id}")),
+        "{name}"
+    );
 }
 
 const SIZED_POOL: &str = r#"
