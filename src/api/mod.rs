@@ -27,8 +27,10 @@ use crate::supervisor::{ReloadSummary, SubmitError, Supervisor};
 mod admin;
 mod files;
 mod pools;
+mod prewarm;
 mod sessions;
 mod tasks;
+mod workspaces;
 
 /// What every handler gets: the supervisor, plus what the daemon around it provides.
 #[derive(Clone)]
@@ -82,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools", get(pools::list_pools))
         .route("/v1/pools/{pool}", get(pools::get_pool))
         .route("/v1/pools/{pool}/tasks", post(tasks::submit_task))
+        .route("/v1/pools/{pool}/prewarm", post(prewarm::prewarm))
         .route("/v1/admin/reload", post(admin::admin_reload))
         .route(
             "/v1/sessions",
@@ -90,6 +93,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sessions/{id}",
             get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route("/v1/workspaces", get(workspaces::list_workspaces))
+        .route(
+            "/v1/workspaces/{id}",
+            axum::routing::delete(workspaces::delete_workspace),
         )
         .route(
             "/v1/sessions/{id}/files/{*path}",
@@ -240,6 +248,9 @@ impl From<SessionError> for ApiError {
             }
             SessionError::TaskFailed(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "container_failed", msg)
+            }
+            SessionError::WorkspaceFull(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "workspace_full", msg)
             }
             SessionError::Submit(e) => e.into(),
         }

@@ -26,9 +26,19 @@ pub(super) struct PoolStatus {
     target: usize,
     utilization: f64,
     queue_length: usize,
+    /// The pre-warm floor in force, if any.
+    prewarm: Option<Prewarm>,
 }
 
-fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
+/// A pool's pre-warm floor: how many containers, until when (RFC 3339), seconds left.
+#[derive(Serialize)]
+pub(super) struct Prewarm {
+    containers: usize,
+    until: String,
+    remaining_seconds: f64,
+}
+
+pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
     PoolStatus {
         name: cfg.name.clone(),
         image: cfg.image.clone(),
@@ -48,6 +58,15 @@ fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> Pool
         target: c.target,
         utilization: (c.utilization() * 1000.0).round() / 1000.0,
         queue_length: c.queued,
+        prewarm: c.prewarm_until.filter(|_| c.prewarm > 0).and_then(|until| {
+            let left = until.checked_duration_since(tokio::time::Instant::now())?;
+            Some(Prewarm {
+                containers: c.prewarm,
+                until: humantime::format_rfc3339_seconds(std::time::SystemTime::now() + left)
+                    .to_string(),
+                remaining_seconds: (left.as_secs_f64() * 10.0).round() / 10.0,
+            })
+        }),
     }
 }
 

@@ -241,6 +241,15 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn update_limits(&self, id: &str, _limits: &super::Limits) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        if self.containers.lock().contains_key(id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound(id.into()))
+        }
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.check_up()?;
         let delay = *self.remove_delay.lock();
