@@ -542,3 +542,53 @@ async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
         "{message}"
     );
 }
+
+/// `workspace_ttl`: a workspace no session has used for that long is removed, from the API's
+/// list and from the host. With the key ignored (the 7-day default) it would stay.
+#[tokio::test]
+async fn a_workspace_unused_past_workspace_ttl_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nsession_idle_timeout = \"1s\"\nworkspace_ttl = \"3s\"\n",
+        root.path().display()
+    );
+    let d = Daemon::start(&config).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-ttl", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "w", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = in_session(&d, "w", &id, "echo kept > /workspace/f.txt").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let listed = |v: &Value| {
+        v["workspaces"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|w| w["id"] == json!(id)))
+    };
+    let (_, v) = d.get("/v1/workspaces").await.unwrap();
+    assert!(
+        listed(&v),
+        "the workspace is listed while it is in use: {v}"
+    );
+    let began = Instant::now();
+    let mut last = Value::Null;
+    while began.elapsed() < LONG {
+        let (_, v) = d.get("/v1/workspaces").await.unwrap();
+        if !listed(&v) {
+            break;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        began.elapsed() < LONG,
+        "the workspace was still listed {LONG:?} after its last use with workspace_ttl = 3s: {last}"
+    );
+    let (status, _) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+    assert_eq!(status, 404, "the idle session ends with its workspace");
+}
