@@ -11,7 +11,10 @@
 //! [`Sessions`] is a component of its own: a cheap handle on the live sessions, the pools
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
 
+mod claim;
+mod end;
 mod entry;
+mod reap;
 mod size;
 pub mod transfer;
 
@@ -23,11 +26,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::exec::{
-    Conn, ExecError, TaskEvent, TaskExit, TaskSpec, ADOPT_PING_TIMEOUT, RESET_TIMEOUT,
-};
+use crate::exec::{Conn, ExecError, TaskEvent, TaskExit, ADOPT_PING_TIMEOUT};
 use crate::metrics::{Metrics, RemoveReason};
 use crate::pool::{AcquireError, Pools};
 use crate::runtime::Runtime;
@@ -38,14 +38,6 @@ pub use entry::{
     container_name, is_pool_name, session_of_name, validate_id, Session, SessionInfo, SessionState,
 };
 pub use size::{limits_for, SessionOptions};
-
-/// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
-const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// How often idle sessions are looked for.
-const REAP_EVERY: Duration = Duration::from_millis(500);
-/// Every this many looks, workspaces are measured, and those unused past `workspace_ttl`
-/// without a session are removed.
-const WORKSPACE_SWEEP_EVERY: u64 = 10;
 
 /// The workspace store of a persistent pool's sessions.
 fn workspace_store(pool: &crate::pool::Pool) -> Option<crate::workspace::Store> {
@@ -291,136 +283,6 @@ impl Sessions {
         Ok((session, true))
     }
 
-    /// Ends a session: runs `session_end_command`, removes its container.
-    ///
-    /// Errors: [`SessionError::NotFound`] when it is not live.
-    pub async fn end(&self, id: &str) -> Result<SessionInfo, SessionError> {
-        self.end_with(id, false).await
-    }
-
-    /// [`Sessions::end`]; `delete_workspace` removes a persistent workspace too (else it is
-    /// kept for a later session of the same id).
-    ///
-    /// Errors: [`SessionError::NotFound`] when it is not live.
-    pub async fn end_with(
-        &self,
-        id: &str,
-        delete_workspace: bool,
-    ) -> Result<SessionInfo, SessionError> {
-        if let Some(s) = self.get(id) {
-            if delete_workspace {
-                s.meta.lock().delete_workspace = true;
-            }
-        }
-        let session = {
-            let mut map = self.0.map.lock();
-            self.take_locked(&mut map, id)
-        }
-        .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
-        let info = session.info();
-        self.finish(session).await;
-        Ok(info)
-    }
-
-    /// The end of a session already out of the map (in `ending`): waits for its running
-    /// task, runs the end command, removes the container.
-    async fn finish(&self, session: Arc<Session>) {
-        self.finish_container(&session).await;
-        // Only now is the container no longer the session's.
-        session.meta.lock().container = None;
-        self.0.ending.lock().retain(|s| !Arc::ptr_eq(s, &session));
-    }
-
-    async fn finish_container(&self, session: &Arc<Session>) {
-        session.meta.lock().ended = true;
-        self.publish();
-        // Every permit: the tasks that run (or came before) are done.
-        let _all = session
-            .permits
-            .acquire_many(session.max_concurrent_tasks as u32)
-            .await;
-        let mut slot = session.slot.lock().await;
-        let Some((container, conn)) = slot.take() else {
-            self.keep_or_delete_workspace(session);
-            return;
-        };
-        let cfg = self.0.pools.get(&session.pool).map(|p| p.config());
-        if let Some((cfg, cmd)) = cfg.and_then(|c| c.session_end_command.clone().map(|m| (c, m))) {
-            let task = TaskSpec {
-                argv: cmd,
-                workdir: cfg.workdir.clone(),
-                timeout: cfg.task_timeout.min(END_COMMAND_TIMEOUT),
-                max_output: 64 * 1024,
-                ..Default::default()
-            };
-            let (tx, _rx) = mpsc::unbounded_channel();
-            match conn.run(&task, &tx).await {
-                Ok(exit) if exit.exit_code == Some(0) => {}
-                Ok(exit) => {
-                    tracing::warn!(session = %session.id, ?exit, "session_end_command failed")
-                }
-                Err(e) => {
-                    tracing::warn!(session = %session.id, error = %e, "session_end_command could not run")
-                }
-            }
-        }
-        drop(conn);
-        if let Err(e) = self.0.runtime.remove(&container).await {
-            tracing::warn!(session = %session.id, error = %e, "removing the session's container failed; the reaper will retry");
-        }
-        self.0
-            .metrics
-            .removed(&session.pool, RemoveReason::SessionEnd);
-        self.keep_or_delete_workspace(session);
-        tracing::info!(session = %session.id, "session ended");
-    }
-
-    /// At a session's end: its persistent workspace goes back to the store, or is removed.
-    fn keep_or_delete_workspace(&self, session: &Session) {
-        let Some(store) = &session.workspace else {
-            return;
-        };
-        if session.meta.lock().delete_workspace {
-            store.delete(&session.id);
-        } else if let Err(e) = store.detach(&session.id) {
-            tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
-        }
-    }
-
-    /// A persistent session gone idle gives its container back (removed) and keeps its
-    /// workspace on the host; its next task resumes on a warm container.
-    async fn release(&self, session: Arc<Session>) {
-        let _all = session
-            .permits
-            .acquire_many(session.max_concurrent_tasks as u32)
-            .await;
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended || !session.idle_expired() {
-            return;
-        }
-        let Some((container, conn)) = slot.take() else {
-            return;
-        };
-        drop(conn);
-        if let Err(e) = self.0.runtime.remove(&container).await {
-            tracing::warn!(session = %session.id, error = %e, "removing the idle session's container failed; the reaper will retry");
-        }
-        self.0
-            .metrics
-            .removed(&session.pool, RemoveReason::SessionEnd);
-        if let Some(store) = &session.workspace {
-            if let Err(e) = store.detach(&session.id) {
-                tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
-            }
-        }
-        {
-            let mut m = session.meta.lock();
-            m.container = None;
-            m.released = true;
-        }
-        tracing::info!(session = %session.id, "idle: container given back, workspace kept");
-    }
-
     /// Finds a live session of `pool`.
     fn find(&self, pool: &str, id: &str) -> Result<Arc<Session>, SessionError> {
         let session = self
@@ -563,28 +425,6 @@ impl Sessions {
         }
     }
 
-    /// Moves workspace `id` into the slot of `container` (found by its `warmpool.slot` label).
-    async fn attach_workspace(
-        &self,
-        store: &crate::workspace::Store,
-        id: &str,
-        pool: &str,
-        container: &str,
-    ) -> Result<(), String> {
-        let list = self
-            .0
-            .runtime
-            .list_managed()
-            .await
-            .map_err(|e| e.to_string())?;
-        let key = list
-            .into_iter()
-            .find(|c| c.id == container)
-            .and_then(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
-            .ok_or_else(|| "the container has no workspace slot".to_string())?;
-        store.attach(id, pool, &key).map_err(|e| e.to_string())
-    }
-
     /// The connection one task uses: the container's own (its shim) when no other task of
     /// the session holds it, else a `docker exec` of its own in the same container (same
     /// files, same limits, tens of milliseconds more). With `max_concurrent_tasks = 1` it is
@@ -612,115 +452,6 @@ impl Sessions {
                 None,
             ),
         }
-    }
-
-    /// Claims the session's container now (`POST /v1/sessions` with `"warm": true`) rather
-    /// than on its first task; nothing to do when it holds one.
-    ///
-    /// Errors: unknown session, or no container could be had (as a task's acquire).
-    pub async fn warm(&self, id: &str) -> Result<(), SessionError> {
-        let session = self
-            .get(id)
-            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
-        let pool = self
-            .0
-            .pools
-            .get(&session.pool)
-            .ok_or_else(|| SubmitError::UnknownPool(session.pool.clone()))?;
-        let _active = ActiveGuard::new(&session);
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended {
-            return Err(SessionError::NotFound(id.to_string()));
-        }
-        self.claim(&session, &pool, &mut slot).await.map(|_| ())
-    }
-
-    /// Gives the session a container when `slot` holds none: a warm one from its pool,
-    /// wiped if a pool task used it, renamed after the session. Returns whether it was a
-    /// cold start.
-    async fn claim(
-        &self,
-        session: &Arc<Session>,
-        pool: &Arc<crate::pool::Pool>,
-        slot: &mut Option<(String, Conn)>,
-    ) -> Result<bool, SessionError> {
-        let id = session.id.as_str();
-        let cfg = pool.config();
-        let mut cold = false;
-        if slot.is_none() {
-            let lease = match pool.acquire().await {
-                Ok(l) => l,
-                Err(e) => {
-                    self.0.metrics.task_rejected(&pool.name);
-                    return Err(e.into());
-                }
-            };
-            cold = lease.cold;
-            let dirty = lease.dirty;
-            // The session's before it leaves the pool, so the reaper always knows whose it is.
-            {
-                let mut m = session.meta.lock();
-                m.container = Some(lease.container.clone());
-                m.lost = None;
-            }
-            let (container, conn) = lease.detach();
-            if dirty {
-                let paths = [cfg.workdir.clone(), "/tmp".to_string()];
-                if let Err(e) = conn.reset(&paths, RESET_TIMEOUT).await {
-                    session.meta.lock().container = None;
-                    let _ = self.0.runtime.remove(&container).await;
-                    return Err(SubmitError::Exec(e).into());
-                }
-            }
-            // The name marks the container as the session's before any task of the session
-            // runs in it (and before its size or workspace is set): a restarted daemon gives
-            // it back to the session, never to a pool. No name, no session container: it is
-            // removed and this task fails cleanly.
-            let name = container_name(&pool.name, id);
-            if let Err(e) = self.0.runtime.rename(&container, &name).await {
-                session.meta.lock().container = None;
-                drop(conn);
-                let _ = self.0.runtime.remove(&container).await;
-                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
-                tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
-                return Err(SubmitError::Exec(ExecError::Engine(format!(
-                    "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
-                )))
-                .into());
-            }
-            // The session's own size, by the engine's live update: no new container.
-            if !session.limits.is_empty() {
-                if let Err(e) = self
-                    .0
-                    .runtime
-                    .update_limits(&container, &session.limits)
-                    .await
-                {
-                    session.meta.lock().container = None;
-                    let _ = self.0.runtime.remove(&container).await;
-                    return Err(SessionError::Invalid(format!(
-                        "the engine refused the session's memory, cpus or pids_limit: {e}"
-                    )));
-                }
-            }
-            // A persistent workspace moves into the container's slot.
-            if let Some(store) = &session.workspace {
-                if let Err(e) = self
-                    .attach_workspace(store, id, &pool.name, &container)
-                    .await
-                {
-                    session.meta.lock().container = None;
-                    let _ = self.0.runtime.remove(&container).await;
-                    return Err(SessionError::Invalid(format!(
-                        "could not bring the session's workspace into its container: {e}"
-                    )));
-                }
-                session.meta.lock().released = false;
-            }
-            *slot = Some((container, conn));
-            self.publish();
-        }
-        Ok(cold)
     }
 
     /// Runs a helper command in the session's container (file transfer), with `stdin`,
@@ -842,195 +573,6 @@ impl Sessions {
             shim,
             _release: release_tx,
         })
-    }
-
-    /// Ends sessions idle past their timeout, until `stop` is cancelled.
-    pub async fn reap_idle(self, stop: CancellationToken) {
-        let mut ticks: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(REAP_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
-            let expired: Vec<Arc<Session>> = {
-                let mut map = self.0.map.lock();
-                let ids: Vec<String> = map
-                    .values()
-                    .filter(|s| s.workspace.is_none() && s.idle_expired())
-                    .map(|s| s.id.clone())
-                    .collect();
-                ids.iter()
-                    .filter_map(|id| self.take_locked(&mut map, id))
-                    .collect()
-            };
-            for s in expired {
-                tracing::info!(session = %s.id, "session idle past its timeout");
-                let me = self.clone();
-                tokio::spawn(async move { me.finish(s).await });
-            }
-            // Persistent sessions gone idle give their container back; past workspace_ttl
-            // they end with their workspace.
-            for s in self.list() {
-                let Some(pool) = self.0.pools.get(&s.pool) else {
-                    continue;
-                };
-                if s.workspace.is_none() {
-                    continue;
-                }
-                if s.workspace_expired(pool.config().workspace_ttl) {
-                    tracing::info!(session = %s.id, "workspace unused past workspace_ttl");
-                    s.meta.lock().delete_workspace = true;
-                    let me = self.clone();
-                    let id = s.id.clone();
-                    tokio::spawn(async move { me.end_with(&id, true).await });
-                } else if s.idle_expired() {
-                    let me = self.clone();
-                    if s.meta.lock().container.is_some() {
-                        tokio::spawn(async move { me.release(s).await });
-                    } else {
-                        // Never started: there is no workspace to keep, it ends as any other.
-                        tracing::info!(session = %s.id, "session idle past its timeout");
-                        let id = s.id.clone();
-                        tokio::spawn(async move { me.end_with(&id, false).await });
-                    }
-                }
-            }
-            ticks += 1;
-            if ticks.is_multiple_of(WORKSPACE_SWEEP_EVERY) {
-                self.sweep_workspaces();
-            }
-        }
-    }
-
-    /// The workspace stores of the persistent pools, with their pools' names and TTLs.
-    fn stores(&self) -> Vec<(String, crate::workspace::Store, Duration)> {
-        self.0
-            .pools
-            .list()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone(),
-                    workspace_store(p)?,
-                    p.config().workspace_ttl,
-                ))
-            })
-            .collect()
-    }
-
-    /// Every persistent workspace of every pool.
-    pub fn workspaces(&self) -> Vec<crate::workspace::WorkspaceInfo> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for (_, store, _) in self.stores() {
-            if seen.insert(store.root().to_path_buf()) {
-                out.extend(store.list());
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
-    }
-
-    /// Removes workspace `id`: ends its live session if it has one. False when there is no
-    /// such workspace.
-    pub async fn delete_workspace(&self, id: &str) -> bool {
-        if self.get(id).is_some_and(|s| s.workspace.is_some()) {
-            return self.end_with(id, true).await.is_ok();
-        }
-        let mut found = false;
-        for (pool, store, _) in self.stores() {
-            if store.record(id).is_some_and(|r| r.pool == pool) {
-                found |= store.delete(id);
-            }
-        }
-        found
-    }
-
-    /// Measures workspaces for the metrics and removes those unused past their pool's
-    /// `workspace_ttl` that no live session holds.
-    fn sweep_workspaces(&self) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            // Slots of containers that are gone (a retired pool container) go too.
-            let Ok(list) = me.0.runtime.list_managed().await else {
-                return;
-            };
-            let live: std::collections::HashSet<String> = list
-                .into_iter()
-                .filter_map(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
-                .collect();
-            let _ = tokio::task::spawn_blocking(move || me.sweep_stores(&live)).await;
-        });
-    }
-
-    fn sweep_stores(&self, live: &std::collections::HashSet<String>) {
-        let me = self;
-        {
-            for (pool, store, ttl) in me.stores() {
-                for w in store.expired(ttl) {
-                    if w.pool == pool && me.get(&w.id).is_none() {
-                        tracing::info!(workspace = %w.id, "workspace unused past workspace_ttl: removed");
-                        store.delete(&w.id);
-                    }
-                }
-                store.sweep_slots(live);
-                let mine: Vec<_> = store
-                    .list()
-                    .into_iter()
-                    .filter(|w| w.pool == pool)
-                    .collect();
-                let bytes: u64 = mine.iter().map(|w| w.bytes).sum();
-                me.0.metrics
-                    .set_workspaces(&pool, mine.len() as i64, bytes as i64);
-            }
-        }
-    }
-
-    /// Re-creates, idle, the sessions of the persistent workspaces a previous run left
-    /// (those whose container was not adopted).
-    pub fn restore_workspaces(&self) {
-        for (pool, store, _) in self.stores() {
-            for w in store.list() {
-                if w.pool != pool || self.get(&w.id).is_some() {
-                    continue;
-                }
-                let p = self.0.pools.get(&pool).expect("listed above");
-                let cfg = p.config();
-                let mut session =
-                    Session::new(w.id.clone(), pool.clone(), cfg.session_idle_timeout)
-                        .with_concurrency(cfg.max_concurrent_tasks);
-                session.workspace = Some(store.clone());
-                session.meta.lock().released = true;
-                tracing::info!(session = %w.id, "restored an idle session around its workspace");
-                self.0.map.lock().insert(w.id.clone(), Arc::new(session));
-            }
-        }
-        self.publish();
-    }
-
-    /// Ends every session (shutdown), running their end commands.
-    pub async fn end_all(&self) {
-        self.end_where(|_| true).await;
-    }
-
-    /// Ends the sessions of one pool (a reload removed it).
-    pub async fn end_of_pool(&self, pool: &str) {
-        self.end_where(|s| s.pool == pool).await;
-    }
-
-    async fn end_where(&self, which: impl Fn(&Session) -> bool) {
-        let chosen: Vec<Arc<Session>> = {
-            let mut map = self.0.map.lock();
-            let ids: Vec<String> = map
-                .values()
-                .filter(|s| which(s))
-                .map(|s| s.id.clone())
-                .collect();
-            ids.iter()
-                .filter_map(|id| self.take_locked(&mut map, id))
-                .collect()
-        };
-        futures_util::future::join_all(chosen.into_iter().map(|s| self.finish(s))).await;
     }
 
     /// Re-creates a session around a container a previous daemon run left running; false
