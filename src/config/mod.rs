@@ -21,6 +21,7 @@ mod keys;
 mod mounts;
 mod pool;
 mod read;
+mod read_schedule;
 mod server;
 mod suggest;
 mod values;
