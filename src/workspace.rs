@@ -49,7 +49,7 @@ pub struct WorkspaceInfo {
 
 /// Workspace ids are session ids, which end up in paths: no `..`, no `/`.
 pub fn check_id(id: &str) -> Result<(), String> {
-    crate::session::validate_id(id)?;
+    validate_id(id)?;
     if id.contains("..") {
         return Err(format!(
             "workspace id {id:?} must not contain \"..\": it names a directory"
@@ -306,6 +306,25 @@ impl Store {
                 remove_slot(&self.root, &key);
             }
         }
+    }
+}
+
+/// The rule for session ids, which also name their workspaces (`crate::session` re-exports
+/// it): ids end up in container names and host paths, so the engine's name alphabet, at most
+/// 64 long, and never `.` or `..` alone (they must start with a letter or digit).
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "session id {id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
+        ))
     }
 }
 

@@ -174,22 +174,9 @@ impl Session {
     }
 }
 
-/// Session ids end up in container names: the engine's name alphabet, at most 64 long.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "session id {id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
-        ))
-    }
-}
+// The id rule lives with the workspaces it also names, a leaf module that pool, config and
+// session may all use.
+pub use crate::workspace::validate_id;
 
 /// The name a session's container gets when the session claims it:
 /// `warmpool-<pool>.<8 hex digits>.<session id>`.
