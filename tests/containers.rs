@@ -71,7 +71,10 @@ network = "isolated"
     );
 
     let cfg = &c["Config"];
-    assert_eq!(cfg["Image"], "warmpool/agent:latest");
+    assert_eq!(
+        image_name(cfg["Image"].as_str().unwrap_or_default()),
+        "warmpool/agent:latest"
+    );
     assert_eq!(cfg["User"], "1234:2345");
     // The shim, listening on its own socket directory (exec_transport = "direct", the default).
     assert_eq!(
