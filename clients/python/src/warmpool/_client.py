@@ -469,7 +469,7 @@ class Session:
         """The bytes of the file at absolute ``path`` in the container.
 
         Raises:
-            NoSuchPath, WrongKind (a directory), TooLarge (over ``max_request_body``),
+            NoSuchPath, WrongKind (a directory), NotReadable,
             FilesUnsupported (pool with ``exec = "docker-exec"``), InvalidPath,
             UnknownSession.
         """
@@ -502,7 +502,7 @@ class Session:
         """Copies absolute ``remote_dir``'s contents into ``local_dir`` (created).
 
         Raises:
-            NoSuchPath, WrongKind, TooLarge, FilesUnsupported, UnknownSession.
+            NoSuchPath, WrongKind, NotReadable, FilesUnsupported, UnknownSession.
         """
         self._ensure_started()
         data = self.client.request("GET", f"/v1/sessions/{_seg(self.id)}/archive/{_container_path(remote_dir)}").content

@@ -132,6 +132,27 @@ class Unauthorized(WarmpoolError):
     http_status: int | None = 401
 
 
+class NotReadable(WarmpoolError):
+    """403 ``not_readable``: a file read the container's user may not make."""
+
+    code_name = "not_readable"
+    http_status: int | None = 403
+
+
+class ForbiddenHost(WarmpoolError):
+    """403 ``forbidden_host``: /mcp without a token answers only to loopback Host names."""
+
+    code_name = "forbidden_host"
+    http_status: int | None = 403
+
+
+class MethodNotAllowed(WarmpoolError):
+    """405 ``method_not_allowed``: a known endpoint called with a method it does not take."""
+
+    code_name = "method_not_allowed"
+    http_status: int | None = 405
+
+
 class NotWritable(WarmpoolError):
     """403 ``not_writable``: a file write to the read-only root."""
 
@@ -184,11 +205,6 @@ class BodyTooLarge(WarmpoolError):
     http_status: int | None = 413
 
 
-class TooLarge(WarmpoolError):
-    """413 ``too_large``: a file read back is over server.max_request_body."""
-
-    code_name = "too_large"
-    http_status: int | None = 413
 
 # 429
 
@@ -257,6 +273,29 @@ class NotReady(WarmpoolError):
     http_status: int | None = 503
     default_retryable = True
 
+
+
+class McpUnavailable(WarmpoolError):
+    """503 ``mcp_unavailable``: /mcp needs server.listen; use ``warmpool mcp`` instead."""
+
+    code_name = "mcp_unavailable"
+    http_status: int | None = 503
+
+# 507
+
+class NoSpace(WarmpoolError):
+    """507 ``no_space``: a file write found no space left in the container."""
+
+    code_name = "no_space"
+    http_status: int | None = 507
+
+
+class WorkspaceFull(WarmpoolError):
+    """507 ``workspace_full``: the session's workspace is over workspace_max_size."""
+
+    code_name = "workspace_full"
+    http_status: int | None = 507
+
 # 500
 
 class Internal(WarmpoolError):
@@ -266,15 +305,23 @@ class Internal(WarmpoolError):
     http_status: int | None = 500
 
 
+class FileTransferFailed(WarmpoolError):
+    """500 ``file_transfer_failed``: a file command ended in a way the daemon does not know."""
+
+    code_name = "file_transfer_failed"
+    http_status: int | None = 500
+
+
 #: Every documented code, to its class.
 ERRORS: dict[str, type[WarmpoolError]] = {
     str(c.code_name): c
     for c in [
         InvalidJson, InvalidRequest, BadBody, InvalidPath, WrongKind, BadArchive,
-        FilesUnsupported, InvalidConfig, Unauthorized, NotWritable, UnknownPool,
-        UnknownSession, NoSuchPath, NotFound, SessionPoolMismatch, BodyTooLarge, TooLarge,
-        QueueFull, ContainerFailed, NoContainer, PoolExhausted, EngineUnavailable,
-        ShuttingDown, Starting, NotReady, Internal,
+        FilesUnsupported, InvalidConfig, Unauthorized, NotReadable, ForbiddenHost,
+        MethodNotAllowed, NotWritable, UnknownPool, UnknownSession, NoSuchPath, NotFound,
+        SessionPoolMismatch, BodyTooLarge, QueueFull, ContainerFailed, NoContainer,
+        PoolExhausted, EngineUnavailable, ShuttingDown, Starting, NotReady, McpUnavailable,
+        NoSpace, WorkspaceFull, Internal, FileTransferFailed,
     ]
 }
 
