@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{body_bytes, ApiError, AppState, Path};
+use super::{body_bytes, ApiError, AppState, ErrorBody, ErrorCode, Path};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
 /// Exit codes of the shim's file commands; `shim/files.rs` uses the same numbers.
@@ -29,11 +30,27 @@ fn absolute(path: &str) -> Result<String, ApiError> {
     if p.split('/').any(|c| c == "..") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_path",
+            ErrorCode::InvalidPath,
             format!("path {p:?} must not contain '..'"),
         ));
     }
     Ok(p)
+}
+
+/// `PUT /v1/sessions/{id}/files/{path}`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct FileWritten {
+    /// The absolute path written.
+    path: String,
+    /// How many bytes were written.
+    bytes: usize,
+}
+
+/// `PUT /v1/sessions/{id}/archive/{dir}`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ArchiveWritten {
+    /// The absolute directory the archive was extracted into.
+    dir: String,
 }
 
 /// Runs one shim file command in the session's container and maps its failure to a status.
@@ -49,32 +66,38 @@ async fn run(
     match (exit.exit_code, &exit.spawn_error) {
         (_, Some(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "files_unsupported",
+            ErrorCode::FilesUnsupported,
             format!("this session's pool cannot move files (they need exec = \"shim\"): {e}"),
         )),
         (Some(0), None) if exit.stdout_truncated => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the content is larger than server.max_request_body ({max} bytes)"),
         )),
         (Some(0), None) => Ok(stdout),
-        (Some(code::NOT_FOUND), _) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_path", msg))
-        }
+        (Some(code::NOT_FOUND), _) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoSuchPath,
+            msg,
+        )),
         (Some(code::NOT_WRITABLE), _) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "not_writable",
+            ErrorCode::NotWritable,
             format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
         )),
-        (Some(code::WRONG_KIND), _) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "wrong_kind", msg))
-        }
-        (Some(code::BAD_ARCHIVE), _) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_archive", msg))
-        }
+        (Some(code::WRONG_KIND), _) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::WrongKind,
+            msg,
+        )),
+        (Some(code::BAD_ARCHIVE), _) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadArchive,
+            msg,
+        )),
         _ => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "file_transfer_failed",
+            ErrorCode::FileTransferFailed,
             format!(
                 "file transfer failed (exit {:?}, signal {:?}): {msg}",
                 exit.exit_code, exit.signal
@@ -84,6 +107,30 @@ async fn run(
 }
 
 /// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body; answers `{"path", "bytes"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/files/{*path}",
+    tag = "files",
+    summary = "Write a file in the session's container",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The raw bytes"),
+    responses(
+        (status = 200, description = "Written", body = FileWritten),
+        (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large` (a body over `server.max_request_body`) or `too_large` (content read back larger than it)", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: the shim's file command failed unexpectedly", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -99,10 +146,33 @@ pub(super) async fn put_file(
         body,
     )
     .await?;
-    Ok(Json(json!({"path": path, "bytes": size})).into_response())
+    Ok(Json(FileWritten { path, bytes: size }).into_response())
 }
 
 /// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files/{*path}",
+    tag = "files",
+    summary = "Read a file from the session's container",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large` (a body over `server.max_request_body`) or `too_large` (content read back larger than it)", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: the shim's file command failed unexpectedly", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -119,6 +189,30 @@ pub(super) async fn get_file(
 }
 
 /// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body into `dir`; answers `{"dir"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/archive/{*dir}",
+    tag = "files",
+    summary = "Extract a tar into a directory of the session's container",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash; created if missing"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The raw bytes"),
+    responses(
+        (status = 200, description = "Extracted", body = ArchiveWritten),
+        (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large` (a body over `server.max_request_body`) or `too_large` (content read back larger than it)", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: the shim's file command failed unexpectedly", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
@@ -133,10 +227,33 @@ pub(super) async fn put_archive(
         body,
     )
     .await?;
-    Ok(Json(json!({"dir": dir})).into_response())
+    Ok(Json(ArchiveWritten { dir }).into_response())
 }
 
 /// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/archive/{*dir}",
+    tag = "files",
+    summary = "Read a directory of the session's container as a tar",
+    params(
+        ("id" = String, Path, description = "The session id"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash"),
+    ),
+    responses(
+        (status = 200, description = "The directory's contents as a tar stream", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large` (a body over `server.max_request_body`) or `too_large` (content read back larger than it)", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: the shim's file command failed unexpectedly", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
