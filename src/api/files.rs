@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{body_bytes, ApiError, AppState, ErrorBody, ErrorCode, Path};
+use super::{body_bytes, ApiError, AppState, Binary, ErrorBody, ErrorCode, Path};
 use crate::supervisor::SHIM_IN_CONTAINER;
 
 /// Exit codes of the shim's file commands; `shim/files.rs` uses the same numbers.
@@ -113,10 +113,10 @@ async fn run(
     tag = "files",
     summary = "Write a file in the session's container",
     params(
-        ("id" = String, Path, description = "The session id"),
-        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)"),
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)", example = "work/notes.txt"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The raw bytes"),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's bytes (any Content-Type is taken as raw bytes)"),
     responses(
         (status = 200, description = "Written", body = FileWritten),
         (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
@@ -156,11 +156,11 @@ pub(super) async fn put_file(
     tag = "files",
     summary = "Read a file from the session's container",
     params(
-        ("id" = String, Path, description = "The session id"),
-        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)"),
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)", example = "work/notes.txt"),
     ),
     responses(
-        (status = 200, description = "The file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, description = "The file's bytes", body = Binary, content_type = "application/octet-stream"),
         (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),
@@ -195,10 +195,13 @@ pub(super) async fn get_file(
     tag = "files",
     summary = "Extract a tar into a directory of the session's container",
     params(
-        ("id" = String, Path, description = "The session id"),
-        ("dir" = String, Path, description = "The directory's absolute path without its leading slash; created if missing"),
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash; created if missing", example = "work"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The raw bytes"),
+    request_body(description = "A tar archive (any Content-Type is taken as raw bytes)", content(
+        (Binary = "application/x-tar"),
+        (Binary = "application/octet-stream"),
+    )),
     responses(
         (status = 200, description = "Extracted", body = ArchiveWritten),
         (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
@@ -237,11 +240,11 @@ pub(super) async fn put_archive(
     tag = "files",
     summary = "Read a directory of the session's container as a tar",
     params(
-        ("id" = String, Path, description = "The session id"),
-        ("dir" = String, Path, description = "The directory's absolute path without its leading slash"),
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash", example = "work"),
     ),
     responses(
-        (status = 200, description = "The directory's contents as a tar stream", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 200, description = "The directory's contents as a tar stream", body = Binary, content_type = "application/x-tar"),
         (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "`not_writable`: the root is read-only; write under the workdir or /tmp", body = ErrorBody),

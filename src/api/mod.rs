@@ -173,6 +173,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// Raw bytes in a request or response body (a file, a tar): `{"type": "string", "format":
+/// "binary"}` in the document.
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("Raw bytes"))
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
+
 /// `GET /openapi.json`: this API's OpenAPI 3.1 document, built once.
 #[utoipa::path(
     get,
@@ -492,15 +509,17 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
 
 /// Parses a JSON body into `T`. Errors: those of [`body_bytes`], and 400 `invalid_json` (with
 /// serde's reason: the field, the line and column) for a body that is not a `T`.
+/// `what` names the body in the message, e.g. "task request".
 pub fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
+    what: &str,
 ) -> Result<T, ApiError> {
     let body = body_bytes(body)?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidJson,
-            format!("the body is not a valid task request: {e}"),
+            format!("the body is not a valid {what}: {e}"),
         )
     })
 }

@@ -110,7 +110,7 @@ pub(super) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> 
     path = "/v1/pools/{pool}",
     tag = "pools",
     summary = "Show one pool",
-    params(("pool" = String, Path, description = "The pool's name")),
+    params(("pool" = String, Path, description = "The pool's name", example = "coder")),
     responses(
         (status = 200, description = "The pool", body = PoolStatus),
         (status = 400, description = "`invalid_request`: the path is not valid UTF-8", body = ErrorBody),

@@ -112,7 +112,7 @@ pub(super) async fn create_session(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: SessionBody = parse_body(body)?;
+    let body: SessionBody = parse_body(body, "session request")?;
     let idle_timeout = body
         .idle_timeout
         .map(|t| {
@@ -165,7 +165,7 @@ pub(super) async fn list_sessions(State(state): State<AppState>) -> Json<Session
     path = "/v1/sessions/{id}",
     tag = "sessions",
     summary = "Show one session",
-    params(("id" = String, Path, description = ID)),
+    params(("id" = String, Path, description = ID, example = "acme-website-john")),
     responses(
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "`invalid_request`: the path is not valid UTF-8", body = ErrorBody),
@@ -195,7 +195,7 @@ pub(super) async fn get_session(
     summary = "End a session",
     description = "Waits for its running task, runs the pool's `session_end_command` and removes \
         its container; answers the session as it ended.",
-    params(("id" = String, Path, description = ID)),
+    params(("id" = String, Path, description = ID, example = "acme-website-john")),
     responses(
         (status = 200, description = "Ended (`state` is `ended`)", body = SessionView),
         (status = 400, description = "`invalid_request`: the path is not valid UTF-8", body = ErrorBody),

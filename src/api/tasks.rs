@@ -24,7 +24,7 @@ use crate::supervisor::{SubmitError, TaskReport, TaskRequest};
 /// `stdin_base64`. Unknown fields are refused so a typo is not silently ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"cmd": ["python3", "-c", "print(1)"], "env": {"K": "V"}, "timeout": "30s"}))]
+#[schema(example = json!({"cmd": ["echo", "hello"], "env": {"K": "V"}, "timeout": "2s"}))]
 pub struct TaskBody {
     /// The argv, run without a shell; exactly one of `cmd` and `shell`.
     pub cmd: Option<Vec<String>>,
@@ -245,7 +245,7 @@ fn ms(d: Duration) -> f64 {
         refused before it starts gets its error status; a failure after output began ends \
         the stream with an `error` line.",
     params(
-        ("pool" = String, Path, description = "The pool's name"),
+        ("pool" = String, Path, description = "The pool's name", example = "coder"),
         TaskQuery,
     ),
     request_body(content = TaskBody, content_type = "application/json"),
@@ -286,7 +286,7 @@ pub(super) async fn submit_task(
         }
         return Err(SubmitError::UnknownPool(pool).into());
     }
-    let (request, session) = parse_body::<TaskBody>(body)?.into_request()?;
+    let (request, session) = parse_body::<TaskBody>(body, "task request")?.into_request()?;
     if let Some(id) = &session {
         let s = state
             .supervisor
