@@ -57,3 +57,35 @@ def ndjson_stream_conformance(ctx, response, case):
     if ends != 1:
         raise AssertionError("the stream has no `exit` or `error` line at its end")
     return True
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    """Keeps session "demo" (the files endpoints' example) alive and started.
+
+    Generated DELETEs end it now and then; its files calls would then only ever see 404.
+    Before a files call on it, this recreates it and runs a task in it, so the call moves real
+    files (a random path meets the shim's real errors). The daemon is `WARMPOOL_BASE`, its
+    token `WARMPOOL_TOKEN`.
+    """
+    path = case.operation.path
+    if "/files/" not in path and "/archive/" not in path:
+        return
+    if (case.path_parameters or {}).get("id") != "demo":
+        return
+    import requests  # schemathesis's own HTTP client
+
+    base = os.environ["WARMPOOL_BASE"]
+    headers = {"Authorization": f"Bearer {os.environ['WARMPOOL_TOKEN']}"}
+    got = requests.get(f"{base}/v1/sessions/demo", headers=headers, timeout=30)
+    if got.status_code == 200 and got.json().get("state") == "running":
+        return
+    requests.post(
+        f"{base}/v1/sessions", json={"pool": "coder", "id": "demo"}, headers=headers, timeout=30
+    )
+    requests.post(
+        f"{base}/v1/pools/coder/tasks",
+        json={"shell": "echo kept > notes.txt", "session": "demo"},
+        headers=headers,
+        timeout=30,
+    )

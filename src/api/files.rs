@@ -53,6 +53,25 @@ pub(super) struct ArchiveWritten {
     dir: String,
 }
 
+/// Marks the PUT bodies optional in the document: HTTP cannot tell a missing body from an
+/// empty one, and an empty one is valid (an empty file; an archive that only creates its
+/// directory). utoipa marks every body it is given a type for as required.
+pub(super) fn optional_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    for path in [
+        "/v1/sessions/{id}/files/{path}",
+        "/v1/sessions/{id}/archive/{dir}",
+    ] {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.put.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+            .unwrap_or_else(|| panic!("PUT {path} has a request body"));
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+}
+
 /// Runs one shim file command in the session's container and maps its failure to a status.
 async fn run(
     state: &AppState,
@@ -116,7 +135,7 @@ async fn run(
         ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
         ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)", example = "work/notes.txt"),
     ),
-    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's bytes (any Content-Type is taken as raw bytes)"),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's bytes (any Content-Type is taken as raw bytes); none writes an empty file"),
     responses(
         (status = 200, description = "Written", body = FileWritten),
         (status = 400, description = "`invalid_path` (a `..` component), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
@@ -198,7 +217,7 @@ pub(super) async fn get_file(
         ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
         ("dir" = String, Path, description = "The directory's absolute path without its leading slash; created if missing", example = "work"),
     ),
-    request_body(description = "A tar archive (any Content-Type is taken as raw bytes)", content(
+    request_body(description = "A tar archive (any Content-Type is taken as raw bytes); none (or an empty archive) only creates the directory", content(
         (Binary = "application/x-tar"),
         (Binary = "application/octet-stream"),
     )),

@@ -170,6 +170,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_iter()
         .map(|(path, item)| (path.replace("{*", "{"), item))
         .collect();
+    tasks::task_body_rules(&mut doc);
+    files::optional_bodies(&mut doc);
     doc
 }
 
@@ -848,6 +850,56 @@ mod tests {
             stream["application/json"]["schema"]["$ref"],
             "#/components/schemas/TaskResult"
         );
+    }
+
+    #[test]
+    fn the_task_body_schema_carries_the_rules_serde_does_not() {
+        let doc = spec();
+        let body = &doc["components"]["schemas"]["TaskBody"];
+        let all_of = body["allOf"].as_array().expect("TaskBody is allOf");
+        let fields = &all_of[0];
+        assert_eq!(fields["additionalProperties"], false, "{body}");
+        assert_eq!(
+            fields["properties"]["env"]["propertyNames"]["pattern"],
+            "^[^=]+$"
+        );
+        assert_eq!(fields["properties"]["workdir"]["pattern"], "^/");
+        let one_of = all_of[1]["oneOf"].as_array().unwrap();
+        let required: Vec<&serde_json::Value> = one_of.iter().map(|b| &b["required"]).collect();
+        assert_eq!(required, [&json!(["cmd"]), &json!(["shell"])]);
+        assert_eq!(one_of[0]["properties"]["cmd"]["minItems"], 1);
+        assert_eq!(one_of[0]["properties"]["shell"]["type"], "null");
+        assert_eq!(one_of[1]["properties"]["cmd"]["type"], "null");
+        assert!(body["description"]
+            .as_str()
+            .unwrap()
+            .contains("exactly one of"));
+    }
+
+    #[test]
+    fn file_bodies_are_optional_and_binary_and_json_bodies_required() {
+        let doc = spec();
+        for path in [
+            "/v1/sessions/{id}/files/{path}",
+            "/v1/sessions/{id}/archive/{dir}",
+        ] {
+            let body = &doc["paths"][path]["put"]["requestBody"];
+            assert_eq!(body["required"], false, "{path}");
+            for (_, media) in body["content"].as_object().unwrap() {
+                assert_eq!(media["schema"]["$ref"], "#/components/schemas/Binary");
+            }
+        }
+        let binary = &doc["components"]["schemas"]["Binary"];
+        assert_eq!(
+            (&binary["type"], &binary["format"]),
+            (&json!("string"), &json!("binary"))
+        );
+        for path in ["/v1/pools/{pool}/tasks", "/v1/sessions"] {
+            assert_eq!(
+                doc["paths"][path]["post"]["requestBody"]["required"], true,
+                "{path}"
+            );
+        }
     }
 
     /// Routes are only ever added by `routes!` in [`routes`], which takes each path from the

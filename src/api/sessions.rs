@@ -21,6 +21,7 @@ pub(super) struct SessionBody {
     /// The pool its container will come from.
     pool: String,
     /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, up to 64 characters; `s-<ulid>` when absent.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     id: Option<String>,
     /// A duration (`"5m"`): it ends after this long idle; the daemon's default when absent.
     idle_timeout: Option<String>,

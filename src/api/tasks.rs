@@ -34,6 +34,7 @@ pub struct TaskBody {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Absolute; the pool's `workdir` when absent.
+    #[schema(pattern = "^/")]
     pub workdir: Option<String>,
     /// Text stdin; at most one of `stdin` and `stdin_base64`.
     pub stdin: Option<String>,
@@ -100,6 +101,52 @@ impl TaskBody {
             timeout,
         })
     }
+}
+
+/// Adds to `TaskBody`'s schema the rules serde does not carry, so the document refuses what
+/// the daemon refuses: exactly one of `cmd` (a non-empty argv) and `shell`, and `env` names
+/// that are not empty and hold no `=`. (`stdin` and `stdin_base64` together are refused too;
+/// the description says so.)
+pub(super) fn task_body_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{
+        AllOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
+    use utoipa::openapi::RefOr;
+    let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(mut body))) = schemas.remove("TaskBody") else {
+        panic!("TaskBody's schema is not an object");
+    };
+    if let Some(RefOr::T(Schema::Object(env))) = body.properties.get_mut("env") {
+        env.property_names = Some(Box::new(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^=]+$"))
+                .into(),
+        ));
+    }
+    let description = body.description.take();
+    // Present means not null: `{"cmd": [...], "shell": null}` is a command.
+    let null = || ObjectBuilder::new().schema_type(Type::Null);
+    let cmd = ObjectBuilder::new()
+        .required("cmd")
+        .property(
+            "cmd",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .min_items(Some(1)),
+        )
+        .property("shell", null());
+    let shell = ObjectBuilder::new()
+        .required("shell")
+        .property("shell", ObjectBuilder::new().schema_type(Type::String))
+        .property("cmd", null());
+    let rules = AllOfBuilder::new()
+        .item(body)
+        .item(OneOfBuilder::new().item(cmd).item(shell))
+        .description(description);
+    schemas.insert("TaskBody".to_string(), rules.into());
 }
 
 /// `?stream=true` asks for NDJSON as the task runs.
