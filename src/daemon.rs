@@ -45,12 +45,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         &instance,
         config.server.max_sessions,
     );
-    if let Some(path) = &config.server.trace_file {
-        let recorder =
-            crate::simulate::record::TraceRecorder::open(path, config.server.trace_file_max_size)
-                .with_context(|| format!("cannot open server.trace_file {}", path.display()))?;
-        supervisor.set_trace_recorder(Some(Arc::new(recorder)));
-    }
+    supervisor.set_trace_recorder(trace_recorder(&config.server)?);
     let reloader = Arc::new(Reloader {
         supervisor: supervisor.clone(),
         config_path,
@@ -138,6 +133,18 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
 /// `WARMPOOL_INSTANCE` (default `default`): it goes into container names and labels, so it
 /// is held to what both accept.
+/// The recorder of `[server] trace_file` (rotated at `trace_file_max_size`), when set.
+fn trace_recorder(
+    server: &ServerConfig,
+) -> anyhow::Result<Option<Arc<crate::simulate::record::TraceRecorder>>> {
+    let Some(path) = &server.trace_file else {
+        return Ok(None);
+    };
+    let recorder = crate::simulate::record::TraceRecorder::open(path, server.trace_file_max_size)
+        .with_context(|| format!("cannot open server.trace_file {}", path.display()))?;
+    Ok(Some(Arc::new(recorder)))
+}
+
 fn instance_name() -> anyhow::Result<String> {
     let instance = std::env::var("WARMPOOL_INSTANCE").unwrap_or_else(|_| "default".into());
     anyhow::ensure!(
@@ -284,6 +291,50 @@ impl ShutdownSignals {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `trace_file` is where the daemon records its tasks, and `trace_file_max_size` where
+    /// the file is rotated to `FILE.1`.
+    #[test]
+    fn trace_file_records_tasks_and_rotates_at_trace_file_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.jsonl");
+        let text = format!(
+            "[server]\ntrace_file = {:?}\ntrace_file_max_size = \"1KiB\"\n\n[pools.coder]\nimage = \"i\"\n",
+            path.display().to_string()
+        );
+        let config = Config::parse(&text, "pools.toml").unwrap();
+        let none = Config::parse("[pools.coder]\nimage = \"i\"\n", "pools.toml").unwrap();
+        assert!(trace_recorder(&none.server).unwrap().is_none());
+        let recorder = trace_recorder(&config.server).unwrap().unwrap();
+        let now = tokio::time::Instant::now();
+        for i in 0..30 {
+            recorder.record("coder", now, Duration::from_millis(800 + i));
+        }
+        drop(recorder);
+        let rotated = dir.path().join("trace.jsonl.1");
+        let lines = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        for _ in 0..200 {
+            if lines(&path) + lines(&rotated) == 30 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(lines(&path) + lines(&rotated), 30);
+        // 30 lines of about 50 bytes: past 1KiB once, so rotated, and neither file above it.
+        for p in [&path, &rotated] {
+            let size = std::fs::metadata(p).unwrap().len();
+            assert!(size > 0 && size <= 1024, "{}: {size} bytes", p.display());
         }
     }
 }

@@ -22,3 +22,4 @@ pub mod shim_proto;
 pub mod simulate;
 pub mod supervisor;
 pub mod task;
+pub mod workspace;

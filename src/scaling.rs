@@ -415,6 +415,84 @@ pub fn policy_floor(
     spare.max(schedule).max(forecast).clamp(min, max.max(min))
 }
 
+/// A floor under the target for a while (`POST /v1/pools/{pool}/prewarm`), applied after
+/// [`decide`] as an input of its own: `floor` is the floor in force now (0 for none), `was`
+/// the one at the previous look. Below the floor the target rises to it at once (capped at
+/// `max`). When the floor ends or is lowered, what it added goes at once, down to what the
+/// demand needs (and never below the new floor, the policies' floor `obs.floor` or `min`),
+/// instead of waiting for a whole stabilization window.
+pub fn floor(obs: &Observation, mem: Memory, floor: usize, was: usize) -> (Memory, Option<Step>) {
+    let cap = obs.max.max(obs.min);
+    let (floor, was) = (floor.min(cap), was.min(cap));
+    if mem.target < floor {
+        let next = Memory {
+            target: floor,
+            low_since: None,
+        };
+        return (next, Some(Step::Up));
+    }
+    if floor < was {
+        let demand = sized_for(obs.busy + obs.queued, obs.scale_up_threshold);
+        let wanted = demand.max(floor).max(obs.floor).clamp(obs.min, cap);
+        if wanted < mem.target {
+            let next = Memory {
+                target: wanted,
+                low_since: None,
+            };
+            return (next, Some(Step::Down));
+        }
+    }
+    (mem, None)
+}
+
+#[cfg(test)]
+mod floor_tests {
+    use super::*;
+
+    fn obs(busy: usize) -> Observation {
+        Observation {
+            busy,
+            live: 2,
+            queued: 0,
+            min: 1,
+            max: 6,
+            scale_up_threshold: 0.8,
+            scale_down_threshold: 0.2,
+            floor: 0,
+            shrink_to_forecast: false,
+        }
+    }
+
+    fn at(target: usize) -> Memory {
+        Memory {
+            target,
+            low_since: None,
+        }
+    }
+
+    #[test]
+    fn a_floor_raises_the_target_at_once_never_above_max() {
+        assert_eq!(floor(&obs(0), at(2), 5, 0), (at(5), Some(Step::Up)));
+        assert_eq!(floor(&obs(0), at(2), 9, 0), (at(6), Some(Step::Up)));
+        assert_eq!(floor(&obs(0), at(5), 5, 5), (at(5), None));
+        // Demand above the floor keeps what the autoscaler decided.
+        assert_eq!(floor(&obs(0), at(6), 4, 0), (at(6), None));
+    }
+
+    #[test]
+    fn an_ended_floor_falls_back_to_what_demand_needs() {
+        assert_eq!(floor(&obs(0), at(5), 0, 5), (at(1), Some(Step::Down)));
+        // 4 busy need 5 at the 0.8 threshold: the floor's end takes nothing they need.
+        assert_eq!(floor(&obs(4), at(6), 0, 6), (at(5), Some(Step::Down)));
+        assert_eq!(floor(&obs(4), at(5), 0, 5), (at(5), None));
+        // A lowered floor stays a floor.
+        assert_eq!(floor(&obs(0), at(6), 3, 6), (at(3), Some(Step::Down)));
+        // The policies' floor (spare, schedule, forecast) stays too.
+        let kept = Observation { floor: 4, ..obs(0) };
+        assert_eq!(floor(&kept, at(6), 0, 6), (at(4), Some(Step::Down)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

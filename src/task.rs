@@ -248,6 +248,12 @@ async fn run_pooled(
         // task: a separate Reset would cost a round trip through the engine per task. A
         // failed wipe fails this task, and its container is replaced (the Err arm).
         task.reset = vec![pool.config().workdir.clone(), "/tmp".to_string()];
+        // A persistent pool's container has a /workspace of its own: a pool task's files
+        // there go too, so the next task (or a session claiming it) never sees them.
+        if pool.spec().workspace_root.is_some() {
+            task.reset
+                .push(crate::workspace::WORKSPACE_PATH.to_string());
+        }
         lease.dirty = false;
     }
     let ran = execute(

@@ -662,6 +662,9 @@ warm = 2
 max = 3
 health_check_interval = "1s"
 acquire_timeout = "5s"
+# The attach streams run through the engine (here through the proxy that the test cuts);
+# a direct shim socket would keep serving through the outage, which is not what this tests.
+exec_transport = "attach"
 "#,
         &[("DOCKER_HOST", &url)],
     )

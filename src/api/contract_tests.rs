@@ -713,13 +713,17 @@ async fn scale_up_threshold_decides_when_a_busy_pool_grows() {
 
 #[tokio::test(start_paused = true)]
 async fn scale_down_threshold_decides_when_a_quiet_pool_shrinks() {
+    // The thresholds alone: the forecast (on by default) would keep or shed containers of
+    // its own and hide what the threshold does.
     let mut high = pool("high", 1, 4, 4);
     high.scale_interval = Duration::from_secs(1);
     high.scale_down_threshold = 0.3;
     high.idle_timeout = Duration::from_secs(36_000);
+    high.predictive = false;
     let mut usual = pool("usual", 1, 4, 4);
     usual.scale_interval = Duration::from_secs(1);
     usual.idle_timeout = Duration::from_secs(36_000);
+    usual.predictive = false;
     let app = start(&[high, usual]).await;
     let _a = hold_one_busy(&app, "high");
     let _b = hold_one_busy(&app, "usual");
@@ -779,7 +783,7 @@ async fn a_file_command_ending_unknown_answers_file_transfer_failed() {
         .task("p", json!({"cmd": ["echo"], "session": "f"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{r}");
-    // The fake shim's file command exits 99, a code the API does not know.
+    // The file command (an exec in the fake engine) exits 99, a code the API does not know.
     let failed = app
         .call("GET", "/v1/sessions/f/files/fake-exit-99", None)
         .await;
@@ -895,4 +899,163 @@ async fn cold_start_is_false_for_a_task_that_waited_for_a_busy_container() {
         app.metric("warmpool_acquisitions_total{pool=\"p\",result=\"cold\"}"),
         0.0
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn spare_keeps_idle_containers_beyond_the_busy_ones() {
+    // The policies alone: no forecast, no thresholds' growth (min 0, one task).
+    let mut spare = pool("spare", 0, 0, 4);
+    spare.spare = 1;
+    spare.predictive = false;
+    let mut none = pool("none", 0, 0, 4);
+    none.predictive = false;
+    let app = start(&[spare, none]).await;
+    // At rest: spare = 1 keeps one idle container, spare = 0 keeps the pool empty.
+    app.settle("spare", "one idle", |c| c.idle == 1).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let (s, n) = (app.counts("spare"), app.counts("none"));
+    assert_eq!((s.idle, s.busy, s.target), (1, 0, 1), "{s:?}");
+    assert_eq!((n.idle, n.busy, n.target), (0, 0, 0), "{n:?}");
+    // A busy one: one idle beyond it, so the next task finds a container warm.
+    let _a = hold_one_busy(&app, "spare");
+    app.settle("spare", "one busy, one idle", |c| {
+        c.busy == 1 && c.idle == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let s = app.counts("spare");
+    assert_eq!((s.idle, s.busy), (1, 1), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_floors_the_pool_while_it_is_active() {
+    let mut p = pool("p", 0, 0, 4);
+    p.predictive = false;
+    p.schedule =
+        vec![
+            crate::scaling::ScheduleFloor::parse("0 9 * * MON-FRI", 3, Duration::from_secs(3600))
+                .unwrap(),
+        ];
+    let app = start(&[p]).await;
+    // Monday 2026-11-30, 08:50 UTC.
+    let monday = |h: u32, m: u32| {
+        use chrono::TimeZone;
+        chrono::Utc.with_ymd_and_hms(2026, 11, 30, h, m, 0).unwrap()
+    };
+    app.sup.set_wall_clock(monday(8, 50));
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    let c = app.counts("p");
+    assert_eq!((c.idle, c.target), (0, 0), "08:59, before the floor: {c:?}");
+    // 09:00 (started a little early, by scale_interval and the create time).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let c = app.counts("p");
+    assert_eq!((c.idle, c.target), (3, 3), "09:00: {c:?}");
+    // It holds for its hour, idle as the containers are, then the pool shrinks to min.
+    tokio::time::sleep(Duration::from_secs(58 * 60)).await;
+    assert_eq!(app.counts("p").idle, 3, "09:58: {:?}", app.counts("p"));
+    tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+    let c = app.counts("p");
+    assert_eq!((c.idle, c.target), (0, 0), "10:28: {c:?}");
+}
+
+/// Runs `n` tasks of `secs` seconds in `pool`, one every `every`, each on its own.
+async fn burst(app: &App, pool: &str, n: usize, secs: &str, every: Duration) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let sup = app.sup.clone();
+        let (pool, secs) = (pool.to_string(), secs.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let req = crate::supervisor::TaskRequest {
+                argv: vec!["sleep".into(), secs],
+                ..Default::default()
+            };
+            sup.submit(&pool, req, tx).await.unwrap();
+        }));
+        tokio::time::sleep(every).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forecast_window_is_how_long_the_forecast_remembers_a_peak() {
+    let mut long = pool("long", 0, 0, 20);
+    long.forecast_window = Duration::from_secs(600);
+    let mut short = pool("short", 0, 0, 20);
+    short.forecast_window = Duration::from_secs(0);
+    let app = start(&[long, short]).await;
+    let forecast = |p: &str| {
+        app.metric(&format!(
+            "warmpool_pool_forecast_containers{{pool=\"{p}\"}}"
+        ))
+    };
+    assert_eq!((forecast("long"), forecast("short")), (0.0, 0.0));
+    // The same burst in both: 40 tasks of 4 s, two a second.
+    let every = Duration::from_millis(500);
+    tokio::join!(
+        burst(&app, "long", 40, "4", every),
+        burst(&app, "short", 40, "4", every)
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let peak = forecast("long");
+    assert!(
+        peak >= 5.0,
+        "a burst of about 8 busy containers forecasts {peak}"
+    );
+    // Two minutes of quiet: the rate (smoothed over 30 s) has fallen to a few percent; the
+    // pool remembering 10 minutes still shows the peak, the one remembering nothing not.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(forecast("long"), peak);
+    assert!(
+        forecast("short") < peak / 2.0,
+        "{} of {peak}",
+        forecast("short")
+    );
+    // The peak held the pool that acts on it (predictive, the default), not the other.
+    assert!(
+        app.counts("long").target as f64 >= peak,
+        "{:?}",
+        app.counts("long")
+    );
+    assert!(
+        (app.counts("short").target as f64) < peak,
+        "{:?}",
+        app.counts("short")
+    );
+    // Past its window, the long one forgets too.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(
+        forecast("long") < peak / 2.0,
+        "{} of {peak}",
+        forecast("long")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_check_timeout_is_how_long_a_probe_may_take() {
+    // A health_cmd of 7 s: failed against the default 5 s, passed against 10 s.
+    let mut usual = pool("usual", 1, 1, 1);
+    usual.health_check_interval = Duration::from_secs(20);
+    usual.health_cmd = Some(vec!["sleep".into(), "7".into()]);
+    let mut patient = usual.clone();
+    patient.name = "patient".into();
+    patient.health_check_timeout = Duration::from_secs(10);
+    let app = start(&[usual, patient]).await;
+    let checks = |p: &str, r: &str| {
+        app.metric(&format!(
+            "warmpool_health_checks_total{{pool=\"{p}\",result=\"{r}\"}}"
+        ))
+    };
+    for _ in 0..6000 {
+        if checks("usual", "unhealthy") >= 1.0 && checks("patient", "healthy") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(checks("usual", "unhealthy"), 1.0);
+    assert_eq!(checks("usual", "healthy"), 0.0);
+    assert_eq!(checks("patient", "healthy"), 1.0);
+    assert_eq!(checks("patient", "unhealthy"), 0.0);
 }

@@ -189,17 +189,33 @@ async fn upload(
     body: Body,
 ) -> Result<u64, ApiError> {
     let max = state.max_body as u64;
-    declared_length(headers, max)?;
+    let mut body = body.into_data_stream();
+    if let Err(e) = declared_length(headers, max) {
+        drain(&mut body).await;
+        return Err(e);
+    }
     let hold = hold(state, id).await?;
-    transfer::upload(
-        &state.supervisor.runtime,
-        hold,
-        argv,
-        body.into_data_stream(),
-        max,
-    )
-    .await
-    .map_err(failure)
+    let result = transfer::upload(&state.supervisor.runtime, hold, argv, &mut body, max).await;
+    if matches!(result, Err(TransferError::TooLarge(_))) {
+        drain(&mut body).await;
+    }
+    result.map_err(failure)
+}
+
+/// How much of a refused upload is read (and dropped) before the answer: a client still
+/// sending its body when the answer comes would see its request fail instead of the 413.
+const DRAIN_AT_MOST: u64 = 256 << 20;
+
+/// Reads what is left of a refused body, dropping it chunk by chunk, up to [`DRAIN_AT_MOST`].
+async fn drain(body: &mut axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len() as u64;
+        if read > DRAIN_AT_MOST {
+            break;
+        }
+    }
 }
 
 /// Streams a shim file command's stdout (`read-file` or `tar`) as the response body.

@@ -30,8 +30,10 @@ use crate::supervisor::{ReloadSummary, SubmitError, Supervisor};
 mod admin;
 mod files;
 mod pools;
+mod prewarm;
 mod sessions;
 mod tasks;
+mod workspaces;
 
 /// What every handler gets: the supervisor, plus what the daemon around it provides.
 #[derive(Clone)]
@@ -110,9 +112,12 @@ fn routes() -> Routes {
         .routes(routes!(pools::list_pools))
         .routes(routes!(pools::get_pool))
         .routes(routes!(tasks::submit_task))
+        .routes(routes!(prewarm::prewarm))
         .routes(routes!(admin::admin_reload))
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(workspaces::list_workspaces))
+        .routes(routes!(workspaces::delete_workspace))
         .routes(routes!(files::get_file, files::put_file))
         .routes(routes!(files::get_archive, files::put_archive));
     let open = OpenApiRouter::new()
@@ -140,6 +145,7 @@ fn routes() -> Routes {
         (name = "pools", description = "What each pool holds"),
         (name = "sessions", description = "A container pinned to one conversation"),
         (name = "files", description = "Files in a session's container"),
+        (name = "workspaces", description = "Persistent session workspaces kept on the host"),
         (name = "operations", description = "Reload, health, readiness, metrics, this document"),
     )
 )]
@@ -264,6 +270,7 @@ pub enum ErrorCode {
     NotReady,
     McpUnavailable,
     NoSpace,
+    WorkspaceFull,
     Internal,
     FileTransferFailed,
 }
@@ -406,6 +413,11 @@ impl From<SessionError> for ApiError {
             SessionError::TaskFailed(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::ContainerFailed, msg)
             }
+            SessionError::WorkspaceFull(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::WorkspaceFull,
+                msg,
+            ),
             SessionError::Submit(e) => e.into(),
         }
     }
@@ -921,8 +933,10 @@ mod tests {
             ("admin.rs", include_str!("admin.rs")),
             ("files.rs", include_str!("files.rs")),
             ("pools.rs", include_str!("pools.rs")),
+            ("prewarm.rs", include_str!("prewarm.rs")),
             ("sessions.rs", include_str!("sessions.rs")),
             ("tasks.rs", include_str!("tasks.rs")),
+            ("workspaces.rs", include_str!("workspaces.rs")),
         ] {
             let code = src
                 .split("#[cfg(test)]")
@@ -959,11 +973,14 @@ mod tests {
             "/v1/admin/reload",
             "/v1/pools",
             "/v1/pools/{pool}",
+            "/v1/pools/{pool}/prewarm",
             "/v1/pools/{pool}/tasks",
             "/v1/sessions",
             "/v1/sessions/{id}",
             "/v1/sessions/{id}/archive/{dir}",
             "/v1/sessions/{id}/files/{path}",
+            "/v1/workspaces",
+            "/v1/workspaces/{id}",
         ];
         assert_eq!(
             paths.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -990,8 +1007,10 @@ mod tests {
                 );
                 if status == StatusCode::NOT_FOUND {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    // The fallback's answer; `DELETE /v1/workspaces/{id}` answers
+                    // `not_found` too, with its own message.
                     assert_ne!(
-                        v["error"]["code"], "not_found",
+                        v["error"]["message"], "no such endpoint; see the API table in the README",
                         "{method} {concrete} is not served"
                     );
                 }

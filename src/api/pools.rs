@@ -41,6 +41,8 @@ pub(super) struct PoolStatus {
     utilization: f64,
     /// Tasks waiting for a container.
     queue_length: usize,
+    /// The pre-warm floor in force, if any.
+    prewarm: Option<Prewarm>,
 }
 
 /// A pool's `exec` setting, as pools.toml spells it.
@@ -59,7 +61,19 @@ pub(super) struct PoolList {
     pools: Vec<PoolStatus>,
 }
 
-fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
+/// A pool's pre-warm floor: how many containers, until when (RFC 3339), seconds left.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Prewarm {
+    /// The floor: the pool keeps at least this many containers up.
+    containers: usize,
+    /// When the floor ends (RFC 3339, seconds).
+    #[schema(format = DateTime)]
+    until: String,
+    /// Seconds left, to a tenth.
+    remaining_seconds: f64,
+}
+
+pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
     PoolStatus {
         name: cfg.name.clone(),
         image: cfg.image.clone(),
@@ -79,6 +93,15 @@ fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> Pool
         target: c.target,
         utilization: (c.utilization() * 1000.0).round() / 1000.0,
         queue_length: c.queued,
+        prewarm: c.prewarm_until.filter(|_| c.prewarm > 0).and_then(|until| {
+            let left = until.checked_duration_since(tokio::time::Instant::now())?;
+            Some(Prewarm {
+                containers: c.prewarm,
+                until: humantime::format_rfc3339_seconds(std::time::SystemTime::now() + left)
+                    .to_string(),
+                remaining_seconds: (left.as_secs_f64() * 10.0).round() / 10.0,
+            })
+        }),
     }
 }
 

@@ -42,6 +42,7 @@ pub(super) fn document(cx: &mut Ctx<'_>, root: &dyn TableLike) -> Parts {
     let mut defaults = Layer::default();
     let mut pools = Vec::new();
     let mut saw_pools = false;
+    cx.local_engine = local_engine(root);
     for e in cx.entries(root, "") {
         match e.name {
             "server" => {
@@ -85,6 +86,21 @@ pub(super) fn document(cx: &mut Ctx<'_>, root: &dyn TableLike) -> Parts {
         server: server_config,
         docker: docker_config,
         pools,
+    }
+}
+
+/// Whether the engine runs on this host: `[docker] host`, else `DOCKER_HOST`, unset or a
+/// `unix://` socket. Only then do bind-mount sources name paths this process can check.
+fn local_engine(root: &dyn TableLike) -> bool {
+    let written = root
+        .get("docker")
+        .and_then(|d| d.as_table_like())
+        .and_then(|t| t.get("host"))
+        .and_then(|h| h.as_str())
+        .map(str::to_string);
+    match written.or_else(|| std::env::var("DOCKER_HOST").ok()) {
+        Some(host) => host.is_empty() || host.starts_with("unix://"),
+        None => true,
     }
 }
 

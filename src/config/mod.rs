@@ -18,6 +18,7 @@ mod checks;
 mod document;
 mod error;
 mod keys;
+mod mounts;
 mod pool;
 mod read;
 mod server;
@@ -52,11 +53,12 @@ use std::sync::Arc;
 use toml_edit::ImDocument;
 
 pub use error::{ConfigError, Problem};
+pub use mounts::{Mount, MountKind};
 pub use pool::{PoolConfig, SecurityConfig};
 pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
 pub use values::{
-    duration_problem, parse_size, ExecMode, ExecTransport, NetworkMode, OnExhausted, DURATION_MAX,
-    DURATION_STEP,
+    duration_problem, parse_size, ExecMode, ExecTransport, NetworkMode, OnExhausted, WorkspaceMode,
+    DURATION_MAX, DURATION_STEP,
 };
 
 use read::{Ctx, Pos};

@@ -10,12 +10,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::checks::{
-    check_capability, check_image, check_network, check_runtime, check_user, check_workdir,
+    check_absolute, check_capability, check_image, check_network, check_runtime, check_user,
+    check_workdir,
 };
 use super::keys::settings;
+use super::mounts::{read_mounts, within, Mount};
 use super::read::{closest, join, layered, Ctx, Pos, Slot};
 use super::suggest::Section;
-use super::values::{ExecMode, ExecTransport, NetworkMode, OnExhausted, DOCKER_MIN_MEMORY, MIB};
+use super::values::{
+    ExecMode, ExecTransport, NetworkMode, OnExhausted, WorkspaceMode, DOCKER_MIN_MEMORY, MIB,
+};
 use crate::scaling::ScheduleFloor;
 
 type Env = BTreeMap<String, String>;
@@ -140,6 +144,41 @@ settings! {
             /// Environment of every task; a pool's variables are added to those of
             /// `[defaults]`, replacing only those of the same name.
             env: Env = Env::new(), |cx, e| cx.env(e), merge union_env;
+            /// Tasks of one session that may run at once (1: one at a time, in arrival
+            /// order); a session may ask for fewer.
+            max_concurrent_tasks: usize = 1,
+                |cx, e| cx.count(e, 1, ": 1 runs a session's tasks one at a time");
+            /// The most memory one session may ask for (`POST /v1/sessions {"memory": ...}`);
+            /// unset: sessions may not set memory.
+            session_max_memory: Option<u64> = None,
+                |cx, e| cx.size(e, DOCKER_MIN_MEMORY, " (Docker's minimum); leave it out to keep sessions at the pool's memory")
+                    .map(Some);
+            /// The most CPUs one session may ask for; unset: sessions may not set cpus.
+            session_max_cpus: Option<f64> = None, |cx, e| cx.cpus(e).map(Some);
+            /// The largest pids limit one session may ask for; unset: sessions may not set it.
+            session_max_pids: Option<i64> = None,
+                |cx, e| cx.count(e, 1, ": it bounds the pids_limit a session may ask for").map(Some);
+            /// `ephemeral`: a session's files go with its container. `persistent`: a host
+            /// directory at /workspace that outlives it (idle ends, restarts, reloads).
+            session_workspace: WorkspaceMode = WorkspaceMode::Ephemeral,
+                |cx, e| cx.choice(e, &[
+                    ("ephemeral", WorkspaceMode::Ephemeral),
+                    ("persistent", WorkspaceMode::Persistent),
+                ]);
+            /// Host directory under which persistent workspaces live (one directory per
+            /// daemon instance), on the engine's host.
+            workspace_root: String = "/var/lib/warmpool/workspaces".to_string(),
+                |cx, e| cx.text(e, "an absolute host path such as \"/var/lib/warmpool/workspaces\"", check_absolute);
+            /// A persistent workspace unused for this long is removed.
+            workspace_ttl: Duration = Duration::from_secs(7 * 24 * 3600),
+                |cx, e| cx.duration(e, Some("every workspace would be removed at once"));
+            /// The most bytes one persistent workspace may hold: measured after each task,
+            /// a session over it gets no new task (507). Unset: no bound.
+            workspace_max_size: Option<u64> = None,
+                |cx, e| cx.size(e, 1, "; leave it out for no bound").map(Some);
+            /// Bind mounts, named volumes and tmpfs of every container; a pool's list
+            /// replaces that of `[defaults]`.
+            mounts: Vec<Mount> = Vec::new(), |cx, e| read_mounts(cx, e);
         }
         tables {
             /// `[defaults.security]` / `[pools.NAME.security]`, merged key by key.
@@ -291,6 +330,48 @@ pub(super) fn resolve(
                     describe(max, "max", b.max)
                 );
                 cx.report(s.at, message);
+            }
+        }
+    }
+
+    // A mount must leave the workdir alone: it is a tmpfs of its own, wiped between tasks.
+    if let Slot::Set(s) = layered(&p.mounts, &d.mounts) {
+        let workdir = pool.workdir.trim_end_matches('/').to_string();
+        for (i, m) in s.value.iter().enumerate() {
+            let t = m.target.trim_end_matches('/');
+            if within(t, &workdir) || within(&workdir, t) {
+                let message = format!(
+                    "{}[{i}].target ({:?}) overlaps the workdir ({workdir:?}), a tmpfs wiped between \
+                     tasks: mount it outside, such as \"/data\"",
+                    s.path, m.target
+                );
+                cx.report(s.at, message);
+            }
+        }
+    }
+
+    // A persistent workspace is mounted at /workspace: the workdir and mounts stay clear.
+    let mode = layered(&p.session_workspace, &d.session_workspace);
+    if let (Slot::Set(m), WorkspaceMode::Persistent) = (mode, pool.session_workspace) {
+        let ws = crate::workspace::WORKSPACE_PATH;
+        let workdir = pool.workdir.trim_end_matches('/');
+        if within(workdir, ws) || within(ws, workdir) {
+            let message = format!(
+                "{} (\"persistent\") mounts the workspace at {ws}, which overlaps the workdir \
+                 ({workdir:?}): set workdir elsewhere, such as \"/work\"",
+                m.path
+            );
+            cx.report(m.at, message);
+        }
+        for (i, mnt) in pool.mounts.iter().enumerate() {
+            let t = mnt.target.trim_end_matches('/');
+            if within(t, ws) || within(ws, t) {
+                let message = format!(
+                    "{} (\"persistent\") mounts the workspace at {ws}, which mounts[{i}].target \
+                     ({:?}) overlaps: mount it elsewhere, such as \"/data\"",
+                    m.path, mnt.target
+                );
+                cx.report(m.at, message);
             }
         }
     }

@@ -124,6 +124,9 @@ pub(super) struct Ctx<'t> {
     /// Unsorted and deduplicated; [`Ctx::into_problems`] sorts them into file order.
     problems: Vec<Problem>,
     keys_of: KeysOf,
+    /// The engine runs on this host (`docker.host` and `DOCKER_HOST` unset or `unix://`),
+    /// so bind-mount sources can be checked for existence.
+    pub(super) local_engine: bool,
 }
 
 /// A rule for a string value: `Err` holds the end of the message, such as "must not be
@@ -143,6 +146,7 @@ impl<'t> Ctx<'t> {
             line_starts,
             problems: Vec::new(),
             keys_of,
+            local_engine: true,
         }
     }
 

@@ -194,6 +194,15 @@ memory = "1GiB"
 cpus = 2
 network = "agents-net"
 env = { A = "1" }
+mounts = [{ type = "tmpfs", target = "/scratch", size = "1MiB" }]
+max_concurrent_tasks = 4
+session_workspace = "persistent"
+workspace_root = "/srv/ws"
+workspace_ttl = "1h"
+workspace_max_size = "1GiB"
+session_max_memory = "2GiB"
+session_max_cpus = 2
+session_max_pids = 512
 security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges = false, user = "agent:agent", runtime = "runsc" }
 "#;
     let expected = PoolConfig {
@@ -236,6 +245,22 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
         cpus: Some(2.0),
         network: NetworkMode::Named("agents-net".to_string()),
         env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+        max_concurrent_tasks: 4,
+        session_workspace: crate::config::WorkspaceMode::Persistent,
+        workspace_root: "/srv/ws".to_string(),
+        workspace_ttl: Duration::from_secs(3600),
+        workspace_max_size: Some(GIB),
+
+        session_max_memory: Some(2 * GIB),
+        session_max_cpus: Some(2.0),
+        session_max_pids: Some(512),
+        mounts: vec![crate::config::Mount {
+            kind: crate::config::MountKind::Tmpfs,
+            source: None,
+            target: "/scratch".to_string(),
+            read_only: false,
+            size: Some(1024 * 1024),
+        }],
         security: SecurityConfig {
             read_only_rootfs: false,
             cap_drop: vec!["NET_RAW".to_string()],

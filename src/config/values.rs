@@ -68,6 +68,17 @@ impl fmt::Display for OnExhausted {
     }
 }
 
+/// Whether a session's files outlive its container (`session_workspace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// The session's files live and die with its container (the workdir).
+    Ephemeral,
+    /// A host directory at /workspace that survives idle ends, container replacement,
+    /// restarts and reloads, until deleted or past `workspace_ttl`.
+    Persistent,
+}
+
 /// How a pool runs tasks in its containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -202,6 +202,12 @@ pub struct Metrics {
     scale_events: IntCounterVec,
     /// `warmpool_sessions{pool}`: live sessions.
     sessions: IntGaugeVec,
+    /// `warmpool_pool_prewarm_containers{pool}`: the pre-warm floor in force, 0 for none.
+    prewarm: IntGaugeVec,
+    /// `warmpool_workspaces{pool}`: persistent workspaces kept.
+    workspaces: IntGaugeVec,
+    /// `warmpool_workspace_bytes{pool}`: bytes they hold.
+    workspace_bytes: IntGaugeVec,
     /// `warmpool_config_reloads_total{result}`.
     config_reloads: IntCounterVec,
     /// `warmpool_engine_up`: 1 when the container engine answers.
@@ -359,6 +365,24 @@ impl Metrics {
                 "Live sessions of the pool.",
                 &["pool"],
             ),
+            prewarm: gauge_vec(
+                r,
+                "warmpool_pool_prewarm_containers",
+                "Pre-warm floor of the pool asked through the API, 0 when none is in force.",
+                &["pool"],
+            ),
+            workspaces: gauge_vec(
+                r,
+                "warmpool_workspaces",
+                "Persistent session workspaces of the pool kept on the host.",
+                &["pool"],
+            ),
+            workspace_bytes: gauge_vec(
+                r,
+                "warmpool_workspace_bytes",
+                "Bytes held by the pool's persistent session workspaces.",
+                &["pool"],
+            ),
             config_reloads: counter_vec(
                 r,
                 "warmpool_config_reloads_total",
@@ -492,7 +516,7 @@ impl Metrics {
     }
 
     /// The integer gauges labelled by `pool` alone, so init and forget cannot miss one.
-    fn pool_gauges(&self) -> [&IntGaugeVec; 6] {
+    fn pool_gauges(&self) -> [&IntGaugeVec; 9] {
         [
             &self.pool_target,
             &self.pool_forecast,
@@ -500,6 +524,9 @@ impl Metrics {
             &self.pool_max,
             &self.queue_length,
             &self.sessions,
+            &self.prewarm,
+            &self.workspaces,
+            &self.workspace_bytes,
         ]
     }
 
@@ -572,6 +599,17 @@ impl Metrics {
     /// Sets how many tasks wait in the pool's queue.
     pub fn set_queue_length(&self, pool: &str, n: i64) {
         self.queue_length.with_label_values(&[pool]).set(n);
+    }
+
+    /// Sets the pool's pre-warm floor (0 when none is in force).
+    pub fn set_prewarm(&self, pool: &str, n: i64) {
+        self.prewarm.with_label_values(&[pool]).set(n);
+    }
+
+    /// Sets the pool's persistent workspaces and the bytes they hold.
+    pub fn set_workspaces(&self, pool: &str, n: i64, bytes: i64) {
+        self.workspaces.with_label_values(&[pool]).set(n);
+        self.workspace_bytes.with_label_values(&[pool]).set(bytes);
     }
 
     /// Sets how many sessions of the pool are live.

@@ -22,6 +22,9 @@ const CONTRACT: &[&str] = &[
     "warmpool_health_checks_total",
     "warmpool_scale_events_total",
     "warmpool_sessions",
+    "warmpool_pool_prewarm_containers",
+    "warmpool_workspaces",
+    "warmpool_workspace_bytes",
     "warmpool_config_reloads_total",
     "warmpool_engine_up",
 ];

@@ -178,6 +178,15 @@ impl Factory {
             binds,
             workdir: cfg.workdir.clone(),
             open_stdin: false,
+            mounts: cfg.mounts.clone(),
+            workspace_root: (cfg.session_workspace == crate::config::WorkspaceMode::Persistent)
+                .then(|| {
+                    format!(
+                        "{}/{}",
+                        cfg.workspace_root.trim_end_matches('/'),
+                        self.instance
+                    )
+                }),
         };
         // The attach transport talks over the container's stdin.
         spec.open_stdin = cfg.exec == ExecMode::Shim && !is_direct(&spec);
@@ -276,6 +285,30 @@ pub(super) async fn create_and_connect(
     spec: &ContainerSpec,
     exec: ExecMode,
 ) -> Result<(String, Conn), String> {
+    // Persistent workspaces: a slot of its own, bind-mounted at /workspace, its key labelled.
+    let with_slot;
+    let spec = match &spec.workspace_root {
+        Some(root) => {
+            let root = std::path::Path::new(root);
+            let dir = crate::workspace::prepare_slot(root, name, &spec.user).map_err(|e| {
+                format!(
+                    "cannot create the workspace slot under {}: {e}; check workspace_root",
+                    root.display()
+                )
+            })?;
+            let mut s = spec.clone();
+            s.binds.push(format!(
+                "{}:{}",
+                dir.display(),
+                crate::workspace::WORKSPACE_PATH
+            ));
+            s.labels
+                .insert(crate::workspace::LABEL_SLOT.to_string(), name.to_string());
+            with_slot = s;
+            &with_slot
+        }
+        None => spec,
+    };
     // Direct: the container's own socket directory, made before the container so the engine
     // mounts it rather than creating it; removed again whatever fails below.
     let mut socket_dir = None;

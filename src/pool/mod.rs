@@ -178,6 +178,42 @@ impl Pool {
         self.wake(Wake::Config);
     }
 
+    /// Raises the pool's floor to `containers` for `duration` (`POST /v1/pools/{pool}/prewarm`),
+    /// replacing any earlier floor; 0 clears it. The loop acts on it at once.
+    ///
+    /// Errors: `containers` above the pool's `max`, as a message naming both and the fix.
+    pub fn set_prewarm(&self, containers: usize, duration: Duration) -> Result<(), String> {
+        let max = self.config().max;
+        if containers > max {
+            return Err(format!(
+                "containers ({containers}) is above pool {}'s max ({max}): ask for at most {max}, or raise max in pools.toml",
+                self.name
+            ));
+        }
+        {
+            let mut st = self.state.lock();
+            st.prewarm = (containers > 0).then(|| (containers, Instant::now() + duration));
+            self.publish(&st);
+        }
+        self.wake(Wake::Prewarm);
+        Ok(())
+    }
+
+    /// The pre-warm floor in force now (0 for none), and when it ends; a floor past its end
+    /// is cleared here.
+    pub fn prewarm_floor(&self) -> (usize, Option<Instant>) {
+        let mut st = self.state.lock();
+        match st.prewarm {
+            Some((n, until)) if Instant::now() < until => (n, Some(until)),
+            Some(_) => {
+                st.prewarm = None;
+                self.publish(&st);
+                (0, None)
+            }
+            None => (0, None),
+        }
+    }
+
     /// The pool's counts now.
     pub fn counts(&self) -> Counts {
         self.state.lock().counts()
@@ -689,6 +725,7 @@ impl Pool {
         m.set_utilization(n, c.utilization());
         m.set_target(n, c.target as i64);
         m.set_bounds(n, cfg.min as i64, cfg.max as i64);
+        m.set_prewarm(n, c.prewarm as i64);
         self.counts.send_replace(c);
     }
 }

@@ -113,6 +113,10 @@ pub struct Counts {
     pub queued: usize,
     /// What the autoscaler wants, between `min` and `max`.
     pub target: usize,
+    /// The pre-warm floor in force (`POST /v1/pools/{pool}/prewarm`), 0 for none.
+    pub prewarm: usize,
+    /// When that floor ends.
+    pub prewarm_until: Option<Instant>,
 }
 
 impl Counts {
@@ -161,6 +165,8 @@ pub(super) struct State {
     /// Containers this pool removed lately (ids, or names of failed starts), with when: the
     /// reaper may have listed one just before it went. It prunes what went before its listing.
     pub(super) gone: Vec<(String, Instant)>,
+    /// A pre-warm floor and when it ends; cleared by the loop once past.
+    pub(super) prewarm: Option<(usize, Instant)>,
 }
 
 impl State {
@@ -171,6 +177,8 @@ impl State {
             unhealthy: self.retiring_unhealthy,
             queued: self.waiters.len(),
             target: self.target,
+            prewarm: self.prewarm.map_or(0, |(n, _)| n),
+            prewarm_until: self.prewarm.map(|(_, until)| until),
             ..Default::default()
         };
         for m in self.members.values() {
@@ -267,8 +275,10 @@ pub struct Desired {
     pub target: usize,
     /// The engine answers: when it does not, nothing is started (and no failures pile up).
     pub engine_up: bool,
-    /// What the scaling policies keep (spare, schedule, forecast): `idle_timeout` never
-    /// takes the pool below it, so it does not remove what the next look would start again.
+    /// The highest floor in force: the scaling policies' (spare, schedule, forecast) and a
+    /// pre-warm's (`POST /v1/pools/{pool}/prewarm`), 0 for none. Like `min`, idle containers
+    /// up to it are not removed for `idle_timeout`, so it does not remove what the next look
+    /// would start again.
     pub floor: usize,
 }
 
@@ -308,7 +318,8 @@ pub(super) fn plan(
         closed: st.closed,
         now,
     };
-    let clamp = |t: usize| t.max(cfg.min).min(cfg.max);
+    let min = cfg.min.max(desired.floor.min(cfg.max));
+    let clamp = |t: usize| t.max(min).min(cfg.max);
     let mut target = desired.target;
     let want = clamp(target);
     // In id order, so that which stale member is kept is the same on every run.
@@ -341,16 +352,15 @@ pub(super) fn plan(
     }
 
     let mut lowered = Vec::new();
-    let keep_min = cfg.min.max(desired.floor.min(cfg.max));
     idle.sort_by_key(|(_, last)| *last);
     for (id, last_used) in idle {
         if fresh_up > want {
             retire.push((id, RemoveReason::ScaleDown));
             fresh_up -= 1;
-        } else if fresh_up > keep_min && now.duration_since(last_used) >= cfg.idle_timeout {
+        } else if fresh_up > min && now.duration_since(last_used) >= cfg.idle_timeout {
             retire.push((id, RemoveReason::Idle));
             fresh_up -= 1;
-            let to = target.min(fresh_up).max(keep_min);
+            let to = target.min(fresh_up).max(min);
             if to < target {
                 lowered.push((target, to));
             }
@@ -516,6 +526,10 @@ mod tests {
         assert!(p.retire.iter().all(|(_, r)| *r == RemoveReason::Idle));
         assert_eq!((p.target, p.start), (1, 0));
         assert_eq!(p.lowered, vec![(3, 2), (2, 1)]);
+        // A pre-warm floor keeps idle containers up to it, as min does.
+        let floored = Desired { floor: 2, ..up(3) };
+        let p = plan(&st, &cfg(1, 10), "a", floored, now);
+        assert_eq!((p.retire.len(), p.target), (1, 2));
     }
 
     #[test]

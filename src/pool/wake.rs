@@ -17,10 +17,12 @@ pub enum Wake {
     Closed,
     /// A task took an idle container: the policies that keep spares look again.
     Taken,
+    /// A pre-warm floor was set or cleared through the API.
+    Prewarm,
 }
 
 impl Wake {
-    const ALL: [Wake; 7] = [
+    const ALL: [Wake; 8] = [
         Wake::Queued,
         Wake::Retired,
         Wake::StartEnded,
@@ -28,6 +30,7 @@ impl Wake {
         Wake::Engine,
         Wake::Closed,
         Wake::Taken,
+        Wake::Prewarm,
     ];
 
     pub(super) fn bit(self) -> u8 {

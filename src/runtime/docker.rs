@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use super::engine::{classify, Engine, PodmanHost, ACCEPT_UNENFORCED_LIMITS_ENV};
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
+    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Limits, Runtime,
     RuntimeError, LABEL_MANAGED,
 };
 
@@ -212,6 +212,30 @@ fn podman_exec_failure(stderr: &[u8]) -> Option<bytes::Bytes> {
     oci.then(|| bytes::Bytes::from(format!("OCI runtime exec failed: {rest}\n")))
 }
 
+/// A pool's mount as the engine takes it. A tmpfs is world-writable with the sticky bit,
+/// as /tmp is, so the task user can write to it.
+fn engine_mount(m: &crate::config::Mount) -> bollard::models::Mount {
+    use crate::config::MountKind;
+    use bollard::models::{MountTmpfsOptions, MountType};
+    let typ = match m.kind {
+        MountKind::Bind => MountType::BIND,
+        MountKind::Volume => MountType::VOLUME,
+        MountKind::Tmpfs => MountType::TMPFS,
+    };
+    bollard::models::Mount {
+        target: Some(m.target.clone()),
+        source: m.source.clone(),
+        typ: Some(typ),
+        read_only: Some(m.read_only),
+        tmpfs_options: (m.kind == MountKind::Tmpfs).then(|| MountTmpfsOptions {
+            size_bytes: m.size.map(|b| b as i64),
+            mode: Some(0o1777),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])])
 }
@@ -328,6 +352,8 @@ impl Runtime for DockerRuntime {
             runtime: spec.runtime.clone(),
             network_mode: Some(spec.network.clone()),
             binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+            mounts: (!spec.mounts.is_empty())
+                .then(|| spec.mounts.iter().map(engine_mount).collect()),
             // Task output must not pile up in the engine's log files.
             log_config: Some(bollard::models::HostConfigLogConfig {
                 typ: Some("none".into()),
@@ -422,6 +448,22 @@ impl Runtime for DockerRuntime {
                     name: name.to_string(),
                 },
             )
+            .await
+            .map_err(map_err)
+    }
+
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let memory = limits.memory_bytes.map(|m| m as i64);
+        let body = bollard::models::ContainerUpdateBody {
+            memory,
+            // Swap equal to memory, as at create: the container cannot swap past its limit.
+            memory_swap: memory,
+            nano_cpus: limits.nano_cpus,
+            pids_limit: limits.pids_limit,
+            ..Default::default()
+        };
+        self.client()?
+            .update_container(id, body)
             .await
             .map_err(map_err)
     }

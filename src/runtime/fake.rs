@@ -4,8 +4,10 @@
 //! is exercised too) and interprets a tiny command language instead of running processes:
 //! `echo ARGS..`, `sleep SECS`, `exit N`, `hang` (never answers), `die` (the container dies
 //! mid-task), `touch NAME` and `ls` (files left in the workdir, which a reset wipes; a wipe
-//! of a path containing `unwipeable` fails). Tests script the engine itself through [`FakeRuntime`]'s knobs: slow or failing
-//! creates, an engine outage, killing a container.
+//! of a path containing `unwipeable` fails). Execs (the file transfers' shim file commands)
+//! are answered by the engine itself (see its `exec_start`). Tests script the engine itself
+//! through [`FakeRuntime`]'s knobs: slow or failing creates, an engine outage, killing a
+//! container.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,9 +21,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::Notify;
 
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecSpec, ExecStarted, Runtime, RuntimeError,
+    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
+    RuntimeError,
 };
 use crate::shim_proto::{Event, Exit, Request};
+use futures_util::StreamExt;
 
 #[derive(Default)]
 struct FakeContainer {
@@ -56,6 +60,8 @@ pub struct FakeRuntime {
     /// Highest number of creates in flight at once.
     pub max_parallel_creates: AtomicUsize,
     in_flight: AtomicUsize,
+    /// The exit code of every exec started, by exec id.
+    execs: Mutex<HashMap<String, i64>>,
 }
 
 impl FakeRuntime {
@@ -235,6 +241,15 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn update_limits(&self, id: &str, _limits: &super::Limits) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        if self.containers.lock().contains_key(id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound(id.into()))
+        }
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.check_up()?;
         let delay = *self.remove_delay.lock();
@@ -282,14 +297,53 @@ impl Runtime for FakeRuntime {
             .is_some_and(|c| c.state == "running"))
     }
 
-    async fn exec_start(&self, _id: &str, _spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
-        Err(RuntimeError::Refused(
-            "the fake engine runs tasks through its fake shim only".into(),
-        ))
+    /// An exec, as the file transfers (`session::transfer`) run the shim's file commands:
+    /// stdin is drained, `echo ARGS..` writes its arguments to stdout, a path naming an
+    /// exit code (`/fake-exit-77`) exits with it (stderr says it failed, without the
+    /// code, so a test sees whether the daemon names it), anything else exits 0 with no
+    /// output. Tasks still run through the fake shim only.
+    async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
+        self.check_up()?;
+        if self
+            .containers
+            .lock()
+            .get(id)
+            .is_none_or(|c| c.state != "running")
+        {
+            return Err(RuntimeError::NotFound(format!("no running container {id}")));
+        }
+        let mut chunks = Vec::new();
+        let code = match spec.argv.iter().find_map(|a| a.strip_prefix("/fake-exit-")) {
+            Some(n) => {
+                chunks.push(Ok(ExecChunk::Stderr("fake file command failed\n".into())));
+                n.parse().unwrap_or(1)
+            }
+            None if spec.argv.first().is_some_and(|a| a == "echo") => {
+                let line = format!("{}\n", spec.argv[1..].join(" "));
+                chunks.push(Ok(ExecChunk::Stdout(line.into())));
+                0
+            }
+            None => 0,
+        };
+        let exec_id = {
+            let mut execs = self.execs.lock();
+            let exec_id = format!("fake-exec-{}", execs.len());
+            execs.insert(exec_id.clone(), code);
+            exec_id
+        };
+        Ok(ExecStarted {
+            exec_id,
+            output: futures_util::stream::iter(chunks).boxed(),
+            stdin: Box::pin(tokio::io::sink()),
+        })
     }
 
-    async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>, RuntimeError> {
-        Ok(Some(0))
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        self.check_up()?;
+        match self.execs.lock().get(exec_id) {
+            Some(code) => Ok(Some(*code)),
+            None => Err(RuntimeError::NotFound(format!("no exec {exec_id}"))),
+        }
     }
 }
 

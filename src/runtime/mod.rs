@@ -123,6 +123,11 @@ pub struct ContainerSpec {
     pub workdir: String,
     /// Keep stdin open so the daemon can attach to the shim, and re-attach after a restart.
     pub open_stdin: bool,
+    /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
+    pub mounts: Vec<crate::config::Mount>,
+    /// Persistent workspaces: the host root (`<workspace_root>/<instance>`) under which each
+    /// container gets a slot of its own, bind-mounted at /workspace (see `crate::workspace`).
+    pub workspace_root: Option<String>,
 }
 
 impl ContainerSpec {
@@ -155,8 +160,37 @@ impl ContainerSpec {
             self.workdir,
             self.open_stdin,
         );
+        // Appended only when set, so pools without mounts keep the hash they had before.
+        let text = if self.mounts.is_empty() {
+            text
+        } else {
+            format!("{text}|{:?}", self.mounts)
+        };
+        let text = match &self.workspace_root {
+            None => text,
+            Some(root) => format!("{text}|workspace:{root}"),
+        };
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Resource limits changed on a running container (the engine's live update): what a
+/// session asked for. `None` leaves that limit as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Limits {
+    /// Bytes of memory, swap included.
+    pub memory_bytes: Option<u64>,
+    /// Billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// Processes.
+    pub pids_limit: Option<i64>,
+}
+
+impl Limits {
+    /// No limit is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.nano_cpus.is_none() && self.pids_limit.is_none()
     }
 }
 
@@ -225,6 +259,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Renames a container; a session's claim renames its warm container so the session id
     /// survives a daemon restart (the engine cannot relabel a running container).
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
+    /// Changes the limits of a running container in place (no restart, no new container).
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError>;
     /// Force-removes; a container that is already gone is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every container (any state) carrying `warmpool.managed=true`.

@@ -14,6 +14,9 @@ pub enum SessionState {
     NotStarted,
     /// Holds a container.
     Running,
+    /// A persistent session that gave its container back when it went idle: its workspace
+    /// waits on the host, its next task resumes on a warm container.
+    Idle,
 }
 
 impl SessionState {
@@ -22,6 +25,7 @@ impl SessionState {
         match self {
             SessionState::NotStarted => "not_started",
             SessionState::Running => "running",
+            SessionState::Idle => "idle",
         }
     }
 }
@@ -45,6 +49,10 @@ pub struct SessionInfo {
     pub idle_timeout: Duration,
     /// A task runs or waits.
     pub busy: bool,
+    /// The session's own limits, applied to its container (empty: the pool's).
+    pub limits: crate::runtime::Limits,
+    /// Tasks that may run at once.
+    pub max_concurrent_tasks: usize,
 }
 
 pub(super) struct Meta {
@@ -57,6 +65,12 @@ pub(super) struct Meta {
     /// Why the session's last container died, until its next task starts a fresh one: file
     /// calls in between say so (502) instead of "no container yet".
     pub(super) lost: Option<String>,
+    /// A persistent session gave its container back (idle) and keeps its workspace.
+    pub(super) released: bool,
+    /// Its end removes its workspace too (`?workspace=delete`, `workspace_ttl`).
+    pub(super) delete_workspace: bool,
+    /// Bytes its persistent workspace held after its last task.
+    pub(super) workspace_bytes: u64,
 }
 
 /// A live session; the API reads it through [`Session::info`].
@@ -67,8 +81,22 @@ pub struct Session {
     pub pool: String,
     /// It ends after this long idle.
     pub idle_timeout: Duration,
-    /// Held for the whole of each task, so tasks run one at a time; tokio's mutex is fair,
-    /// so they run in arrival order.
+    /// Its own memory, cpus and pids limit (empty: the pool's), applied when it claims a
+    /// container.
+    pub limits: crate::runtime::Limits,
+    /// Tasks of the session that may run at once (the pool's `max_concurrent_tasks`, or
+    /// less when the session asked); 1 runs them one at a time.
+    pub max_concurrent_tasks: usize,
+    /// One permit per task that may run at once, held for the whole task; tokio's semaphore
+    /// is fair, so tasks start in arrival order. Ending the session takes them all.
+    pub(super) permits: tokio::sync::Semaphore,
+    /// The container's own connection (its shim) is running a task: another task running
+    /// at the same time gets a `docker exec` of its own in the same container.
+    pub(super) conn_busy: std::sync::atomic::AtomicBool,
+    /// The persistent workspace's store, for a `session_workspace = "persistent"` pool.
+    pub workspace: Option<crate::workspace::Store>,
+    /// The container and its connection; locked while a container is claimed, briefly
+    /// otherwise.
     pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,
     pub(super) meta: Mutex<Meta>,
 }
@@ -79,6 +107,11 @@ impl Session {
             id,
             pool,
             idle_timeout,
+            limits: crate::runtime::Limits::default(),
+            max_concurrent_tasks: 1,
+            workspace: None,
+            permits: tokio::sync::Semaphore::new(1),
+            conn_busy: std::sync::atomic::AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(None),
             meta: Mutex::new(Meta {
                 container: None,
@@ -87,8 +120,19 @@ impl Session {
                 active: 0,
                 ended: false,
                 lost: None,
+                released: false,
+                delete_workspace: false,
+                workspace_bytes: 0,
             }),
         }
+    }
+
+    /// Lets `n` (at least 1) of its tasks run at once.
+    pub(super) fn with_concurrency(mut self, n: usize) -> Session {
+        let n = n.max(1);
+        self.permits.add_permits(n - self.max_concurrent_tasks);
+        self.max_concurrent_tasks = n;
+        self
     }
 
     /// A snapshot for the API.
@@ -99,6 +143,8 @@ impl Session {
             pool: self.pool.clone(),
             state: if m.container.is_some() {
                 SessionState::Running
+            } else if m.released {
+                SessionState::Idle
             } else {
                 SessionState::NotStarted
             },
@@ -111,12 +157,20 @@ impl Session {
             },
             idle_timeout: self.idle_timeout,
             busy: m.active > 0,
+            limits: self.limits,
+            max_concurrent_tasks: self.max_concurrent_tasks,
         }
     }
 
     pub(super) fn idle_expired(&self) -> bool {
         let m = self.meta.lock();
-        m.active == 0 && !m.ended && m.last_used.elapsed() >= self.idle_timeout
+        m.active == 0 && !m.ended && !m.released && m.last_used.elapsed() >= self.idle_timeout
+    }
+
+    /// A released persistent session unused for `ttl`: it ends, its workspace with it.
+    pub(super) fn workspace_expired(&self, ttl: Duration) -> bool {
+        let m = self.meta.lock();
+        m.active == 0 && !m.ended && m.released && m.last_used.elapsed() >= ttl
     }
 }
 
@@ -174,6 +228,17 @@ impl<'a> ActiveGuard<'a> {
     pub(super) fn new(s: &'a Session) -> Self {
         s.meta.lock().active += 1;
         ActiveGuard(s)
+    }
+}
+
+/// Marks the container's own connection busy while one task uses it.
+pub(super) struct ConnGuard<'a>(pub(super) &'a Session);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .conn_busy
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -12,6 +12,7 @@
 //! it takes containers from, and the engine. The supervisor holds one and forwards to it.
 
 mod entry;
+mod size;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -31,16 +32,28 @@ use crate::metrics::{Metrics, RemoveReason};
 use crate::pool::{AcquireError, Pools};
 use crate::runtime::Runtime;
 use crate::task::{self, SubmitError, TaskReport, TaskRequest};
-use entry::ActiveGuard;
+use entry::{ActiveGuard, ConnGuard};
 
 pub use entry::{
     container_name, is_pool_name, session_of_name, validate_id, Session, SessionInfo, SessionState,
 };
+pub use size::{limits_for, SessionOptions};
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often idle sessions are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
+/// Every this many looks, workspaces are measured, and those unused past `workspace_ttl`
+/// without a session are removed.
+const WORKSPACE_SWEEP_EVERY: u64 = 10;
+
+/// The workspace store of a persistent pool's sessions.
+fn workspace_store(pool: &crate::pool::Pool) -> Option<crate::workspace::Store> {
+    pool.spec()
+        .workspace_root
+        .as_ref()
+        .map(crate::workspace::Store::new)
+}
 
 /// Why a session call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,6 +71,9 @@ pub enum SessionError {
     /// 400: a bad id or idle timeout, or files asked of a session with no container.
     #[error("{0}")]
     Invalid(String),
+    /// 507: the session's persistent workspace is over `workspace_max_size`.
+    #[error("{0}")]
+    WorkspaceFull(String),
     /// The task's own error, mapped as a pool task's is.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -170,6 +186,20 @@ impl Sessions {
         id: Option<String>,
         idle_timeout: Option<Duration>,
     ) -> Result<(Arc<Session>, bool), SessionError> {
+        self.create_with(pool, id, idle_timeout, SessionOptions::default())
+    }
+
+    /// [`Sessions::create`] with the session's own size (checked against the pool's
+    /// `session_max_*` bounds). A live session of that id is returned as it is.
+    ///
+    /// Errors: as [`Sessions::create`], plus a size over its bound.
+    pub fn create_with(
+        &self,
+        pool: &str,
+        id: Option<String>,
+        idle_timeout: Option<Duration>,
+        opts: SessionOptions,
+    ) -> Result<(Arc<Session>, bool), SessionError> {
         let p = self
             .0
             .pools
@@ -198,6 +228,26 @@ impl Sessions {
             Some(t) => t,
             None => p.config().session_idle_timeout,
         };
+        let limits = limits_for(&p.config(), &opts).map_err(SessionError::Invalid)?;
+        if p.config().session_workspace == crate::config::WorkspaceMode::Persistent {
+            // The id names the workspace's directory.
+            crate::workspace::check_id(&id).map_err(SessionError::Invalid)?;
+        }
+        let pool_max = p.config().max_concurrent_tasks;
+        let concurrency = match opts.max_concurrent_tasks {
+            Some(0) => {
+                return Err(SessionError::Invalid(
+                    "max_concurrent_tasks (0) must be at least 1".into(),
+                ))
+            }
+            Some(n) if n > pool_max => {
+                return Err(SessionError::Invalid(format!(
+                    "max_concurrent_tasks ({n}) is above pool {pool}'s max_concurrent_tasks ({pool_max}): ask for at most {pool_max}, or raise max_concurrent_tasks in pools.toml"
+                )))
+            }
+            Some(n) => n,
+            None => pool_max,
+        };
         let (session, evict) = {
             let mut map = self.0.map.lock();
             if let Some(existing) = map.get(&id) {
@@ -224,7 +274,11 @@ impl Sessions {
             if let Some(old) = &evict {
                 self.take_locked(&mut map, &old.id);
             }
-            let session = Arc::new(Session::new(id.clone(), pool.to_string(), idle_timeout));
+            let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout)
+                .with_concurrency(concurrency);
+            session.limits = limits;
+            session.workspace = workspace_store(&p);
+            let session = Arc::new(session);
             map.insert(id, session.clone());
             (session, evict)
         };
@@ -241,6 +295,23 @@ impl Sessions {
     ///
     /// Errors: [`SessionError::NotFound`] when it is not live.
     pub async fn end(&self, id: &str) -> Result<SessionInfo, SessionError> {
+        self.end_with(id, false).await
+    }
+
+    /// [`Sessions::end`]; `delete_workspace` removes a persistent workspace too (else it is
+    /// kept for a later session of the same id).
+    ///
+    /// Errors: [`SessionError::NotFound`] when it is not live.
+    pub async fn end_with(
+        &self,
+        id: &str,
+        delete_workspace: bool,
+    ) -> Result<SessionInfo, SessionError> {
+        if let Some(s) = self.get(id) {
+            if delete_workspace {
+                s.meta.lock().delete_workspace = true;
+            }
+        }
         let session = {
             let mut map = self.0.map.lock();
             self.take_locked(&mut map, id)
@@ -263,8 +334,14 @@ impl Sessions {
     async fn finish_container(&self, session: &Arc<Session>) {
         session.meta.lock().ended = true;
         self.publish();
+        // Every permit: the tasks that run (or came before) are done.
+        let _all = session
+            .permits
+            .acquire_many(session.max_concurrent_tasks as u32)
+            .await;
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
+            self.keep_or_delete_workspace(session);
             return;
         };
         let cfg = self.0.pools.get(&session.pool).map(|p| p.config());
@@ -294,7 +371,54 @@ impl Sessions {
         self.0
             .metrics
             .removed(&session.pool, RemoveReason::SessionEnd);
+        self.keep_or_delete_workspace(session);
         tracing::info!(session = %session.id, "session ended");
+    }
+
+    /// At a session's end: its persistent workspace goes back to the store, or is removed.
+    fn keep_or_delete_workspace(&self, session: &Session) {
+        let Some(store) = &session.workspace else {
+            return;
+        };
+        if session.meta.lock().delete_workspace {
+            store.delete(&session.id);
+        } else if let Err(e) = store.detach(&session.id) {
+            tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
+        }
+    }
+
+    /// A persistent session gone idle gives its container back (removed) and keeps its
+    /// workspace on the host; its next task resumes on a warm container.
+    async fn release(&self, session: Arc<Session>) {
+        let _all = session
+            .permits
+            .acquire_many(session.max_concurrent_tasks as u32)
+            .await;
+        let mut slot = session.slot.lock().await;
+        if session.meta.lock().ended || !session.idle_expired() {
+            return;
+        }
+        let Some((container, conn)) = slot.take() else {
+            return;
+        };
+        drop(conn);
+        if let Err(e) = self.0.runtime.remove(&container).await {
+            tracing::warn!(session = %session.id, error = %e, "removing the idle session's container failed; the reaper will retry");
+        }
+        self.0
+            .metrics
+            .removed(&session.pool, RemoveReason::SessionEnd);
+        if let Some(store) = &session.workspace {
+            if let Err(e) = store.detach(&session.id) {
+                tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
+            }
+        }
+        {
+            let mut m = session.meta.lock();
+            m.container = None;
+            m.released = true;
+        }
+        tracing::info!(session = %session.id, "idle: container given back, workspace kept");
     }
 
     /// Finds a live session of `pool`.
@@ -335,61 +459,43 @@ impl Sessions {
         let task_id = task::new_task_id();
         let _active = ActiveGuard::new(&session);
         let queued_at = Instant::now();
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended {
-            return Err(SessionError::NotFound(id.to_string()));
+        let _permit = session
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))?;
+        let held = session.meta.lock().workspace_bytes;
+        if let Some(max) = cfg.workspace_max_size.filter(|m| held > *m) {
+            return Err(SessionError::WorkspaceFull(format!(
+                "the workspace of session {id:?} holds {held} bytes, over pool {}'s workspace_max_size ({max} bytes): \
+                 delete it (DELETE /v1/workspaces/{id}) or raise workspace_max_size in pools.toml (a reload applies it)",
+                pool.name
+            )));
         }
-        let mut cold = false;
-        if slot.is_none() {
-            let lease = match pool.acquire().await {
-                Ok(l) => l,
-                Err(e) => {
-                    self.0.metrics.task_rejected(&pool.name);
-                    return Err(e.into());
-                }
-            };
-            cold = lease.cold;
-            let dirty = lease.dirty;
-            // The session's before it leaves the pool, so the reaper always knows whose it is.
-            {
-                let mut m = session.meta.lock();
-                m.container = Some(lease.container.clone());
-                m.lost = None;
+        let (container, conn, cold) = {
+            let mut slot = session.slot.lock().await;
+            if session.meta.lock().ended {
+                return Err(SessionError::NotFound(id.to_string()));
             }
-            let (container, conn) = lease.detach();
-            if dirty {
-                let paths = [cfg.workdir.clone(), "/tmp".to_string()];
-                if let Err(e) = conn.reset(&paths, RESET_TIMEOUT).await {
-                    session.meta.lock().container = None;
-                    let _ = self.0.runtime.remove(&container).await;
-                    return Err(SubmitError::Exec(e).into());
-                }
-            }
-            // The name marks the container as the session's before any task of the session
-            // runs in it: a restarted daemon gives it back to the session, never to a pool.
-            // No name, no session container: it is removed and this task fails cleanly.
-            let name = container_name(&pool.name, id);
-            if let Err(e) = self.0.runtime.rename(&container, &name).await {
-                session.meta.lock().container = None;
-                drop(conn);
-                let _ = self.0.runtime.remove(&container).await;
-                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
-                tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
-                return Err(SubmitError::Exec(ExecError::Engine(format!(
-                    "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
-                )))
-                .into());
-            }
-            *slot = Some((container, conn));
-            self.publish();
-        }
-        let (container, conn) = slot.clone().expect("set above");
+            let cold = self.claim(&session, &pool, &mut slot).await?;
+            let (container, conn) = slot.clone().expect("claimed above");
+            (container, conn, cold)
+        };
+        let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let queued = queued_at.elapsed();
         let ran = task::execute(&self.0.metrics, &pool.name, &container, &conn, &spec, &out).await;
         {
             let mut m = session.meta.lock();
             m.tasks += 1;
             m.last_used = Instant::now();
+        }
+        // A bounded persistent workspace is measured after each task.
+        if let (Some(store), Some(_)) = (&session.workspace, cfg.workspace_max_size) {
+            let files = store.files(&session.id);
+            let bytes = tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
+                .await
+                .unwrap_or(0);
+            session.meta.lock().workspace_bytes = bytes;
         }
         match ran.result {
             Ok(exit) => Ok(TaskReport {
@@ -422,28 +528,199 @@ impl Sessions {
                         }
                     )));
                 }
-                *slot = None;
                 let why = match &e {
                     ExecError::Dead(why) => why.clone(),
                     other => other.to_string(),
                 };
-                {
-                    let mut m = session.meta.lock();
-                    m.container = None;
-                    m.lost = Some(why.clone());
-                }
+                // The container is gone or wedged: the session starts afresh next time
+                // (unless a task running beside this one already saw to that).
+                let mine = {
+                    let mut slot = session.slot.lock().await;
+                    let mine = slot.as_ref().is_some_and(|(c, _)| *c == container);
+                    if mine {
+                        *slot = None;
+                        let mut m = session.meta.lock();
+                        m.container = None;
+                        m.lost = Some(why.clone());
+                    }
+                    mine
+                };
+                drop(conn);
                 let _ = self.0.runtime.remove(&container).await;
-                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                if mine {
+                    self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                }
                 // 502 container_failed, as for a pool task, saying what the session lost.
                 let e = match e {
                     ExecError::Dead(why) => ExecError::Dead(format!(
-                        "{why}; the session's files are lost and its next task starts a fresh container"
+                        "{why}; {} and its next task starts a fresh container",
+                        lost_files(&session)
                     )),
                     other => other,
                 };
                 Err(SubmitError::Exec(e).into())
             }
         }
+    }
+
+    /// Moves workspace `id` into the slot of `container` (found by its `warmpool.slot` label).
+    async fn attach_workspace(
+        &self,
+        store: &crate::workspace::Store,
+        id: &str,
+        pool: &str,
+        container: &str,
+    ) -> Result<(), String> {
+        let list = self
+            .0
+            .runtime
+            .list_managed()
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = list
+            .into_iter()
+            .find(|c| c.id == container)
+            .and_then(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
+            .ok_or_else(|| "the container has no workspace slot".to_string())?;
+        store.attach(id, pool, &key).map_err(|e| e.to_string())
+    }
+
+    /// The connection one task uses: the container's own (its shim) when no other task of
+    /// the session holds it, else a `docker exec` of its own in the same container (same
+    /// files, same limits, tens of milliseconds more). With `max_concurrent_tasks = 1` it is
+    /// always the container's own.
+    fn conn_for<'s>(
+        &self,
+        session: &'s Session,
+        container: &str,
+        conn: Conn,
+    ) -> (Conn, Option<ConnGuard<'s>>) {
+        use std::sync::atomic::Ordering;
+        if matches!(conn, Conn::DockerExec(_)) {
+            return (conn, None);
+        }
+        match session
+            .conn_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => (conn, Some(ConnGuard(session))),
+            Err(_) => (
+                Conn::DockerExec(crate::exec::DockerExecConn {
+                    runtime: self.0.runtime.clone(),
+                    container: container.to_string(),
+                }),
+                None,
+            ),
+        }
+    }
+
+    /// Claims the session's container now (`POST /v1/sessions` with `"warm": true`) rather
+    /// than on its first task; nothing to do when it holds one.
+    ///
+    /// Errors: unknown session, or no container could be had (as a task's acquire).
+    pub async fn warm(&self, id: &str) -> Result<(), SessionError> {
+        let session = self
+            .get(id)
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        let pool = self
+            .0
+            .pools
+            .get(&session.pool)
+            .ok_or_else(|| SubmitError::UnknownPool(session.pool.clone()))?;
+        let _active = ActiveGuard::new(&session);
+        let mut slot = session.slot.lock().await;
+        if session.meta.lock().ended {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
+        self.claim(&session, &pool, &mut slot).await.map(|_| ())
+    }
+
+    /// Gives the session a container when `slot` holds none: a warm one from its pool,
+    /// wiped if a pool task used it, renamed after the session. Returns whether it was a
+    /// cold start.
+    async fn claim(
+        &self,
+        session: &Arc<Session>,
+        pool: &Arc<crate::pool::Pool>,
+        slot: &mut Option<(String, Conn)>,
+    ) -> Result<bool, SessionError> {
+        let id = session.id.as_str();
+        let cfg = pool.config();
+        let mut cold = false;
+        if slot.is_none() {
+            let lease = match pool.acquire().await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.0.metrics.task_rejected(&pool.name);
+                    return Err(e.into());
+                }
+            };
+            cold = lease.cold;
+            let dirty = lease.dirty;
+            // The session's before it leaves the pool, so the reaper always knows whose it is.
+            {
+                let mut m = session.meta.lock();
+                m.container = Some(lease.container.clone());
+                m.lost = None;
+            }
+            let (container, conn) = lease.detach();
+            if dirty {
+                let paths = [cfg.workdir.clone(), "/tmp".to_string()];
+                if let Err(e) = conn.reset(&paths, RESET_TIMEOUT).await {
+                    session.meta.lock().container = None;
+                    let _ = self.0.runtime.remove(&container).await;
+                    return Err(SubmitError::Exec(e).into());
+                }
+            }
+            // The name marks the container as the session's before any task of the session
+            // runs in it (and before its size or workspace is set): a restarted daemon gives
+            // it back to the session, never to a pool. No name, no session container: it is
+            // removed and this task fails cleanly.
+            let name = container_name(&pool.name, id);
+            if let Err(e) = self.0.runtime.rename(&container, &name).await {
+                session.meta.lock().container = None;
+                drop(conn);
+                let _ = self.0.runtime.remove(&container).await;
+                self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
+                tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
+                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                    "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
+                )))
+                .into());
+            }
+            // The session's own size, by the engine's live update: no new container.
+            if !session.limits.is_empty() {
+                if let Err(e) = self
+                    .0
+                    .runtime
+                    .update_limits(&container, &session.limits)
+                    .await
+                {
+                    session.meta.lock().container = None;
+                    let _ = self.0.runtime.remove(&container).await;
+                    return Err(SessionError::Invalid(format!(
+                        "the engine refused the session's memory, cpus or pids_limit: {e}"
+                    )));
+                }
+            }
+            // A persistent workspace moves into the container's slot.
+            if let Some(store) = &session.workspace {
+                if let Err(e) = self
+                    .attach_workspace(store, id, &pool.name, &container)
+                    .await
+                {
+                    session.meta.lock().container = None;
+                    let _ = self.0.runtime.remove(&container).await;
+                    return Err(SessionError::Invalid(format!(
+                        "could not bring the session's workspace into its container: {e}"
+                    )));
+                }
+                session.meta.lock().released = false;
+            }
+            *slot = Some((container, conn));
+            self.publish();
+        }
+        Ok(cold)
     }
 
     /// Runs a helper command in the session's container (file transfer), with `stdin`,
@@ -476,20 +753,30 @@ impl Sessions {
         cfg.max_output = max_output;
         let spec = task::validate(&cfg, request)?;
         let _active = ActiveGuard::new(&session);
-        let mut slot = session.slot.lock().await;
-        if session.meta.lock().ended {
-            return Err(SessionError::NotFound(id.to_string()));
-        }
-        let Some((_, conn)) = slot.as_mut() else {
+        let _permit = session
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SessionError::NotFound(id.to_string()))?;
+        let held = {
+            let slot = session.slot.lock().await;
+            if session.meta.lock().ended {
+                return Err(SessionError::NotFound(id.to_string()));
+            }
+            slot.clone()
+        };
+        let Some((container, conn)) = held else {
             if let Some(why) = session.meta.lock().lost.clone() {
                 return Err(SessionError::TaskFailed(format!(
-                    "session {id:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
+                    "session {id:?}'s container died during an earlier task ({why}); {}; its next task starts a fresh container",
+                    lost_files(&session)
                 )));
             }
             return Err(SessionError::Invalid(format!(
                 "session {id:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
             )));
         };
+        let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let exit = conn.run(&spec, &tx).await.map_err(SubmitError::Exec)?;
         drop(tx);
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -503,8 +790,10 @@ impl Sessions {
         Ok((exit, stdout, stderr))
     }
 
-    /// Holds the session's container for one file transfer ([`transfer`]): waits for its
-    /// running task, and its tasks wait until the [`transfer::Hold`] is dropped.
+    /// Holds the session's container for one file transfer ([`transfer`]): it takes one of
+    /// the session's `max_concurrent_tasks` permits, as a task does, for as long as the
+    /// [`transfer::Hold`] lives. With the default of 1 it waits for the running task, and
+    /// the session's tasks wait until the hold is dropped.
     ///
     /// Errors: unknown session, no container yet (400), or its container died during an
     /// earlier task (502, its files are lost).
@@ -517,27 +806,33 @@ impl Sessions {
         let sid = id.to_string();
         tokio::spawn(async move {
             let _active = ActiveGuard::new(&session);
-            let slot = session.slot.lock().await;
-            let lost = session.meta.lock().lost.clone();
-            let held = if session.meta.lock().ended {
-                Err(SessionError::NotFound(sid))
-            } else if let Some((container, conn)) = slot.as_ref() {
-                Ok((container.clone(), matches!(conn, Conn::Shim(_))))
-            } else if let Some(why) = lost {
-                Err(SessionError::TaskFailed(format!(
-                    "session {sid:?}'s container died during an earlier task ({why}); its files are lost; its next task starts a fresh container"
-                )))
-            } else {
-                Err(SessionError::Invalid(format!(
-                    "session {sid:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
-                )))
+            let Ok(_permit) = session.permits.acquire().await else {
+                let _ = ready_tx.send(Err(SessionError::NotFound(sid)));
+                return;
+            };
+            let held = {
+                let slot = session.slot.lock().await;
+                let lost = session.meta.lock().lost.clone();
+                if session.meta.lock().ended {
+                    Err(SessionError::NotFound(sid))
+                } else if let Some((container, conn)) = slot.as_ref() {
+                    Ok((container.clone(), matches!(conn, Conn::Shim(_))))
+                } else if let Some(why) = lost {
+                    Err(SessionError::TaskFailed(format!(
+                        "session {sid:?}'s container died during an earlier task ({why}); {}; its next task starts a fresh container",
+                        lost_files(&session)
+                    )))
+                } else {
+                    Err(SessionError::Invalid(format!(
+                        "session {sid:?} has no container yet: files appear once its first task ran (run one, e.g. \"true\")"
+                    )))
+                }
             };
             let ok = held.is_ok();
             if ready_tx.send(held).is_ok() && ok {
                 // Until the transfer drops its hold (or gives up).
                 let _ = release_rx.await;
             }
-            drop(slot);
         });
         let (container, shim) = ready_rx
             .await
@@ -551,6 +846,7 @@ impl Sessions {
 
     /// Ends sessions idle past their timeout, until `stop` is cancelled.
     pub async fn reap_idle(self, stop: CancellationToken) {
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(REAP_EVERY) => {}
@@ -560,7 +856,7 @@ impl Sessions {
                 let mut map = self.0.map.lock();
                 let ids: Vec<String> = map
                     .values()
-                    .filter(|s| s.idle_expired())
+                    .filter(|s| s.workspace.is_none() && s.idle_expired())
                     .map(|s| s.id.clone())
                     .collect();
                 ids.iter()
@@ -572,7 +868,144 @@ impl Sessions {
                 let me = self.clone();
                 tokio::spawn(async move { me.finish(s).await });
             }
+            // Persistent sessions gone idle give their container back; past workspace_ttl
+            // they end with their workspace.
+            for s in self.list() {
+                let Some(pool) = self.0.pools.get(&s.pool) else {
+                    continue;
+                };
+                if s.workspace.is_none() {
+                    continue;
+                }
+                if s.workspace_expired(pool.config().workspace_ttl) {
+                    tracing::info!(session = %s.id, "workspace unused past workspace_ttl");
+                    s.meta.lock().delete_workspace = true;
+                    let me = self.clone();
+                    let id = s.id.clone();
+                    tokio::spawn(async move { me.end_with(&id, true).await });
+                } else if s.idle_expired() {
+                    let me = self.clone();
+                    if s.meta.lock().container.is_some() {
+                        tokio::spawn(async move { me.release(s).await });
+                    } else {
+                        // Never started: there is no workspace to keep, it ends as any other.
+                        tracing::info!(session = %s.id, "session idle past its timeout");
+                        let id = s.id.clone();
+                        tokio::spawn(async move { me.end_with(&id, false).await });
+                    }
+                }
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(WORKSPACE_SWEEP_EVERY) {
+                self.sweep_workspaces();
+            }
         }
+    }
+
+    /// The workspace stores of the persistent pools, with their pools' names and TTLs.
+    fn stores(&self) -> Vec<(String, crate::workspace::Store, Duration)> {
+        self.0
+            .pools
+            .list()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone(),
+                    workspace_store(p)?,
+                    p.config().workspace_ttl,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every persistent workspace of every pool.
+    pub fn workspaces(&self) -> Vec<crate::workspace::WorkspaceInfo> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (_, store, _) in self.stores() {
+            if seen.insert(store.root().to_path_buf()) {
+                out.extend(store.list());
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Removes workspace `id`: ends its live session if it has one. False when there is no
+    /// such workspace.
+    pub async fn delete_workspace(&self, id: &str) -> bool {
+        if self.get(id).is_some_and(|s| s.workspace.is_some()) {
+            return self.end_with(id, true).await.is_ok();
+        }
+        let mut found = false;
+        for (pool, store, _) in self.stores() {
+            if store.record(id).is_some_and(|r| r.pool == pool) {
+                found |= store.delete(id);
+            }
+        }
+        found
+    }
+
+    /// Measures workspaces for the metrics and removes those unused past their pool's
+    /// `workspace_ttl` that no live session holds.
+    fn sweep_workspaces(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Slots of containers that are gone (a retired pool container) go too.
+            let Ok(list) = me.0.runtime.list_managed().await else {
+                return;
+            };
+            let live: std::collections::HashSet<String> = list
+                .into_iter()
+                .filter_map(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || me.sweep_stores(&live)).await;
+        });
+    }
+
+    fn sweep_stores(&self, live: &std::collections::HashSet<String>) {
+        let me = self;
+        {
+            for (pool, store, ttl) in me.stores() {
+                for w in store.expired(ttl) {
+                    if w.pool == pool && me.get(&w.id).is_none() {
+                        tracing::info!(workspace = %w.id, "workspace unused past workspace_ttl: removed");
+                        store.delete(&w.id);
+                    }
+                }
+                store.sweep_slots(live);
+                let mine: Vec<_> = store
+                    .list()
+                    .into_iter()
+                    .filter(|w| w.pool == pool)
+                    .collect();
+                let bytes: u64 = mine.iter().map(|w| w.bytes).sum();
+                me.0.metrics
+                    .set_workspaces(&pool, mine.len() as i64, bytes as i64);
+            }
+        }
+    }
+
+    /// Re-creates, idle, the sessions of the persistent workspaces a previous run left
+    /// (those whose container was not adopted).
+    pub fn restore_workspaces(&self) {
+        for (pool, store, _) in self.stores() {
+            for w in store.list() {
+                if w.pool != pool || self.get(&w.id).is_some() {
+                    continue;
+                }
+                let p = self.0.pools.get(&pool).expect("listed above");
+                let cfg = p.config();
+                let mut session =
+                    Session::new(w.id.clone(), pool.clone(), cfg.session_idle_timeout)
+                        .with_concurrency(cfg.max_concurrent_tasks);
+                session.workspace = Some(store.clone());
+                session.meta.lock().released = true;
+                tracing::info!(session = %w.id, "restored an idle session around its workspace");
+                self.0.map.lock().insert(w.id.clone(), Arc::new(session));
+            }
+        }
+        self.publish();
     }
 
     /// Ends every session (shutdown), running their end commands.
@@ -609,7 +1042,14 @@ impl Sessions {
             .get(pool)
             .map(|p| p.config().session_idle_timeout)
             .unwrap_or(Duration::from_secs(300));
-        let session = Session::new(id.to_string(), pool.to_string(), idle_timeout);
+        let concurrency = self
+            .0
+            .pools
+            .get(pool)
+            .map_or(1, |p| p.config().max_concurrent_tasks);
+        let mut session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
+            .with_concurrency(concurrency);
+        session.workspace = self.0.pools.get(pool).and_then(|p| workspace_store(&p));
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
         {
@@ -640,6 +1080,16 @@ impl Sessions {
         for (pool, n) in per_pool {
             self.0.metrics.set_sessions(&pool, n);
         }
+    }
+}
+
+/// What a session loses with its container: its files, or for a persistent workspace only
+/// what lies outside /workspace.
+fn lost_files(session: &Session) -> &'static str {
+    if session.workspace.is_some() {
+        "the session's workdir is lost (its /workspace is kept)"
+    } else {
+        "the session's files are lost"
     }
 }
 

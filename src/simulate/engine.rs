@@ -216,6 +216,20 @@ impl Runtime for SimEngine {
         Ok(())
     }
 
+    async fn update_limits(
+        &self,
+        id: &str,
+        _limits: &crate::runtime::Limits,
+    ) -> Result<(), RuntimeError> {
+        // Simulated tasks take their time from the trace, not from the container's size:
+        // a session's limits are taken and change nothing.
+        if self.containers.lock().contains_key(id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound(id.into()))
+        }
+    }
+
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let gone = self.containers.lock().remove(id);
         if let Some(c) = gone {

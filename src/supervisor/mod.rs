@@ -221,6 +221,7 @@ impl Supervisor {
             self.create_pool(cfg.clone()).await?;
         }
         self.adopt_or_remove(leftovers).await;
+        self.sessions.restore_workspaces();
         for pool in self.pools() {
             self.spawn_pool_loop(pool);
         }
@@ -272,6 +273,7 @@ impl Supervisor {
         let mut next_health = Instant::now() + round(pool.config().health_check_interval);
         let mut next_scale = Instant::now();
         let mut cause = Cause::Start;
+        let mut prewarm_was = 0;
         loop {
             let cfg = pool.config();
             if self.stop.is_cancelled() || pool.is_closed() {
@@ -282,12 +284,26 @@ impl Supervisor {
             if look {
                 next_scale = Instant::now() + cfg.scale_interval;
             }
-            memory = self.reconcile(&pool, &cfg, memory, &mut forecaster, look, cause);
+            let (prewarm, prewarm_until) = pool.prewarm_floor();
+            memory = self.reconcile(
+                &pool,
+                &cfg,
+                memory,
+                &mut forecaster,
+                look,
+                cause,
+                (prewarm, prewarm_was),
+            );
+            prewarm_was = prewarm;
             if Instant::now() >= next_health {
                 next_health = Instant::now() + round(cfg.health_check_interval);
                 pool.check_health();
             }
-            let tick = cfg.scale_interval.min(round(cfg.health_check_interval));
+            let mut tick = cfg.scale_interval.min(round(cfg.health_check_interval));
+            // A pre-warm floor falls back when it ends, not at the next tick after.
+            if let Some(until) = prewarm_until {
+                tick = tick.min(until.saturating_duration_since(Instant::now()));
+            }
             cause = tokio::select! {
                 _ = tokio::time::sleep(tick) => Cause::Tick,
                 why = pool.woken() => Cause::Woken(why),
@@ -299,7 +315,9 @@ impl Supervisor {
     /// Observe → decide → converge: reads the pool's counts, lets the autoscaler decide a
     /// target (every scale_interval, or at once when tasks queue), raises it to the floor of
     /// the policies (spare, schedule, forecast; at every look and wake-up), and has the pool
-    /// converge to it. Each step is logged and metered.
+    /// converge to it. Each step is logged and metered. `prewarm` is the pre-warm floor now
+    /// and at the previous look (`POST /v1/pools/{pool}/prewarm`).
+    #[allow(clippy::too_many_arguments)]
     fn reconcile(
         &self,
         pool: &Pool,
@@ -308,6 +326,7 @@ impl Supervisor {
         forecaster: &mut scaling::Forecaster,
         look: bool,
         cause: Cause,
+        (prewarm, prewarm_was): (usize, usize),
     ) -> scaling::Memory {
         // Observe.
         let c = pool.counts();
@@ -347,7 +366,7 @@ impl Supervisor {
             ..memory
         };
         // Decide.
-        let (mut memory, step) = if look || c.queued > 0 {
+        let (memory, step) = if look || c.queued > 0 {
             scaling::decide(
                 &obs,
                 memory,
@@ -356,6 +375,12 @@ impl Supervisor {
             )
         } else {
             (memory, None)
+        };
+        // The pre-warm floor, a separate input of the pure decision: the target rises to it
+        // at once, and falls back to what demand and the policies ask when it ends.
+        let (mut memory, step) = match scaling::floor(&obs, memory, prewarm, prewarm_was) {
+            (floored, Some(s)) => (floored, Some(s)),
+            (floored, None) => (floored, step),
         };
         if floor > memory.target {
             memory.target = floor;
@@ -379,7 +404,8 @@ impl Supervisor {
         let plan = pool.converge(Desired {
             target: memory.target,
             engine_up: self.engine_up(),
-            floor,
+            // idle_timeout keeps the highest floor in force, the policies' or a pre-warm's.
+            floor: floor.max(prewarm.min(cfg.max)),
         });
         // The pool chose to be smaller (idle_timeout): that lowers the target, so it is a
         // scale down like the autoscaler's, counted the same way.
