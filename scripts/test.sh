@@ -18,6 +18,8 @@ rustc --edition 2021 --test shim/main.rs -o target/shim-tests
 target/shim-tests
 cargo test --locked --lib --bins
 cargo test --locked --test '*' -- --test-threads=1
+# The daemon against its own OpenAPI document (/openapi.json), fuzzed by schemathesis.
+scripts/test-api-schema.sh
 # Clients as their users run them: the Python client with pytest against a real daemon,
 scripts/test-python.sh
 # The MCP server through the official Python MCP client, over stdio and /mcp.

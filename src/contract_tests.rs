@@ -86,6 +86,7 @@ const CODES: &[(&str, &str)] = &[
     ("files_unsupported", "tests/files.rs::a_docker_exec_session_answers_files_unsupported"),
     ("invalid_config", "tests/operations.rs::a_bad_reload_keeps_everything_running_and_lists_every_problem"),
     ("unauthorized", "src/api/mod.rs::the_token_guards_v1_and_a_wrong_method_stays_405"),
+    ("forbidden_host", "src/mcp/mod.rs::without_a_token_a_foreign_host_answers_forbidden_host"),
     ("not_writable", "tests/sessions.rs::file_endpoints_answer_clear_errors"),
     ("not_readable", "tests/files.rs::unreadable_full_and_nul_paths_are_told_apart"),
     ("unknown_pool", "tests/tasks.rs::refusals_have_their_status_code_and_retry_after"),
@@ -102,6 +103,7 @@ const CODES: &[(&str, &str)] = &[
     ("engine_unavailable", "src/api/contract_tests.rs::an_engine_outage_answers_engine_unavailable_and_readyz_not_ready"),
     ("shutting_down", "src/api/contract_tests.rs::after_shutdown_tasks_answer_shutting_down_and_containers_went_for_shutdown"),
     ("starting", "tests/lifecycle.rs::a_daemon_started_before_the_engine_waits_for_it_then_serves"),
+    ("mcp_unavailable", "src/mcp/mod.rs::without_a_tcp_listen_address_mcp_answers_mcp_unavailable"),
     ("not_ready", "src/api/contract_tests.rs::an_engine_outage_answers_engine_unavailable_and_readyz_not_ready"),
     ("no_space", "tests/files.rs::unreadable_full_and_nul_paths_are_told_apart"),
     ("workspace_full", "tests/workspaces.rs::a_workspace_over_workspace_max_size_gets_no_new_task"),
@@ -411,8 +413,24 @@ fn every_test_the_contract_table_names_exists() {
     );
 }
 
-/// The codes the API can answer: the string after `StatusCode::X,` in an `ApiError::new`,
-/// and any `"code": "..."` written inline.
+/// `NoSuchPath` as `no_such_path`, as serde's `rename_all = "snake_case"` spells a variant.
+fn snake_case(variant: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The codes the API can answer: the `ErrorCode::Variant` (as its snake_case code) or string
+/// after `StatusCode::X,` in an `ApiError::new`, and any `"code": "..."` written inline.
 fn codes_in_code() -> BTreeSet<String> {
     let mut codes = BTreeSet::new();
     for entry in std::fs::read_dir(root().join("src/api")).unwrap() {
@@ -437,6 +455,15 @@ fn codes_in_code() -> BTreeSet<String> {
                 let code = &lit[..lit.find('"').unwrap()];
                 if is_name(code) {
                     codes.insert(code.to_string());
+                }
+            } else if let Some(variant) = after.strip_prefix("ErrorCode::") {
+                // `ErrorCode::NoSuchPath` answers `no_such_path` (serde's snake_case).
+                let end = variant
+                    .find(|c: char| !c.is_ascii_alphanumeric())
+                    .unwrap_or(variant.len());
+                let code = snake_case(&variant[..end]);
+                if is_name(&code) {
+                    codes.insert(code);
                 }
             }
         }

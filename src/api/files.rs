@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Path};
+use super::{ApiError, AppState, Binary, ErrorBody, ErrorCode, Path};
 use crate::runtime::RuntimeError;
 use crate::session::transfer::{self, Hold, TransferError};
 use crate::supervisor::SHIM_IN_CONTAINER;
@@ -35,18 +36,53 @@ fn absolute(path: &str) -> Result<String, ApiError> {
     if let Some(at) = p.find('\0') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_path",
+            ErrorCode::InvalidPath,
             format!("path {p:?} has a NUL byte at offset {at}; file names cannot hold one"),
         ));
     }
     if p.split('/').any(|c| c == "..") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_path",
+            ErrorCode::InvalidPath,
             format!("path {p:?} must not contain '..'"),
         ));
     }
     Ok(p)
+}
+
+/// `PUT /v1/sessions/{id}/files/{path}`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct FileWritten {
+    /// The absolute path written.
+    path: String,
+    /// How many bytes were written.
+    bytes: u64,
+}
+
+/// `PUT /v1/sessions/{id}/archive/{dir}`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ArchiveWritten {
+    /// The absolute directory the archive was extracted into.
+    dir: String,
+}
+
+/// Marks the PUT bodies optional in the document: HTTP cannot tell a missing body from an
+/// empty one, and an empty one is valid (an empty file; an archive that only creates its
+/// directory). utoipa marks every body it is given a type for as required.
+pub(super) fn optional_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    for path in [
+        "/v1/sessions/{id}/files/{path}",
+        "/v1/sessions/{id}/archive/{dir}",
+    ] {
+        let body = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.put.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+            .unwrap_or_else(|| panic!("PUT {path} has a request body"));
+        body.required = Some(utoipa::openapi::Required::False);
+    }
 }
 
 /// Holds the session's container for a transfer. Errors: those of the session, and 400
@@ -56,7 +92,7 @@ async fn hold(state: &AppState, id: &str) -> Result<Hold, ApiError> {
     if !hold.shim {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "files_unsupported",
+            ErrorCode::FilesUnsupported,
             "this session's pool cannot move files: they need exec = \"shim\"",
         ));
     }
@@ -70,57 +106,57 @@ fn failure(e: TransferError) -> ApiError {
         TransferError::Failed(f) => {
             let msg = f.stderr;
             match f.exit_code.map(|c| c as i32) {
-                Some(code::NOT_FOUND) => ApiError::new(StatusCode::NOT_FOUND, "no_such_path", msg),
+                Some(code::NOT_FOUND) => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoSuchPath, msg),
                 // The shim says "Read-only file system" when that is the cause; a plain
                 // permission error must not be blamed on the root.
                 Some(code::NOT_WRITABLE) if msg.contains("Read-only file system") => {
                     ApiError::new(
                         StatusCode::FORBIDDEN,
-                        "not_writable",
+                        ErrorCode::NotWritable,
                         format!("{msg} (the root is read-only: write under the workdir or /tmp)"),
                     )
                 }
                 Some(code::NOT_WRITABLE) => {
-                    ApiError::new(StatusCode::FORBIDDEN, "not_writable", msg)
+                    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::NotWritable, msg)
                 }
                 Some(code::NOT_READABLE) => {
-                    ApiError::new(StatusCode::FORBIDDEN, "not_readable", msg)
+                    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::NotReadable, msg)
                 }
                 Some(code::NO_SPACE) => ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "no_space",
+                    ErrorCode::NoSpace,
                     format!("{msg} (free space in the container, or write where there is more)"),
                 ),
                 Some(code::INVALID_PATH) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", msg)
+                    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPath, msg)
                 }
-                Some(code::WRONG_KIND) => ApiError::new(StatusCode::BAD_REQUEST, "wrong_kind", msg),
+                Some(code::WRONG_KIND) => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::WrongKind, msg),
                 Some(code::BAD_ARCHIVE) => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_archive", msg)
+                    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadArchive, msg)
                 }
                 other => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "file_transfer_failed",
+                    ErrorCode::FileTransferFailed,
                     format!("file transfer failed (exit {other:?}): {msg}"),
                 ),
             }
         }
         TransferError::TooLarge(max) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!(
                 "the request body is larger than server.max_request_body ({max} bytes); send a Content-Length to be refused before anything is written (without one, what came before the limit was written)"
             ),
         ),
-        TransferError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e),
+        TransferError::Body(e) => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadBody, e),
         TransferError::Engine(RuntimeError::Unreachable(e)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
+            ErrorCode::EngineUnavailable,
             format!("the container engine is unreachable: {e}"),
         ),
         TransferError::Engine(e) => ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "container_failed",
+            ErrorCode::ContainerFailed,
             format!("the session's container could not run the transfer: {e}"),
         ),
     }
@@ -135,7 +171,7 @@ fn declared_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
     match declared {
         Some(n) if n > max => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!(
                 "the request body ({n} bytes) is larger than server.max_request_body ({max} bytes)"
             ),
@@ -202,6 +238,31 @@ async fn download(
 
 /// `PUT /v1/sessions/{id}/files/{path}`: writes the raw body (streamed); answers
 /// `{"path", "bytes"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/files/{*path}",
+    tag = "files",
+    summary = "Write a file in the session's container",
+    params(
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)", example = "work/notes.txt"),
+    ),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's bytes (any Content-Type is taken as raw bytes); none writes an empty file"),
+    responses(
+        (status = 200, description = "Written", body = FileWritten),
+        (status = 400, description = "`invalid_path` (a `..` component, a NUL byte, or a path the container refuses), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: a write the container's user may not make (the message says when the root is read-only: write under the workdir or /tmp)", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: a body over `server.max_request_body`", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn put_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -211,11 +272,34 @@ pub(super) async fn put_file(
     let path = absolute(&path)?;
     let argv = vec![SHIM_IN_CONTAINER.into(), "write-file".into(), path.clone()];
     let size = upload(&state, &id, &headers, argv, body).await?;
-    Ok(Json(json!({"path": path, "bytes": size})).into_response())
+    Ok(Json(FileWritten { path, bytes: size }).into_response())
 }
 
 /// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`),
 /// streamed.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files/{*path}",
+    tag = "files",
+    summary = "Read a file from the session's container",
+    params(
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("path" = String, Path, description = "The file's absolute path without its leading slash (`work/out.txt` is `/work/out.txt`)", example = "work/notes.txt"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", body = Binary, content_type = "application/octet-stream"),
+        (status = 400, description = "`invalid_path` (a `..` component, a NUL byte, or a path the container refuses), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_readable`: a read the container's user may not make", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: a request body over `server.max_request_body`", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
@@ -227,6 +311,34 @@ pub(super) async fn get_file(
 
 /// `PUT /v1/sessions/{id}/archive/{dir}`: extracts the tar body (streamed) into `dir`;
 /// answers `{"dir"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/archive/{*dir}",
+    tag = "files",
+    summary = "Extract a tar into a directory of the session's container",
+    params(
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash; created if missing", example = "work"),
+    ),
+    request_body(description = "A tar archive (any Content-Type is taken as raw bytes); none (or an empty archive) only creates the directory", content(
+        (Binary = "application/x-tar"),
+        (Binary = "application/octet-stream"),
+    )),
+    responses(
+        (status = 200, description = "Extracted", body = ArchiveWritten),
+        (status = 400, description = "`invalid_path` (a `..` component, a NUL byte, or a path the container refuses), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_writable`: a write the container's user may not make (the message says when the root is read-only: write under the workdir or /tmp)", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: a body over `server.max_request_body`", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn put_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,
@@ -236,11 +348,34 @@ pub(super) async fn put_archive(
     let dir = absolute(&dir)?;
     let argv = vec![SHIM_IN_CONTAINER.into(), "untar".into(), dir.clone()];
     upload(&state, &id, &headers, argv, body).await?;
-    Ok(Json(json!({"dir": dir})).into_response())
+    Ok(Json(ArchiveWritten { dir }).into_response())
 }
 
 /// `GET /v1/sessions/{id}/archive/{dir}`: `dir`'s contents as a tar (`application/x-tar`),
 /// streamed.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/archive/{*dir}",
+    tag = "files",
+    summary = "Read a directory of the session's container as a tar",
+    params(
+        ("id" = String, Path, description = "The session id (one that has run a task)", example = "demo"),
+        ("dir" = String, Path, description = "The directory's absolute path without its leading slash", example = "work"),
+    ),
+    responses(
+        (status = 200, description = "The directory's contents as a tar stream", body = Binary, content_type = "application/x-tar"),
+        (status = 400, description = "`invalid_path` (a `..` component, a NUL byte, or a path the container refuses), `wrong_kind`, `bad_archive`, `files_unsupported` (the pool is not `exec = \"shim\"`), `invalid_request` (no container yet: run a task first; a path that is not UTF-8) or `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "`not_readable`: a read the container's user may not make", body = ErrorBody),
+        (status = 404, description = "`unknown_session`, `unknown_pool` or `no_such_path`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: a request body over `server.max_request_body`", body = ErrorBody),
+        (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn get_archive(
     State(state): State<AppState>,
     Path((id, dir)): Path<(String, String)>,

@@ -3,38 +3,73 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Path};
+use super::{ApiError, AppState, ErrorBody, Path};
 use crate::supervisor::SubmitError;
 
 /// One pool as `GET /v1/pools` shows it: container counts, sizing from the configuration,
 /// utilization (0 to 1, three decimals) and tasks waiting.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct PoolStatus {
+    /// The pool's name in pools.toml.
     name: String,
+    /// The image its containers run.
     image: String,
-    exec: &'static str,
+    /// How tasks reach its containers.
+    exec: ExecName,
+    /// Containers up (idle + busy).
     live: usize,
+    /// Warm and free.
     idle: usize,
+    /// Running a task or held by a session.
     busy: usize,
+    /// Being created.
     starting: usize,
+    /// Being removed because they failed (a probe, a dead agent, a timed-out task).
     unhealthy: usize,
+    /// Being removed for any other reason (age, uses, scale-down).
     retiring: usize,
+    /// The configured minimum.
     min: usize,
+    /// The configured maximum.
     max: usize,
+    /// How many the pool aims for now (docs/scaling.md).
     target: usize,
+    /// (busy + queued) / live, capped at 1, rounded to 3 decimals.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     utilization: f64,
+    /// Tasks waiting for a container.
     queue_length: usize,
     /// The pre-warm floor in force, if any.
     prewarm: Option<Prewarm>,
 }
 
+/// A pool's `exec` setting, as pools.toml spells it.
+#[derive(Serialize, ToSchema)]
+pub(super) enum ExecName {
+    #[serde(rename = "shim")]
+    Shim,
+    #[serde(rename = "docker-exec")]
+    DockerExec,
+}
+
+/// `GET /v1/pools`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PoolList {
+    /// Every pool, by name.
+    pools: Vec<PoolStatus>,
+}
+
 /// A pool's pre-warm floor: how many containers, until when (RFC 3339), seconds left.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct Prewarm {
+    /// The floor: the pool keeps at least this many containers up.
     containers: usize,
+    /// When the floor ends (RFC 3339, seconds).
+    #[schema(format = DateTime)]
     until: String,
+    /// Seconds left, to a tenth.
     remaining_seconds: f64,
 }
 
@@ -43,8 +78,8 @@ pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Coun
         name: cfg.name.clone(),
         image: cfg.image.clone(),
         exec: match cfg.exec {
-            crate::config::ExecMode::Shim => "shim",
-            crate::config::ExecMode::DockerExec => "docker-exec",
+            crate::config::ExecMode::Shim => ExecName::Shim,
+            crate::config::ExecMode::DockerExec => ExecName::DockerExec,
         },
         live: c.live(),
         // a container whose health probe is in flight is idle, as on /metrics
@@ -71,17 +106,42 @@ pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Coun
 }
 
 /// `GET /v1/pools`: `{"pools": [PoolStatus, ...]}`.
-pub(super) async fn list_pools(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    tag = "pools",
+    summary = "List the pools",
+    responses(
+        (status = 200, description = "Every pool", body = PoolList),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub(super) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
     let pools: Vec<PoolStatus> = state
         .supervisor
         .status()
         .iter()
         .map(|(cfg, c)| pool_status(cfg, c))
         .collect();
-    Json(json!({"pools": pools}))
+    Json(PoolList { pools })
 }
 
 /// `GET /v1/pools/{pool}`: one [`PoolStatus`], or 404 `unknown_pool`.
+#[utoipa::path(
+    get,
+    path = "/v1/pools/{pool}",
+    tag = "pools",
+    summary = "Show one pool",
+    params(("pool" = String, Path, description = "The pool's name", example = "coder")),
+    responses(
+        (status = 200, description = "The pool", body = PoolStatus),
+        (status = 400, description = "`invalid_request`: the path is not valid UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`unknown_pool`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -6,22 +6,47 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
+use std::time::Duration;
+use utoipa::ToSchema;
 
 use super::pools::{pool_status, PoolStatus};
-use super::{parse_body, ApiError, AppState, Path};
+use super::{parse_body, ApiError, AppState, ErrorBody, ErrorCode, Path};
 use crate::supervisor::SubmitError;
 
 /// The body: `{"containers": 6, "for": "10m"}`; unknown fields are refused.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PrewarmBody {
+#[schema(example = json!({"containers": 6, "for": "10m"}))]
+pub(super) struct PrewarmBody {
+    /// The floor: keep at least this many containers up, at most the pool's `max`; 0 ends
+    /// a pre-warm.
+    #[schema(minimum = 0)]
     containers: usize,
+    /// How long (a duration such as `"10m"`, longer than zero).
     #[serde(rename = "for")]
     duration: String,
 }
 
 /// Sets (or, with `containers: 0`, clears) the floor; a later call replaces an earlier one.
 /// Answers the pool's status with the floor in it; 400 above `max` or for a bad duration.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/prewarm",
+    tag = "pools",
+    summary = "Raise a pool's floor for a while",
+    description = "Keeps at least `containers` containers up for `for`, ahead of a known burst; \
+        a later call replaces an earlier one, `containers: 0` ends it.",
+    params(("pool" = String, Path, description = "The pool's name", example = "coder")),
+    request_body(content = PrewarmBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The pool, with the floor in `prewarm`", body = PoolStatus),
+        (status = 400, description = "`invalid_json`, `invalid_request` or `bad_body`: a bad body, `containers` above `max`, or a bad `for`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`unknown_pool`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over `server.max_request_body`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn prewarm(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -31,23 +56,35 @@ pub(super) async fn prewarm(
         .supervisor
         .pool(&name)
         .ok_or_else(|| SubmitError::UnknownPool(name.clone()))?;
-    let body: PrewarmBody = parse_body(body)?;
-    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
-    let duration = humantime::parse_duration(body.duration.trim()).map_err(|e| {
-        invalid(format!(
-            "for ({:?}) is not a duration ({e}): write one such as \"10m\"",
-            body.duration
-        ))
-    })?;
-    if duration.is_zero() {
-        return Err(invalid(
-            "for (\"0s\") must be longer than zero; to end a pre-warm, send containers: 0"
-                .to_string(),
-        ));
-    }
+    let body: PrewarmBody = parse_body(body, "prewarm request")?;
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, m);
+    let duration = prewarm_duration(&body.duration).map_err(invalid)?;
     pool.set_prewarm(body.containers, duration)
         .map_err(invalid)?;
     Ok(Json(pool_status(&pool.config(), &pool.counts())))
+}
+
+/// The longest `for`: a floor further off would overflow the clock or an RFC 3339 `until`
+/// (year 9999), and would panic the pool's status.
+const MAX_FOR: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `for` as a duration, longer than zero and at most [`MAX_FOR`]. Errors: the message.
+fn prewarm_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("for ({text:?}) is not a duration ({e}): write one such as \"10m\"")
+    })?;
+    if duration.is_zero() {
+        return Err(
+            "for (\"0s\") must be longer than zero; to end a pre-warm, send containers: 0".into(),
+        );
+    }
+    if duration > MAX_FOR {
+        return Err(format!(
+            "for ({text:?}) is longer than {}d: ask for less",
+            MAX_FOR.as_secs() / 86_400
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -60,6 +97,29 @@ mod tests {
     use crate::pool::Pool;
     use crate::runtime::fake::FakeRuntime;
     use crate::runtime::ContainerSpec;
+
+    #[test]
+    fn for_is_a_duration_above_zero_and_at_most_a_century() {
+        assert_eq!(
+            super::prewarm_duration(" 10m ").unwrap(),
+            Duration::from_secs(600)
+        );
+        assert!(super::prewarm_duration("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
+        assert!(super::prewarm_duration("soon")
+            .unwrap_err()
+            .contains("not a duration"));
+        for huge in ["10000y", "300000000000y"] {
+            let e = super::prewarm_duration(huge).unwrap_err();
+            assert!(
+                e.contains("ask for less") || e.contains("not a duration"),
+                "{huge}: {e}"
+            );
+        }
+        super::prewarm_duration("100y").unwrap_err();
+        super::prewarm_duration("99y").unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_later_prewarm_replaces_the_earlier_and_above_max_is_refused() {

@@ -11,27 +11,30 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{parse_body, ApiError, AppState, Path, Query};
+use super::{parse_body, ApiError, AppState, ErrorBody, ErrorCode, Path, Query};
 use crate::exec::TaskEvent;
 use crate::session::SessionError;
 use crate::supervisor::{SubmitError, TaskReport, TaskRequest};
 
-/// The task request body. Unknown fields are refused so a typo is not silently ignored.
-#[derive(Debug, Deserialize)]
+/// The task request body: exactly one of `cmd` and `shell`, at most one of `stdin` and
+/// `stdin_base64`. Unknown fields are refused so a typo is not silently ignored.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"cmd": ["echo", "hello"], "env": {"K": "V"}, "timeout": "2s"}))]
 pub struct TaskBody {
     /// The argv, run without a shell; exactly one of `cmd` and `shell`.
     pub cmd: Option<Vec<String>>,
     /// One string for `/bin/sh -c`.
     pub shell: Option<String>,
-    /// Added to the pool's environment.
+    /// Added to the pool's environment; keys may not be empty or contain `=`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Absolute; the pool's `workdir` when absent.
+    #[schema(pattern = "^/")]
     pub workdir: Option<String>,
     /// Text stdin; at most one of `stdin` and `stdin_base64`.
     pub stdin: Option<String>,
@@ -53,7 +56,7 @@ impl TaskBody {
     }
 
     fn into_task(self) -> Result<TaskRequest, ApiError> {
-        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, m);
         let argv = match (self.cmd, self.shell) {
             (Some(cmd), None) => cmd,
             (None, Some(shell)) => vec!["/bin/sh".into(), "-c".into(), shell],
@@ -100,46 +103,178 @@ impl TaskBody {
     }
 }
 
+/// Adds to `TaskBody`'s schema the rules serde does not carry, so the document refuses what
+/// the daemon refuses: exactly one of `cmd` (a non-empty argv) and `shell`, and `env` names
+/// that are not empty and hold no `=`. (`stdin` and `stdin_base64` together are refused too;
+/// the description says so.)
+pub(super) fn task_body_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{
+        AllOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
+    use utoipa::openapi::RefOr;
+    let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(mut body))) = schemas.remove("TaskBody") else {
+        panic!("TaskBody's schema is not an object");
+    };
+    if let Some(RefOr::T(Schema::Object(env))) = body.properties.get_mut("env") {
+        env.property_names = Some(Box::new(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^=]+$"))
+                .into(),
+        ));
+    }
+    let description = body.description.take();
+    // Present means not null: `{"cmd": [...], "shell": null}` is a command.
+    let null = || ObjectBuilder::new().schema_type(Type::Null);
+    let cmd = ObjectBuilder::new()
+        .required("cmd")
+        .property(
+            "cmd",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .min_items(Some(1)),
+        )
+        .property("shell", null());
+    let shell = ObjectBuilder::new()
+        .required("shell")
+        .property("shell", ObjectBuilder::new().schema_type(Type::String))
+        .property("cmd", null());
+    let rules = AllOfBuilder::new()
+        .item(body)
+        .item(OneOfBuilder::new().item(cmd).item(shell))
+        .description(description);
+    schemas.insert("TaskBody".to_string(), rules.into());
+}
+
 /// `?stream=true` asks for NDJSON as the task runs.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TaskQuery {
+    /// Answer `application/x-ndjson` lines while the task runs instead of one JSON object
+    /// at its end.
     #[serde(default)]
     stream: bool,
 }
 
+/// How `stdout`/`stderr` text is encoded when it is not plain UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputEncoding {
+    /// The bytes were not UTF-8: the text is their standard base64.
+    Base64,
+}
+
+/// How a task ended, without its output: the streamed `exit` line, and the fields of
+/// [`TaskResult`] besides the output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskReportBody {
+    /// `t-<ulid>`, as in the daemon's logs.
+    task_id: String,
+    /// The pool that ran it.
+    pool: String,
+    /// The container's id, cut to 12 characters.
+    container: String,
+    /// `null` when killed by a signal or never started.
+    exit_code: Option<i32>,
+    /// The signal that ended it (9 after a timeout).
+    signal: Option<i32>,
+    /// Stdout went over the pool's `max_output`; the rest was dropped.
+    stdout_truncated: bool,
+    /// Stderr went over the pool's `max_output`; the rest was dropped.
+    stderr_truncated: bool,
+    /// Killed at its timeout; its container is replaced.
+    timed_out: bool,
+    /// The kernel's OOM killer killed a process of the task's container while it ran.
+    oom_killed: bool,
+    /// Only when the command could not be started (e.g. no such file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// From arrival until the task held a container, in milliseconds (microsecond precision).
+    queued_ms: f64,
+    /// From spawn to exit, in milliseconds (microsecond precision).
+    run_ms: f64,
+    /// No warm container was idle: the task waited for one.
+    cold_start: bool,
+}
+
+/// `POST /v1/pools/{pool}/tasks`'s answer: how the task ended and its output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskResult {
+    #[serde(flatten)]
+    report: TaskReportBody,
+    /// Everything the task wrote to stdout (up to `max_output`).
+    stdout: String,
+    /// Present (`"base64"`) when stdout was not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_encoding: Option<OutputEncoding>,
+    /// Everything the task wrote to stderr (up to `max_output`).
+    stderr: String,
+    /// Present (`"base64"`) when stderr was not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr_encoding: Option<OutputEncoding>,
+}
+
+/// One line of the `?stream=true` answer: output as it comes, then one `exit` line (or an
+/// `error` line when the task failed after output began).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TaskStreamEvent {
+    /// A chunk of stdout.
+    Stdout {
+        stdout: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encoding: Option<OutputEncoding>,
+    },
+    /// A chunk of stderr.
+    Stderr {
+        stderr: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encoding: Option<OutputEncoding>,
+    },
+    /// The last line: how the task ended.
+    Exit { exit: TaskReportBody },
+    /// The last line instead of `exit`: the task failed after its output began.
+    Error(ErrorBody),
+}
+
 /// Output as JSON: a string when it is UTF-8, base64 (flagged) when it is not.
-fn encode_output(bytes: &[u8]) -> (String, bool) {
+fn encode_output(bytes: &[u8]) -> (String, Option<OutputEncoding>) {
     match std::str::from_utf8(bytes) {
-        Ok(s) => (s.to_string(), false),
+        Ok(s) => (s.to_string(), None),
         Err(_) => (
             base64::engine::general_purpose::STANDARD.encode(bytes),
-            true,
+            Some(OutputEncoding::Base64),
         ),
     }
 }
 
-fn report_json(report: &TaskReport) -> serde_json::Map<String, Value> {
+fn report_body(report: &TaskReport) -> TaskReportBody {
     let exit = &report.exit;
-    let mut m = serde_json::Map::new();
-    m.insert("task_id".into(), json!(report.task_id));
-    m.insert("pool".into(), json!(report.pool));
-    m.insert(
-        "container".into(),
-        json!(report.container.chars().take(12).collect::<String>()),
-    );
-    m.insert("exit_code".into(), json!(exit.exit_code));
-    m.insert("signal".into(), json!(exit.signal));
-    m.insert("stdout_truncated".into(), json!(exit.stdout_truncated));
-    m.insert("stderr_truncated".into(), json!(exit.stderr_truncated));
-    m.insert("timed_out".into(), json!(exit.timed_out));
-    m.insert("oom_killed".into(), json!(exit.oom_killed));
-    if let Some(e) = &exit.spawn_error {
-        m.insert("error".into(), json!(e));
+    TaskReportBody {
+        task_id: report.task_id.clone(),
+        pool: report.pool.clone(),
+        container: report.container.chars().take(12).collect(),
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        stdout_truncated: exit.stdout_truncated,
+        stderr_truncated: exit.stderr_truncated,
+        timed_out: exit.timed_out,
+        oom_killed: exit.oom_killed,
+        error: exit.spawn_error.clone(),
+        queued_ms: ms(report.queued),
+        run_ms: ms(report.run),
+        cold_start: report.cold_start,
     }
-    m.insert("queued_ms".into(), json!(ms(report.queued)));
-    m.insert("run_ms".into(), json!(ms(report.run)));
-    m.insert("cold_start".into(), json!(report.cold_start));
-    m
+}
+
+/// One NDJSON line.
+fn ndjson_line(event: &TaskStreamEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).expect("a stream event serializes");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Milliseconds with microsecond precision, as the report's `queued_ms` and `run_ms`.
@@ -150,6 +285,39 @@ fn ms(d: Duration) -> f64 {
 /// `POST /v1/pools/{pool}/tasks[?stream=true]`: 200 with the report (stdout and stderr
 /// inside), or NDJSON output lines then an `exit` line. 503 `starting` before start-up is
 /// over; otherwise the errors of [`TaskBody::into_request`] and the task's own.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/tasks",
+    tag = "tasks",
+    summary = "Run one task",
+    description = "Runs one task on a warm container of the pool and answers when it ends, or \
+        with `?stream=true` streams NDJSON lines (`TaskStreamEvent`) while it runs. A task \
+        refused before it starts gets its error status; a failure after output began ends \
+        the stream with an `error` line.",
+    params(
+        ("pool" = String, Path, description = "The pool's name", example = "coder"),
+        TaskQuery,
+    ),
+    request_body(content = TaskBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task ran (whatever its exit code)", content(
+            (TaskResult = "application/json"),
+            (TaskStreamEvent = "application/x-ndjson"),
+        )),
+        (status = 400, description = "`invalid_json`, `invalid_request` or `bad_body`: the request is wrong; the message says how", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`unknown_pool` or `unknown_session`", body = ErrorBody),
+        (status = 409, description = "`session_pool_mismatch`: the session is on another pool", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over `server.max_request_body`", body = ErrorBody),
+        (status = 429, description = "`queue_full`: the pool's queue is at `max_queue`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`: a real internal fault", body = ErrorBody),
+        (status = 502, description = "`container_failed`: the container died or hung during the task; it is being replaced", body = ErrorBody),
+        (status = 503, description = "`no_container`, `pool_exhausted`, `engine_unavailable`, `shutting_down` or `starting`: no container can be had now", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn submit_task(
     State(state): State<AppState>,
     Path(pool): Path<String>,
@@ -161,14 +329,14 @@ pub(super) async fn submit_task(
             // Pools appear once start-up is over (it waits for the engine): not a 404 yet.
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "starting",
+                ErrorCode::Starting,
                 "the daemon is still starting (waiting for the container engine or warming pools); retry shortly",
             )
             .retry_after(2));
         }
         return Err(SubmitError::UnknownPool(pool).into());
     }
-    let (request, session) = parse_body::<TaskBody>(body)?.into_request()?;
+    let (request, session) = parse_body::<TaskBody>(body, "task request")?.into_request()?;
     if let Some(id) = &session {
         let s = state
             .supervisor
@@ -211,19 +379,20 @@ pub(super) async fn submit_task(
         let report = done_rx.await.map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the task's worker ended without an answer",
             )
         })??;
-        let mut m = report_json(&report);
-        for (name, bytes) in [("stdout", &stdout), ("stderr", &stderr)] {
-            let (text, b64) = encode_output(bytes);
-            m.insert(name.into(), json!(text));
-            if b64 {
-                m.insert(format!("{name}_encoding"), json!("base64"));
-            }
-        }
-        return Ok(Json(Value::Object(m)).into_response());
+        let (stdout, stdout_encoding) = encode_output(&stdout);
+        let (stderr, stderr_encoding) = encode_output(&stderr);
+        let result = TaskResult {
+            report: report_body(&report),
+            stdout,
+            stdout_encoding,
+            stderr,
+            stderr_encoding,
+        };
+        return Ok(Json(result).into_response());
     }
     // Streaming: hold the answer until the task either produced output or ended, so a
     // refused task still gets its proper status code.
@@ -236,12 +405,14 @@ pub(super) async fn submit_task(
         let result = (&mut done_rx).await.map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the task's worker ended without an answer",
             )
         })?;
         let report = result?;
-        let line = json!({"exit": Value::Object(report_json(&report))}).to_string() + "\n";
+        let line = ndjson_line(&TaskStreamEvent::Exit {
+            exit: report_body(&report),
+        });
         return Ok(ndjson(Body::from(line)));
     }
     let stream = async_stream(first, rx, done_rx);
@@ -260,13 +431,17 @@ fn event_line(ev: TaskEvent) -> Bytes {
         TaskEvent::Stdout(b) => ("stdout", b),
         TaskEvent::Stderr(b) => ("stderr", b),
     };
-    let (text, b64) = encode_output(&bytes);
-    let v = if b64 {
-        json!({key: text, "encoding": "base64"})
-    } else {
-        json!({key: text})
-    };
-    Bytes::from(v.to_string() + "\n")
+    let (text, encoding) = encode_output(&bytes);
+    ndjson_line(&match key {
+        "stdout" => TaskStreamEvent::Stdout {
+            stdout: text,
+            encoding,
+        },
+        _ => TaskStreamEvent::Stderr {
+            stderr: text,
+            encoding,
+        },
+    })
 }
 
 /// The NDJSON body: output events as they come, then one `exit` (or `error`) line.
@@ -279,15 +454,21 @@ fn async_stream(
     let head = futures_util::stream::iter(first.map(event_line));
     let body = tokio_stream_from(rx).map(event_line);
     let tail = futures_util::stream::once(async move {
-        match done.await {
-            Ok(Ok(report)) => json!({"exit": Value::Object(report_json(&report))}).to_string() + "\n",
-            Ok(Err(e)) => {
-                json!({"error": {"code": e.code, "message": e.message}}).to_string() + "\n"
-            }
-            Err(_) => json!({"error": {"code": "internal", "message": "the task's worker ended without an answer"}}).to_string() + "\n",
-        }
-    })
-    .map(Bytes::from);
+        ndjson_line(&match done.await {
+            Ok(Ok(report)) => TaskStreamEvent::Exit {
+                exit: report_body(&report),
+            },
+            Ok(Err(e)) => TaskStreamEvent::Error(e.body()),
+            Err(_) => TaskStreamEvent::Error(
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "the task's worker ended without an answer",
+                )
+                .body(),
+            ),
+        })
+    });
     head.chain(body).chain(tail).map(Ok)
 }
 
@@ -304,7 +485,10 @@ mod tests {
     #[test]
     fn a_task_body_needs_exactly_one_of_cmd_and_shell() {
         let both: TaskBody = serde_json::from_str(r#"{"cmd": ["true"], "shell": "true"}"#).unwrap();
-        assert_eq!(both.into_request().unwrap_err().code, "invalid_request");
+        assert_eq!(
+            both.into_request().unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
         let none: TaskBody = serde_json::from_str(r#"{}"#).unwrap();
         assert!(none
             .into_request()
@@ -327,7 +511,10 @@ mod tests {
 
     #[test]
     fn non_utf8_output_is_base64() {
-        assert_eq!(encode_output(b"hi"), ("hi".to_string(), false));
-        assert_eq!(encode_output(&[0xff]), ("/w==".to_string(), true));
+        assert_eq!(encode_output(b"hi"), ("hi".to_string(), None));
+        assert_eq!(
+            encode_output(&[0xff]),
+            ("/w==".to_string(), Some(OutputEncoding::Base64))
+        );
     }
 }

@@ -3,55 +3,131 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Path};
+use super::{ApiError, AppState, ErrorBody, ErrorCode, Path};
+use crate::session::SessionState;
 use crate::workspace::WorkspaceInfo;
 
-fn workspace_json(w: &WorkspaceInfo, session: Option<&str>) -> Value {
+/// One persistent workspace.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct WorkspaceView {
+    /// The session id it belongs to.
+    id: String,
+    /// Its pool.
+    pool: String,
+    /// Bytes of its files.
+    bytes: u64,
+    /// Its last use (RFC 3339, seconds).
+    #[schema(format = DateTime)]
+    last_used: String,
+    /// The state of the live session of that id, or `null` when none is live.
+    session: Option<LiveSession>,
+}
+
+/// The state of a workspace's live session, as the session views spell it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum LiveSession {
+    /// No task ran yet.
+    NotStarted,
+    /// Holds a container.
+    Running,
+    /// Gave its container back; the workspace waits on the host.
+    Idle,
+}
+
+/// `GET /v1/workspaces`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct WorkspaceList {
+    /// Every persistent workspace on the host.
+    workspaces: Vec<WorkspaceView>,
+}
+
+/// `DELETE /v1/workspaces/{id}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct WorkspaceDeleted {
+    /// The workspace (session) id.
+    id: String,
+    /// Always `true`.
+    deleted: bool,
+}
+
+fn workspace_view(w: &WorkspaceInfo, session: Option<LiveSession>) -> WorkspaceView {
     let last_used = std::time::UNIX_EPOCH + std::time::Duration::from_secs(w.last_used);
-    json!({
-        "id": w.id,
-        "pool": w.pool,
-        "bytes": w.bytes,
-        "last_used": humantime::format_rfc3339_seconds(last_used).to_string(),
-        "session": session,
-    })
+    WorkspaceView {
+        id: w.id.clone(),
+        pool: w.pool.clone(),
+        bytes: w.bytes,
+        last_used: humantime::format_rfc3339_seconds(last_used).to_string(),
+        session,
+    }
 }
 
 /// `GET /v1/workspaces`: `{"workspaces": [{"id", "pool", "bytes", "last_used", "session"}]}`,
 /// `session` being the state of the live session of that id (`running`, `idle`), or null.
-pub(super) async fn list_workspaces(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    summary = "List the persistent workspaces",
+    responses(
+        (status = 200, description = "Every persistent workspace on the host", body = WorkspaceList),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub(super) async fn list_workspaces(State(state): State<AppState>) -> Json<WorkspaceList> {
     let sessions = state.supervisor.sessions.clone();
-    let list = tokio::task::spawn_blocking(move || {
+    let workspaces = tokio::task::spawn_blocking(move || {
         sessions
             .workspaces()
             .iter()
             .map(|w| {
-                let live = sessions.get(&w.id).map(|s| s.info().state.as_str());
-                workspace_json(w, live)
+                let live = sessions.get(&w.id).map(|s| match s.info().state {
+                    SessionState::NotStarted => LiveSession::NotStarted,
+                    SessionState::Running => LiveSession::Running,
+                    SessionState::Idle => LiveSession::Idle,
+                });
+                workspace_view(w, live)
             })
             .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
-    Json(json!({ "workspaces": list }))
+    Json(WorkspaceList { workspaces })
 }
 
 /// `DELETE /v1/workspaces/{id}`: removes it, ending its live session if it has one; 404
 /// `not_found` when there is none, 400 for an id that could not name one (`..`).
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{id}",
+    tag = "workspaces",
+    summary = "Remove a persistent workspace",
+    description = "Ends the live session of that id first, if there is one.",
+    params(("id" = String, Path, description = "The workspace's session id", example = "acme-website-john")),
+    responses(
+        (status = 200, description = "Removed", body = WorkspaceDeleted),
+        (status = 400, description = "`invalid_path`: not a session id, or it contains `..`; `invalid_request`: the path is not valid UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no workspace of that id", body = ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub(super) async fn delete_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WorkspaceDeleted>, ApiError> {
     crate::workspace::check_id(&id)
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", m))?;
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPath, m))?;
     if state.supervisor.sessions.delete_workspace(&id).await {
-        Ok(Json(json!({"id": id, "deleted": true})))
+        Ok(Json(WorkspaceDeleted { id, deleted: true }))
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no workspace {id:?}; GET /v1/workspaces lists them"),
         ))
     }

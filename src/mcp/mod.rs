@@ -26,7 +26,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt;
 
-use crate::api::{ApiError, Token};
+use crate::api::{ApiError, ErrorCode, Token};
 pub use catalog::MAX_TOOL_OUTPUT;
 pub use tools::{Backend, Warmpool};
 
@@ -73,7 +73,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
             axum::routing::any(|| async {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "mcp_unavailable",
+                    ErrorCode::McpUnavailable,
                     "/mcp needs server.listen (a TCP address); with only server.unix_socket use `warmpool mcp` instead",
                 )
             }),
@@ -139,7 +139,7 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         return match &g.hosts {
             Some(hosts) if !host_allowed(host, hosts) => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden_host",
+                ErrorCode::ForbiddenHost,
                 format!("/mcp without a token answers only to the loopback names and the listen address, not Host {host:?} (set server.token_file to open it to other names)"),
             )
             .into_response(),
@@ -157,13 +157,13 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "the bearer token is wrong",
         )
         .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this daemon requires \"Authorization: Bearer <token>\" on /mcp (the token is in the file server.token_file names)",
         )
         .into_response(),
@@ -222,6 +222,40 @@ mod tests {
         ] {
             assert!(!host_allowed(bad, &hosts), "{bad}");
         }
+    }
+
+    /// `/mcp`'s answer to a POST with `host` as its Host header.
+    async fn answer(app: Router, host: &str) -> (StatusCode, serde_json::Value) {
+        use tower::Service;
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/mcp")
+            .header(header::HOST, host)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().call(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_a_tcp_listen_address_mcp_answers_mcp_unavailable() {
+        let app: Router = routes(None, Token::new(None), 1024);
+        let (status, body) = answer(app, "localhost").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "mcp_unavailable", "{body}");
+    }
+
+    #[tokio::test]
+    async fn without_a_token_a_foreign_host_answers_forbidden_host() {
+        let listen: SocketAddr = "10.0.0.5:7070".parse().unwrap();
+        let app: Router = routes(Some(listen), Token::new(None), 1024);
+        let (status, body) = answer(app, "evil.example:7070").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["code"], "forbidden_host", "{body}");
     }
 
     #[test]
