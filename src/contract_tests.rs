@@ -52,6 +52,7 @@ const KEYS: &[(&str, &str)] = &[
     ("pool.cpus", "tests/containers.rs::inspect_shows_every_configured_setting"),
     ("pool.workdir", "tests/containers.rs::inspect_shows_every_configured_setting"),
     ("pool.exec", "tests/tasks.rs::docker_exec_pools_run_tasks"),
+    ("pool.description", "src/config/tests.rs::a_blank_or_overlong_description_is_refused_with_the_fix"),
     ("pool.exec_transport", "tests/transport.rs::the_task_suite_over_attach"),
     ("pool.max_concurrent_tasks", "tests/workspaces.rs::two_tasks_of_a_session_overlap_with_max_concurrent_tasks_2"),
     ("pool.mounts", "tests/workspaces.rs::a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect"),

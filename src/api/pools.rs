@@ -14,6 +14,9 @@ use crate::supervisor::SubmitError;
 pub(super) struct PoolStatus {
     /// The pool's name in pools.toml.
     name: String,
+    /// What the pool is for (`description` in pools.toml), when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
     /// The image its containers run.
     image: String,
     /// How tasks reach its containers.
@@ -76,6 +79,7 @@ pub(super) struct Prewarm {
 pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
     PoolStatus {
         name: cfg.name.clone(),
+        description: cfg.description.clone(),
         image: cfg.image.clone(),
         exec: match cfg.exec {
             crate::config::ExecMode::Shim => ExecName::Shim,

@@ -163,3 +163,18 @@ pub(super) fn check_runtime(s: &str) -> Result<(), String> {
         Ok(())
     }
 }
+
+/// A pool's `description`: non-blank and at most 1,000 characters, since it is read by
+/// people in `GET /v1/pools` and by models in every MCP tool description.
+pub(super) fn check_description(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        Err("must say what the pool is for; leave it out to have none".to_string())
+    } else if s.chars().count() > 1000 {
+        Err(format!(
+            "is {} characters long; keep it to at most 1000 (a sentence or two)",
+            s.chars().count()
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::checks::{
-    check_absolute, check_capability, check_image, check_network, check_runtime, check_user,
-    check_workdir,
+    check_absolute, check_capability, check_description, check_image, check_network, check_runtime,
+    check_user, check_workdir,
 };
 use super::keys::settings;
 use super::mounts::{read_mounts, within, Mount};
@@ -39,6 +39,12 @@ settings! {
             /// in `[defaults]`; there is no built-in.
             image: String = String::new(),
                 |cx, e| cx.text(e, "an image reference such as \"warmpool/agent:latest\"", check_image);
+            /// What the pool is for, in a sentence for people and models ("Python 3.12, pytest,
+            /// git; for running a repo's tests"): shown in `GET /v1/pools` and in the MCP tools'
+            /// descriptions. Changes no container. At most 1,000 characters.
+            description: Option<String> = None,
+                |cx, e| cx.text(e, "a sentence saying what the pool is for", check_description)
+                    .map(Some);
             /// Never fewer live containers than this; 0 creates them on the first task.
             min: usize = 1, |cx, e| cx.count(e, 0, "");
             /// Never more live containers than this (at least 1), except with

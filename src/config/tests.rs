@@ -162,6 +162,7 @@ fn minimal_file_gets_builtin_defaults() {
 #[test]
 fn every_key_can_be_set_in_defaults_and_pools() {
     let body = r#"image = "img:1"
+description = "for the tests"
 min = 0
 max = 3
 warm = 1
@@ -207,6 +208,7 @@ security = { read_only_rootfs = false, cap_drop = ["NET_RAW"], no_new_privileges
 "#;
     let expected = PoolConfig {
         name: "p".to_string(),
+        description: Some("for the tests".to_string()),
         image: "img:1".to_string(),
         min: 0,
         max: 3,
@@ -1249,5 +1251,32 @@ fn the_trace_file_is_off_by_default_and_rotates_at_its_size() {
         2,
         23,
         &["server.trace_file_max_size (\"10B\") is too small: it must be at least 1KiB"],
+    );
+}
+
+#[test]
+fn a_blank_or_overlong_description_is_refused_with_the_fix() {
+    let err = |text: &str| {
+        Config::parse(text, "pools.toml")
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = err("[pools.a]\nimage = \"img\"\ndescription = \"  \"\n");
+    assert!(
+        e.contains("pools.a.description") && e.contains("what the pool is for"),
+        "{e}"
+    );
+    let long = "x".repeat(1001);
+    let e = err(&format!(
+        "[pools.a]\nimage = \"img\"\ndescription = \"{long}\"\n"
+    ));
+    assert!(
+        e.contains("1001 characters") && e.contains("at most 1000"),
+        "{e}"
+    );
+    let c = ok("[pools.a]\nimage = \"img\"\ndescription = \"Python and pytest\"\n");
+    assert_eq!(
+        c.pools["a"].description.as_deref(),
+        Some("Python and pytest")
     );
 }
