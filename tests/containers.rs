@@ -138,7 +138,8 @@ network = "isolated"
     assert!(
         host["Binds"]
             .as_array()
-            .is_some_and(|b| b.iter().any(|s| s.as_str().unwrap().ends_with(&format!(
+            // Podman adds its mount options after the target (":rw,rprivate,rbind").
+            .is_some_and(|b| b.iter().any(|s| s.as_str().unwrap().contains(&format!(
                 "/{}:/.warmpool/run",
                 c["Name"].as_str().unwrap().trim_start_matches('/')
             )))),
