@@ -133,6 +133,7 @@ pub fn validate(cfg: &PoolConfig, req: TaskRequest) -> Result<TaskSpec, SubmitEr
         timeout,
         max_output: cfg.max_output,
         reset: Vec::new(),
+        stop: None,
     })
 }
 

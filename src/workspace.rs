@@ -128,6 +128,28 @@ pub fn size_of(dir: &Path) -> u64 {
         .sum()
 }
 
+/// How often a running task's workspace is measured against `workspace_max_size`: a walk
+/// of 5,000 files costs a few milliseconds of one core, so twice a second is cheap, and a
+/// task can pass the bound by at most what it writes in this long.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Measures `dir` every [`WATCH_INTERVAL`] and returns its size in bytes the first time it
+/// is over `max` bytes; never returns while it stays within. Cancel it by dropping it.
+pub async fn watch_size(dir: PathBuf, max: u64) -> u64 {
+    let mut every = tokio::time::interval(WATCH_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let d = dir.clone();
+        let bytes = tokio::task::spawn_blocking(move || size_of(&d))
+            .await
+            .unwrap_or(0);
+        if bytes > max {
+            return bytes;
+        }
+    }
+}
+
 /// The workspaces under one root.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -543,6 +543,88 @@ async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
     );
 }
 
+/// Bytes of the files under `dir`, walked on the host.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => bytes_under(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A task that keeps writing past `workspace_max_size` is killed while it runs (not after
+/// it), answered 507 `workspace_full`, and the host holds little more than the bound. With the
+/// watch ignored, the task would write its 64 MiB and answer 200 after about 13 s.
+async fn a_runaway_writer_is_stopped_at_workspace_max_size(exec: &str) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[pools.w]\nimage = \"warmpool/agent:latest\"\nexec = \"{exec}\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1MiB\"\ntask_timeout = \"120s\"\n",
+        root.path().display()
+    );
+    let d = Daemon::start(&config).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-runaway", d.instance);
+    d.post_raw(
+        "/v1/sessions",
+        json!({"pool": "w", "id": id}).to_string().into_bytes(),
+    )
+    .await;
+    let first = in_session(&d, "w", &id, "echo started > /workspace/a").await;
+    let container = container_of(&d, &first);
+    // 256 files of 256 KiB, one every 50 ms: 64 MiB over about 13 s.
+    let writer = "i=0; while [ $i -lt 256 ]; do head -c 262144 /dev/zero > /workspace/f$i; i=$((i+1)); sleep 0.05; done; echo wrote-all";
+    let (status, v) = d.task("w", json!({"session": id, "shell": writer})).await;
+    assert_eq!(status, 507, "{v}\n{}", d.log());
+    assert_eq!(v["error"]["code"], "workspace_full", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("was killed") && message.contains("workspace_max_size (1048576 bytes)"),
+        "{message}"
+    );
+    // Twice a second at 5 MiB/s: a few MiB at most, never the 64 the task meant to write.
+    let held = bytes_under(root.path());
+    assert!(held < 16 << 20, "the host holds {held} bytes");
+    if exec == "shim" {
+        // The writer's process group is gone; the shim (PID 1) serves on.
+        let top = docker(&["top", &container, "-o", "pid,args"]);
+        assert!(!top.contains("sleep") && !top.contains("head"), "{top}");
+    } else {
+        // The engine cannot kill an exec: the container went, the workspace stayed.
+        assert!(
+            docker_try(&["inspect", &container]).is_none(),
+            "{container} still exists"
+        );
+        assert!(
+            held > 1 << 20,
+            "the workspace went with the container: {held} bytes"
+        );
+    }
+    let (status, v) = d.task("w", json!({"session": id, "shell": "true"})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (507, Some("workspace_full")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_writer_is_stopped_at_workspace_max_size_shim() {
+    a_runaway_writer_is_stopped_at_workspace_max_size("shim").await;
+}
+
+#[tokio::test]
+async fn a_runaway_writer_is_stopped_at_workspace_max_size_docker_exec() {
+    a_runaway_writer_is_stopped_at_workspace_max_size("docker-exec").await;
+}
+
 /// `workspace_ttl`: a workspace no session has used for that long is removed, from the API's
 /// list and from the host. With the key ignored (the 7-day default) it would stay.
 #[tokio::test]

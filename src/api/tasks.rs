@@ -315,6 +315,7 @@ fn ms(d: Duration) -> f64 {
         (status = 502, description = "`container_failed`: the container died or hung during the task; it is being replaced", body = ErrorBody),
         (status = 503, description = "`no_container`, `pool_exhausted`, `engine_unavailable`, `shutting_down` or `starting`: no container can be had now", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 507, description = "`workspace_full`: the session's persistent workspace is over its pool's `workspace_max_size`, or this task took it over and was killed", body = ErrorBody),
     ),
     security(("bearer" = []), ()),
 )]

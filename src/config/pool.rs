@@ -178,8 +178,9 @@ settings! {
             /// A persistent workspace unused for this long is removed.
             workspace_ttl: Duration = Duration::from_secs(7 * 24 * 3600),
                 |cx, e| cx.duration(e, Some("every workspace would be removed at once"));
-            /// The most bytes one persistent workspace may hold: measured after each task,
-            /// a session over it gets no new task (507). Unset: no bound.
+            /// The most bytes one persistent workspace may hold: measured while each task runs
+            /// and after it (a task that passes it is killed), a session over it gets no new
+            /// task (507). Unset: no bound.
             workspace_max_size: Option<u64> = None,
                 |cx, e| cx.size(e, 1, "; leave it out for no bound").map(Some);
             /// Bind mounts, named volumes and tmpfs of every container; a pool's list

@@ -61,6 +61,13 @@ impl DockerExecConn {
         let mut eof = false;
         let mut drain_until = None;
         let mut timed_out = false;
+        let stopped = async {
+            match &task.stop {
+                Some(stop) => stop.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
         // The start of stdout, where the engine reports a command it could not start.
         let mut head = Vec::new();
         loop {
@@ -96,6 +103,8 @@ impl DockerExecConn {
                     if exit_code.is_none() { timed_out = true; }
                     break;
                 }
+                // The exec cannot be killed: the caller removes the container.
+                () = &mut stopped, if exit_code.is_none() => break,
             }
         }
         // Killed with its container (`docker kill`, the engine's OOM kill of the init process):

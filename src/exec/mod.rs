@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::runtime::RuntimeError;
 
@@ -51,6 +52,12 @@ pub struct TaskSpec {
     /// fails the task with [`ExecError::Dead`] (the container must be replaced). `docker-exec`
     /// ignores it, as it ignores [`Conn::reset`].
     pub reset: Vec<String>,
+    /// Fired by the caller to end the task before its timeout, for a limit other than time
+    /// (a persistent workspace over `workspace_max_size`). The shim kills the task's process
+    /// group with SIGKILL and reports the exit as usual (`signal: 9`). `docker-exec` cannot
+    /// kill an exec (the Engine API has no call for it): it stops waiting and answers
+    /// `signal: 9`, and the caller must remove the container to end the process.
+    pub stop: Option<CancellationToken>,
 }
 
 /// Output as it comes.

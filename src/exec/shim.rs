@@ -164,8 +164,26 @@ impl ShimConn {
             RESET_TIMEOUT
         };
         let deadline = tokio::time::Instant::now() + wipe + task.timeout + BACKSTOP;
+        // Never fires when the caller set no stop; fires once otherwise (then the shim's
+        // exit report ends the loop as for any other end).
+        let stopped = async {
+            match &task.stop {
+                Some(stop) => stop.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
+        let mut kill_sent = false;
         loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+                () = &mut stopped, if !kill_sent => {
+                    kill_sent = true;
+                    self.send(&Request::Kill { id }).await?;
+                    continue;
+                }
+            };
+            match next {
                 Err(_) => {
                     let _ = self.send(&Request::Kill { id }).await;
                     self.routes.lock().task = None;

@@ -317,7 +317,7 @@ impl Sessions {
             .get(&session.pool)
             .ok_or_else(|| SubmitError::UnknownPool(session.pool.clone()))?;
         let cfg = pool.config();
-        let spec = task::validate(&cfg, request)?;
+        let mut spec = task::validate(&cfg, request)?;
         let task_id = task::new_task_id();
         let _active = ActiveGuard::new(&session);
         let queued_at = Instant::now();
@@ -345,7 +345,39 @@ impl Sessions {
         };
         let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let queued = queued_at.elapsed();
-        let ran = task::execute(&self.0.metrics, &pool.name, &container, &conn, &spec, &out).await;
+        // A bounded persistent workspace is watched while the task runs: a task that takes
+        // it over the bound is killed, so a runaway writer cannot fill the host's disk.
+        let watch = match (&session.workspace, cfg.workspace_max_size) {
+            (Some(store), Some(max)) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                spec.stop = Some(stop.clone());
+                Some((
+                    crate::workspace::watch_size(store.files(&session.id), max),
+                    stop,
+                    max,
+                ))
+            }
+            _ => None,
+        };
+        let exec = task::execute(&self.0.metrics, &pool.name, &container, &conn, &spec, &out);
+        let (ran, over) = match watch {
+            None => (exec.await, None),
+            Some((watch, stop, max)) => {
+                tokio::pin!(exec);
+                tokio::select! {
+                    ran = &mut exec => (ran, None),
+                    bytes = watch => {
+                        stop.cancel();
+                        (exec.await, Some((bytes, max)))
+                    }
+                }
+            }
+        };
+        if let Some((bytes, max)) = over {
+            return Err(self
+                .workspace_overrun(&session, &pool.name, &container, &conn, bytes, max)
+                .await);
+        }
         {
             let mut m = session.meta.lock();
             m.tasks += 1;
@@ -423,6 +455,39 @@ impl Sessions {
                 Err(SubmitError::Exec(e).into())
             }
         }
+    }
+
+    /// Ends a task that took its session's workspace over `workspace_max_size` (already
+    /// killed through its stop, or, for a `docker-exec` task the engine cannot kill, by
+    /// removing the container: the workspace stays on the host) and says so.
+    async fn workspace_overrun(
+        &self,
+        session: &Session,
+        pool: &str,
+        container: &str,
+        conn: &Conn,
+        bytes: u64,
+        max: u64,
+    ) -> SessionError {
+        session.meta.lock().workspace_bytes = bytes;
+        let id = &session.id;
+        tracing::warn!(session = %id, bytes, max, "task killed: its workspace passed workspace_max_size");
+        if matches!(conn, Conn::DockerExec(_)) {
+            {
+                let mut slot = session.slot.lock().await;
+                if slot.as_ref().is_some_and(|(c, _)| c == container) {
+                    *slot = None;
+                    session.meta.lock().container = None;
+                }
+            }
+            let _ = self.0.runtime.remove(container).await;
+            self.0.metrics.removed(pool, RemoveReason::Unhealthy);
+        }
+        SessionError::WorkspaceFull(format!(
+            "the task was killed: it took the workspace of session {id:?} to {bytes} bytes, over pool {pool}'s \
+             workspace_max_size ({max} bytes); delete files (DELETE /v1/workspaces/{id} removes it all) \
+             or raise workspace_max_size in pools.toml (a reload applies it)"
+        ))
     }
 
     /// The connection one task uses: the container's own (its shim) when no other task of
