@@ -9,12 +9,14 @@
 # stops its own services; the Docker engine is only read (`docker save` of the demo image).
 # Every engine test run takes /tmp/warmpool-engine.lock, as scripts/test.sh's runs do.
 #
-#   scripts/test-podman.sh [rootful|rootless|all]      (default: all; needs root)
+#   scripts/test-podman.sh [rootful|rootless|all] [FILTER...]   (default: all; needs root)
+# FILTERs (libtest name filters) narrow the rootful run to matching tests, for working on one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 mode=${1:-all}
+filters=("${@:2}")
 image=warmpool/agent:latest
 lock=/tmp/warmpool-engine.lock
 run_dir=/run/warmpool-podman
@@ -28,7 +30,7 @@ user_run=/run/warmpool-podman-$user
 #   cannot be adopted by the next one; docker-exec pools are adopted.
 # - not yet done on Podman (issue 16 stays open for them): Podman 4.3 has no container-update
 #   endpoint in its Docker API (404), so a session's memory/cpus/pids cannot be applied live;
-#   `oom_killed` reads the Docker cgroup layout, not libpod's; Podman reports bind mounts and
+#   Podman reports bind mounts and
 #   the OCI runtime ("oci") in its own inspect format, which these tests do not read yet; a
 #   docker-exec task whose container is killed under it ends as exit 137 on Podman, where
 #   Docker's exec fails, so it is answered 200 rather than 502 container_failed.
@@ -36,7 +38,6 @@ rootful_skip=(
   a_start_after_kill_9_adopts_idle_containers_and_removes_the_rest
   a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it
   a_session_size_is_applied_live_to_a_warm_container
-  an_oom_kill_says_so_and_docker_exec_invents_no_signal
   a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect
   changed_security_settings_reach_the_engine
   a_docker_exec_container_killed_under_its_task_is_not_handed_out_again
@@ -161,7 +162,7 @@ if [ "$mode" != rootless ]; then
   say "rootful Podman on $sock"
   skip=()
   for t in "${rootful_skip[@]}"; do skip+=(--skip "$t"); done
-  run_tests root "DOCKER_HOST=$sock" -- "${skip[@]}" || status=1
+  run_tests root "DOCKER_HOST=$sock" -- "${skip[@]}" "${filters[@]}" || status=1
   kill "${service_pids[0]}"; wait "${service_pids[0]}" 2>/dev/null || true
   service_pids=()
 fi

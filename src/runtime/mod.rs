@@ -29,7 +29,8 @@ pub const LABEL_INSTANCE: &str = "warmpool.instance";
 
 /// How many times the kernel's OOM killer has killed a process of this container, read from
 /// its memory cgroup on this host: `memory.oom_control`'s `oom_kill` (cgroup v1) or
-/// `memory.events`'s `oom_kill` (cgroup v2), under Docker's cgroupfs or systemd layout.
+/// `memory.events`'s `oom_kill` (cgroup v2), under Docker's or Podman's (libpod) cgroupfs
+/// or systemd layout.
 /// `None` when no such file is readable here (a remote engine, a daemon in a container
 /// without the host's /sys/fs/cgroup, an engine that puts containers elsewhere).
 ///
@@ -55,6 +56,23 @@ pub fn oom_kills(id: &str) -> Option<u64> {
         ),
         (
             format!("/sys/fs/cgroup/docker/{id}/memory.events"),
+            "oom_kill ",
+        ),
+        // Podman (libpod): cgroupfs, then systemd, cgroup v1 then v2.
+        (
+            format!("/sys/fs/cgroup/memory/libpod_parent/libpod-{id}/memory.oom_control"),
+            "oom_kill ",
+        ),
+        (
+            format!("/sys/fs/cgroup/memory/machine.slice/libpod-{id}.scope/memory.oom_control"),
+            "oom_kill ",
+        ),
+        (
+            format!("/sys/fs/cgroup/libpod_parent/libpod-{id}/memory.events"),
+            "oom_kill ",
+        ),
+        (
+            format!("/sys/fs/cgroup/machine.slice/libpod-{id}.scope/memory.events"),
             "oom_kill ",
         ),
     ];
