@@ -1,14 +1,18 @@
-//! `cargo bench --bench compare`: one run, one engine, one image, four ways to run `true`:
+//! `cargo bench --bench compare`: one run, one engine, one image, seven ways to run `true`:
 //!
 //! 1. cold `docker run`: create + start + wait + remove, through the Engine API (bollard);
 //! 2. raw `docker exec` into a running container through the Engine API (create exec, start
 //!    attached, read to end, inspect the exit code);
-//! 3. warmpool with `exec = "docker-exec"`, through its HTTP API;
-//! 4. warmpool with the shim over the engine's attached stream (`exec_transport = "attach"`),
+//! 3. llm-sandbox, a peer people pick instead: its container pool and `execute_command`, one
+//!    pooled session per task, run by `benches/peer_llm_sandbox.py` in a venv the bench makes
+//!    (`WARMPOOL_BENCH_VENV`) with the versions pinned in
+//!    `benches/peer_llm_sandbox.requirements.txt`; the script prints its latencies as JSON;
+//! 4. warmpool with `exec = "docker-exec"`, through its HTTP API;
+//! 5. warmpool with the shim over the engine's attached stream (`exec_transport = "attach"`),
 //!    through its HTTP API;
-//! 5. warmpool with the shim over its own unix socket (`exec_transport = "direct"`, the
+//! 6. warmpool with the shim over its own unix socket (`exec_transport = "direct"`, the
 //!    default), through its HTTP API;
-//! 6. direct with `reset_workdir = false`, which shows what wiping /work and /tmp between
+//! 7. direct with `reset_workdir = false`, which shows what wiping /work and /tmp between
 //!    pool tasks costs.
 //!
 //! For each: p50/p99 of N tasks one after another, and tasks/s with 8 concurrent clients on 4
@@ -17,22 +21,27 @@
 //! The bench starts `target/release/warmpool` itself (cargo builds it for benches and passes
 //! its path as `CARGO_BIN_EXE_warmpool`) with its own `WARMPOOL_INSTANCE`, on a free loopback
 //! port, and stops it with SIGTERM at the end, on panic too. Containers it creates for modes
-//! 1 and 2 carry the label `warmpool.bench=<instance>` and are removed the same way.
+//! 1 and 2, and llm-sandbox's (mode 3), carry the label `warmpool.bench=<instance>` and are
+//! removed the same way.
 //!
 //! Knobs (environment): WARMPOOL_BENCH_N (sequential tasks of the fast modes, 200),
 //! WARMPOOL_BENCH_N_COLD (sequential cold runs, 30), WARMPOOL_BENCH_SECS (seconds of each
 //! concurrent phase, 5), WARMPOOL_BENCH_CLIENTS (8), WARMPOOL_BENCH_POOL (containers per pool,
 //! 4), WARMPOOL_BENCH_RSS_WARM (20; 0 skips the RSS step), WARMPOOL_BENCH_MODES (comma list
-//! of cold,exec,pool-exec,pool-shim,pool-direct,pool-shim-noreset; all by default),
+//! of cold,exec,llm-sandbox,pool-exec,pool-shim,pool-direct,pool-shim-noreset; all by default),
 //! WARMPOOL_BENCH_ROUNDS (1: rounds of the warmpool modes, interleaved, the order reversed
 //! every other round; with more than one the table gives each mode's medians over the rounds
 //! and a per-round table follows), WARMPOOL_BENCH_INSTANCE (bench), WARMPOOL_BENCH_BIN (the
-//! daemon to run, for A/B comparisons; default the one cargo built).
+//! daemon to run, for A/B comparisons; default the one cargo built), WARMPOOL_BENCH_VENV (the
+//! venv for llm-sandbox, target/bench-venv), WARMPOOL_BENCH_PYTHON (the Python that makes it,
+//! python3).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -57,6 +66,8 @@ struct Settings {
     modes: Vec<String>,
     instance: String,
     rounds: usize,
+    venv: PathBuf,
+    python: String,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -72,7 +83,7 @@ impl Settings {
     fn from_env() -> Settings {
         let modes = env_or(
             "WARMPOOL_BENCH_MODES",
-            "cold,exec,pool-exec,pool-shim,pool-direct,pool-shim-noreset".to_string(),
+            "cold,exec,llm-sandbox,pool-exec,pool-shim,pool-direct,pool-shim-noreset".to_string(),
         );
         Settings {
             n_fast: env_or("WARMPOOL_BENCH_N", 200),
@@ -84,6 +95,11 @@ impl Settings {
             modes: modes.split(',').map(|m| m.trim().to_string()).collect(),
             instance: env_or("WARMPOOL_BENCH_INSTANCE", "bench".to_string()),
             rounds: env_or("WARMPOOL_BENCH_ROUNDS", 1usize).max(1),
+            venv: env_or(
+                "WARMPOOL_BENCH_VENV",
+                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv")),
+            ),
+            python: env_or("WARMPOOL_BENCH_PYTHON", "python3".to_string()),
         }
     }
 
@@ -206,6 +222,8 @@ where
 #[derive(Default)]
 struct Ours {
     daemon: Option<u32>,
+    /// A client process of the run's own (llm-sandbox's Python), counted as the bench client.
+    client: Option<u32>,
     /// Full ids of the containers the phase uses.
     containers: Vec<String>,
 }
@@ -260,7 +278,7 @@ fn cpu_snapshot(ours: &Ours) -> CpuSnap {
                 ours.containers.iter().any(|id| text.contains(id.as_str()))
             })
         };
-        let group = if pid == me {
+        let group = if pid == me || Some(pid) == ours.client {
             5
         } else if Some(pid) == ours.daemon {
             0
@@ -508,6 +526,225 @@ async fn remove_all(docker: &Docker, ids: &[String]) {
         )
     });
     futures_util::future::join_all(removals).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The peer: llm-sandbox (benches/peer_llm_sandbox.py)
+
+const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer_llm_sandbox.py");
+const PEER_REQUIREMENTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/peer_llm_sandbox.requirements.txt"
+);
+
+/// Makes (or reuses) the venv with the pinned llm-sandbox; returns its Python. The
+/// requirements file is copied into the venv once installed, so a changed pin reinstalls.
+fn peer_venv(s: &Settings) -> anyhow::Result<PathBuf> {
+    let wanted = std::fs::read_to_string(PEER_REQUIREMENTS)?;
+    let stamp = s.venv.join("warmpool-bench-requirements.txt");
+    let python = s.venv.join("bin/python");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let status = cmd.stdout(Stdio::null()).status()?;
+        anyhow::ensure!(status.success(), "{cmd:?} failed ({status})");
+        Ok(())
+    };
+    if !python.exists() {
+        eprintln!("llm-sandbox: making the venv {}...", s.venv.display());
+        run(Command::new(&s.python).args(["-m", "venv"]).arg(&s.venv))?;
+    }
+    eprintln!("llm-sandbox: installing {PEER_REQUIREMENTS}...");
+    run(Command::new(s.venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(PEER_REQUIREMENTS))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
+/// The running peer script: its stdout read line by line on a thread of its own, so that
+/// every read has a deadline. Dropping it sends SIGTERM (the script closes its pool, which
+/// removes its containers) and, after 60 s, SIGKILL; the bench's label sweep removes what
+/// is left even then.
+struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Peer {
+    fn spawn(python: &Path, s: &Settings) -> anyhow::Result<Peer> {
+        let mut child = Command::new(python)
+            .arg(PEER_SCRIPT)
+            .args(["--image", IMAGE])
+            .arg("--label")
+            .arg(format!("{BENCH_LABEL}={}", s.instance))
+            .arg("--pool")
+            .arg(s.pool.to_string())
+            .arg("--n")
+            .arg(s.n_fast.to_string())
+            .arg("--clients")
+            .arg(s.clients.to_string())
+            .arg("--secs")
+            .arg(s.secs.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Peer {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next event line named `name`, within `within`.
+    fn event(&self, name: &str, within: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    anyhow::bail!("llm-sandbox: no {name:?} event within {within:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("llm-sandbox: the script ended before its {name:?} event")
+                }
+            };
+            match serde_json::from_str::<Value>(&line) {
+                Ok(v) if v["event"] == name => return Ok(v),
+                _ => eprintln!("  llm-sandbox: {line}"),
+            }
+        }
+    }
+
+    fn go(&mut self) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().expect("stdin kept until drop");
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("llm-sandbox: the script did not stop within 60 s after SIGTERM; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Figures read from the script's JSON: sorted latencies in ms.
+fn ms_list(v: &Value) -> Vec<f64> {
+    let mut lat: Vec<f64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+/// What the peer mode measured: its row, the p50/p99 of one session held for all tasks, and
+/// the llm-sandbox version.
+struct PeerResult {
+    row: Row,
+    held: (f64, f64, usize),
+    version: String,
+}
+
+fn bench_llm_sandbox(s: &Settings) -> anyhow::Result<PeerResult> {
+    let python = peer_venv(s)?;
+    let mut peer = Peer::spawn(&python, s)?;
+    let ready = peer.event("ready", Duration::from_secs(240))?;
+    let version = ready["version"].as_str().unwrap_or("?").to_string();
+    let containers: Vec<String> = ready["containers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "llm-sandbox {version}: pool of {} warm in {:.1} s; {} sequential...",
+        containers.len(),
+        ready["warm_s"].as_f64().unwrap_or(f64::NAN),
+        s.n_fast
+    );
+    // Two sequential runs of n tasks at ~100 ms each on a busy machine, with room to spare.
+    let seq = peer.event(
+        "sequential",
+        Duration::from_secs_f64(120.0 + s.n_fast as f64 * 2.0),
+    )?;
+    let lat = ms_list(&seq["per_task_ms"]);
+    let held = ms_list(&seq["held_ms"]);
+    eprintln!(
+        "llm-sandbox: {} clients on {} containers for {} s...",
+        s.clients, s.pool, s.secs
+    );
+    let ours = Ours {
+        client: Some(peer.pid()),
+        containers,
+        ..Default::default()
+    };
+    let before = cpu_snapshot(&ours);
+    peer.go()?;
+    let conc = peer.event("concurrent", Duration::from_secs_f64(s.secs * 10.0 + 60.0))?;
+    let after = cpu_snapshot(&ours);
+    let tasks = conc["tasks"].as_u64().unwrap_or(0) as usize;
+    let elapsed = Duration::from_secs_f64(conc["elapsed_s"].as_f64().unwrap_or(f64::NAN));
+    let closed = peer.event("closed", Duration::from_secs(120))?;
+    eprintln!(
+        "llm-sandbox: pool closed in {:.1} s",
+        closed["close_s"].as_f64().unwrap_or(f64::NAN)
+    );
+    drop(peer);
+    let errors = seq["errors"].as_u64().unwrap_or(0) + conc["errors"].as_u64().unwrap_or(0);
+    Ok(PeerResult {
+        row: Row {
+            key: "llm-sandbox",
+            mode: "llm-sandbox, pooled session per task (`execute_command`)",
+            n: lat.len(),
+            p50: percentile(&lat, 50.0),
+            p99: percentile(&lat, 99.0),
+            tasks,
+            tput: tasks as f64 / elapsed.as_secs_f64(),
+            errors: errors as usize,
+            server: None,
+            cpu: CpuUse::between(&before, &after, tasks, elapsed),
+        },
+        held: (percentile(&held, 50.0), percentile(&held, 99.0), held.len()),
+        version,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -926,8 +1163,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             s.clients, s.pool, s.secs
         );
         let ours = Ours {
-            daemon: None,
             containers: ids.clone(),
+            ..Default::default()
         };
         let phase = concurrent(s.clients, s.secs, &ours, |c| {
             raw_exec(&docker, &ids[c % ids.len()])
@@ -948,6 +1185,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    let mut peer = None;
+    if s.wants("llm-sandbox") {
+        let result = bench_llm_sandbox(&s)?;
+        rows.push(result.row.clone());
+        peer = Some(result);
+    }
+
     // Interleaved rounds: A B C, C B A, A B C, ... so that a drift in the machine's load
     // weighs on every mode alike.
     let mut by_round: Vec<Vec<Row>> = Vec::new();
@@ -961,6 +1205,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             eprintln!("round {}/{}: {}...", round + 1, s.rounds, m.label);
             let ours = Ours {
                 daemon: daemon.as_ref().map(Daemon::pid),
+                client: None,
                 containers: container_ids(
                     &docker,
                     &[
@@ -1033,20 +1278,33 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         );
         println!();
     }
+    // Speed-up columns: against raw exec, and against llm-sandbox when it ran.
+    let peer_p50 = peer.as_ref().map(|p| p.row.p50);
+    let speedup = |base: Option<f64>, r: &Row| {
+        base.map_or("n/a".to_string(), |b| format!("{:.1}×", b / r.p50))
+    };
     println!(
-        "| mode | p50 ms | p99 ms | tasks/s @{} clients | speed-up vs raw exec (p50) |",
-        s.clients
+        "| mode | p50 ms | p99 ms | tasks/s @{} clients | speed-up vs raw exec (p50) |{}",
+        s.clients,
+        if peer_p50.is_some() {
+            " speed-up vs llm-sandbox (p50) |"
+        } else {
+            ""
+        }
     );
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: |{}",
+        if peer_p50.is_some() { " ---: |" } else { "" }
+    );
     for r in &rows {
-        let speedup = raw_p50.map_or("n/a".to_string(), |raw| format!("{:.1}×", raw / r.p50));
         println!(
-            "| {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {} |{}",
             r.mode,
             fmt_ms(r.p50),
             fmt_ms(r.p99),
             r.tput,
-            speedup
+            speedup(raw_p50, r),
+            peer_p50.map_or(String::new(), |_| format!(" {} |", speedup(peer_p50, r)))
         );
     }
     println!();
@@ -1066,6 +1324,18 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             line += &format!("; **{} failed**", r.errors);
         }
         println!("{line}");
+    }
+    if let Some(p) = &peer {
+        println!(
+            "- llm-sandbox {}: one `SandboxSession(pool=...)` per task (acquire a pooled \
+             container, `execute_command(\"true\")`, release), as its docs show pooled use; \
+             image as above with `skip_environment_setup=True`; with one session held open \
+             for all {} tasks instead (no acquire or release): p50 {} ms, p99 {} ms",
+            p.version,
+            p.held.2,
+            fmt_ms(p.held.0),
+            fmt_ms(p.held.1)
+        );
     }
     println!(
         "- HTTP client: warmpool::client::Client (hyper 1, HTTP/1.1 keep-alive, one connection per \
@@ -1203,6 +1473,22 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             met(direct.tput >= 1500.0),
             direct.tput
         );
+        if let Some(raw) = raw_p50 {
+            println!(
+                "- ≥ 50× faster (p50) than raw docker exec: {} ({:.1}×)",
+                met(raw / direct.p50 >= 50.0),
+                raw / direct.p50
+            );
+        }
+        if let Some(p) = &peer {
+            println!(
+                "- ≥ 50× faster (p50) than llm-sandbox: {} ({:.1}×; {:.1}× against one held \
+                 llm-sandbox session)",
+                met(p.row.p50 / direct.p50 >= 50.0),
+                p.row.p50 / direct.p50,
+                p.held.0 / direct.p50
+            );
+        }
     }
     if let Some(shim) = rows.iter().find(|r| r.key == "pool-shim") {
         println!();

@@ -12,9 +12,12 @@
 //! Built with plain `rustc` as one static binary, std only, so it runs in any image, even one
 //! holding nothing else. Its stderr is for its own diagnostics only.
 //!
-//! Files: `protocol.rs` reads requests and answers them, `task.rs` runs and supervises a task,
-//! `sweep.rs` ends what it left, `wipe.rs` resets the workdir, `files.rs` and `tar.rs` serve
-//! file transfers (the same binary, run as a task), `sys.rs` holds every libc declaration.
+//! Files, each using only those after it: `protocol.rs` reads requests and answers them,
+//! `task.rs` runs and supervises a task (told what it needs, it knows nothing of the request
+//! loop), `output.rs` is the stream events go back on, `sweep.rs` ends what a task left,
+//! `wipe.rs` resets the workdir, `threads.rs` holds the lock helpers and the reused workers,
+//! `sys.rs` every libc declaration; `files.rs`, `tar.rs` and `failure.rs` serve file transfers
+//! (the same binary, run as a task). This file only wires them together; no file uses it.
 //!
 //! Threads: the main thread reads requests and never waits on a task; one reaper thread reaps
 //! every child (PID 1 inherits all orphans); one signal thread handles SIGTERM/SIGINT; and a
@@ -34,23 +37,23 @@ mod shim_proto;
 
 mod failure;
 mod files;
+mod output;
 mod protocol;
 mod sweep;
 mod sys;
 mod tar;
 mod task;
+mod threads;
 mod wipe;
 
-use protocol::{Busy, Output, Shim};
+use output::Output;
+use protocol::{Busy, Shim};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
-use std::time::Duration;
-
-/// Largest output chunk per Stdout/Stderr frame: one pipe's worth, so a frame is never big.
-const CHUNK: usize = 64 << 10;
+use std::sync::{Condvar, Mutex};
+use sys::die;
+use threads::{spawn_thread, Workers};
 
 fn main() {
     // The same binary serves a session's file transfers, run as ordinary tasks.
@@ -138,100 +141,6 @@ fn listen_on(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListe
 
 fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
     Ok(File::from(fd.try_clone_to_owned()?))
-}
-
-/// Report on stderr and exit; PID 1 exiting takes the whole container down.
-pub fn die(code: i32, msg: &str) -> ! {
-    eprintln!("warmpool-shim: {msg}");
-    std::process::exit(code)
-}
-
-// With panic=abort a poisoned mutex cannot be observed, so these helpers just look through it.
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    cv.wait(guard).unwrap_or_else(PoisonError::into_inner)
-}
-
-pub fn wait_timeout<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    d: Duration,
-) -> MutexGuard<'a, T> {
-    cv.wait_timeout(guard, d)
-        .unwrap_or_else(PoisonError::into_inner)
-        .0
-}
-
-/// Linux pids fit in an i32 (`pid_max` is at most 2^22), the type the libc calls take.
-#[allow(clippy::cast_possible_wrap)]
-pub fn pid_of(child: &std::process::Child) -> i32 {
-    child.id() as i32
-}
-
-pub fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    thread::Builder::new()
-        .name(name.into())
-        .stack_size(256 << 10)
-        .spawn(f)
-        .map(drop)
-}
-
-/// Threads kept for reuse. Every task needs three or four helper threads, and starting them
-/// costs about as much as all the rest of the shim's work for a short task; reused threads
-/// also cannot fail to start when the container is at its pids limit.
-#[derive(Default)]
-pub struct Workers {
-    queue: Mutex<Queue>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: std::collections::VecDeque<Box<dyn FnOnce() + Send>>,
-    /// Workers waiting for a job.
-    idle: usize,
-}
-
-/// Idle workers beyond this many exit instead of waiting.
-const MAX_IDLE_WORKERS: usize = 8;
-
-impl Workers {
-    /// Run `job` on an idle worker, or on a new one if none is free.
-    pub fn run(&'static self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
-        let mut q = lock(&self.queue);
-        if q.idle > q.jobs.len() {
-            q.jobs.push_back(Box::new(job));
-            drop(q);
-            self.ready.notify_one();
-            return Ok(());
-        }
-        drop(q);
-        spawn_thread("worker", move || {
-            job();
-            self.work();
-        })
-    }
-
-    fn work(&self) {
-        let mut q = lock(&self.queue);
-        while q.idle < MAX_IDLE_WORKERS {
-            q.idle += 1;
-            while q.jobs.is_empty() {
-                q = wait(&self.ready, q);
-            }
-            q.idle -= 1;
-            let job = q.jobs.pop_front();
-            drop(q);
-            if let Some(job) = job {
-                job();
-            }
-            q = lock(&self.queue);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The protocol loop: reads the daemon's requests, dispatches them, and writes events back.
 //! Nothing here waits on a task; tasks run on worker threads (see `task.rs`).
 
-use crate::shim_proto::{Event, Exit, Request, Spawn, PROTOCOL_VERSION};
-use crate::task::{not_started, Reaper};
-use crate::{die, lock, sys, wait, wipe, Workers, CHUNK};
+use crate::output::{Output, CHUNK};
+use crate::shim_proto::{Event, Exit, Request, Spawn};
+use crate::sys::{self, die};
+use crate::task::{not_started, Reaper, Runner};
+use crate::threads::{lock, wait, Workers};
+use crate::wipe;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -165,6 +168,20 @@ impl Shim {
         )
     }
 
+    /// Start a task (see [`Runner::launch`]); its end is reported through [`Shim::finish`],
+    /// or [`Shim::give_up`] when something it left could not be ended.
+    fn launch(&'static self, spawn: Spawn) -> Result<i32, String> {
+        let runner = Runner {
+            reaper: &self.reaper,
+            workers: &self.workers,
+            out: &self.out,
+        };
+        runner.launch(spawn, &self.start_dir, move |(exit, swept)| match swept {
+            Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
+            Err(why) => self.give_up(&Event::Exit(exit), &why),
+        })
+    }
+
     fn start_task(&'static self, spawn: Spawn) {
         let id = spawn.id;
         let mut busy = lock(&self.busy);
@@ -258,49 +275,5 @@ impl Shim {
             }
         }
         die(code, msg)
-    }
-}
-
-/// The protocol stream to the daemon. One mutex, so that frames never interleave.
-///
-/// Attached (stdout): always there; a failed write ends the shim. Direct (a unix socket the
-/// daemon connects to): `None` between connections, and a failed write only drops the
-/// connection (the daemon went away; the next one connects again).
-pub struct Output {
-    pub stream: Mutex<Option<File>>,
-    pub direct: bool,
-}
-
-impl Output {
-    pub fn send(&self, event: &Event) {
-        let mut frame = Vec::new();
-        event.encode(&mut frame);
-        let mut stream = lock(&self.stream);
-        let Some(out) = stream.as_mut() else {
-            return;
-        };
-        if let Err(e) = out.write_all(&frame) {
-            if !self.direct {
-                // Docker keeps the container's stdout open while it runs, so this is not a
-                // detach: a shim that cannot talk is useless, and its exit tells the daemon.
-                die(2, &format!("cannot write to stdout: {e}"));
-            }
-            eprintln!("warmpool-shim: writing to the daemon's connection: {e}; dropping it");
-            // The reading side (the main thread) sees end of input and accepts the next one.
-            sys::shutdown_socket(out.as_fd());
-            *stream = None;
-        }
-    }
-
-    /// A new daemon connection: events go to it from now on, starting with the greeting.
-    pub fn connect(&self, stream: File) {
-        *lock(&self.stream) = Some(stream);
-        self.send(&Event::Hello {
-            version: PROTOCOL_VERSION,
-        });
-    }
-
-    pub fn disconnect(&self) {
-        *lock(&self.stream) = None;
     }
 }

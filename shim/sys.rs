@@ -1,5 +1,6 @@
-//! The few libc calls std does not wrap, all in one place. Values are those of Linux `x86_64`
-//! with glibc (the one target this is built for).
+//! The few libc calls std does not wrap, all in one place, and the two process-level helpers
+//! beside them (`die`, `pid_of`). Values are those of Linux `x86_64` with glibc (the one target
+//! this is built for).
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -241,4 +242,16 @@ pub fn wait_shutdown_signal() -> i32 {
             std::thread::park();
         }
     }
+}
+
+/// Report on stderr and exit; PID 1 exiting takes the whole container down.
+pub fn die(code: i32, msg: &str) -> ! {
+    eprintln!("warmpool-shim: {msg}");
+    std::process::exit(code)
+}
+
+/// Linux pids fit in an i32 (`pid_max` is at most 2^22), the type the libc calls take.
+#[allow(clippy::cast_possible_wrap)]
+pub fn pid_of(child: &std::process::Child) -> i32 {
+    child.id() as i32
 }

@@ -1,9 +1,15 @@
 //! Process supervision: starting a task in its own process group, forwarding its output,
 //! waiting for it through the one reaper, enforcing its timeout, and reporting how it ended.
+//!
+//! This file knows nothing of the request loop (`protocol.rs`): it is handed what a task
+//! needs ([`Runner`]) and says how the task ended through a callback, so the dependency runs
+//! one way, protocol → task.
 
-use crate::protocol::{Output, Shim};
+use crate::output::{Output, CHUNK};
 use crate::shim_proto::{Event, Exit, Spawn};
-use crate::{lock, pid_of, sweep, sys, wait, wait_timeout, CHUNK};
+use crate::sweep;
+use crate::sys::{self, pid_of};
+use crate::threads::{lock, wait, wait_timeout, Workers};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -11,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -19,11 +26,31 @@ use std::time::{Duration, Instant};
 /// How long output already in the pipes may still be delivered after the main process exited.
 const GRACE: Duration = Duration::from_millis(50);
 
-impl Shim {
+/// What running a task takes from the shim: the one reaper, the worker threads, and the
+/// stream its output and Exit go to. All live as long as the shim does.
+#[derive(Clone, Copy)]
+pub struct Runner {
+    pub reaper: &'static Reaper,
+    pub workers: &'static Workers,
+    pub out: &'static Output,
+}
+
+/// How a started task ended, handed to the `ended` callback of [`Runner::launch`] on the
+/// supervisor's thread: its Exit, and whether everything it left running could be ended
+/// (`Err` says what could not, and the container is then unfit for another task).
+pub type Ended = (Exit, Result<(), String>);
+
+impl Runner {
     /// Start the task and its helper threads; returns its pid, which is also its process
-    /// group id. Called with `busy` held, so the supervisor cannot report Idle before we have
-    /// recorded the task as running.
-    pub fn launch(&'static self, spawn: Spawn) -> Result<i32, String> {
+    /// group id. `start_dir` is where an empty or relative workdir starts from. `ended` runs
+    /// once, when the task is over (never if this returns `Err`). The caller holds `busy`, so
+    /// the supervisor cannot report Idle before the task is recorded as running.
+    pub fn launch(
+        self,
+        spawn: Spawn,
+        start_dir: &Path,
+        ended: impl FnOnce(Ended) + Send + 'static,
+    ) -> Result<i32, String> {
         let Spawn {
             id,
             argv,
@@ -65,7 +92,7 @@ impl Shim {
         // static binary std can only do the latter with fork, while without it std uses
         // vfork-based posix_spawn, about 0.3 ms faster here. Nothing else in the shim uses the
         // cwd, and spawns never overlap: each happens with `busy` held.
-        let dir = self.start_dir.join(OsStr::from_bytes(&workdir));
+        let dir = start_dir.join(OsStr::from_bytes(&workdir));
         fs::create_dir_all(&dir)
             .and_then(|()| std::env::set_current_dir(&dir))
             .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;
@@ -106,10 +133,9 @@ impl Shim {
         });
         let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
         let supervised = Arc::clone(&output);
-        if let Err(e) = self
-            .workers
-            .run(move || self.supervise(id, pid, deadline, &supervised))
-        {
+        if let Err(e) = self.workers.run(move || {
+            ended(self.supervise(id, pid, deadline, &supervised));
+        }) {
             sys::kill_group(pid);
             self.reaper.forget(pid);
             return Err(format!("cannot start a thread for the task: {e}"));
@@ -122,7 +148,7 @@ impl Shim {
             let reader = Arc::clone(&output);
             if let Err(e) = self
                 .workers
-                .run(move || reader.pump(&self.out, stream, &mut pipe))
+                .run(move || reader.pump(self.out, stream, &mut pipe))
             {
                 // The pipe is closed with the closure: the task sees EPIPE, the Exit still comes.
                 eprintln!("warmpool-shim: cannot start an output thread: {e}");
@@ -144,8 +170,8 @@ impl Shim {
 
     /// Wait for the task's main process, which alone decides when the task is over (a
     /// background child holding the pipes open must not keep it running), then clean up and
-    /// report.
-    fn supervise(&self, id: u64, pid: i32, deadline: Option<Instant>, output: &TaskOutput) {
+    /// say how it ended.
+    fn supervise(self, id: u64, pid: i32, deadline: Option<Instant>, output: &TaskOutput) -> Ended {
         let mut timed_out = false;
         let status = self.reaper.wait(pid, deadline, || {
             timed_out = true;
@@ -170,13 +196,9 @@ impl Shim {
             spawn_error: None,
             reset_error: None,
         };
-        match swept {
-            Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
-            Err(left) => self.give_up(
-                &Event::Exit(exit),
-                &format!("task {id} left processes that could not be ended: {left}"),
-            ),
-        }
+        let swept = swept
+            .map_err(|left| format!("task {id} left processes that could not be ended: {left}"));
+        (exit, swept)
     }
 }
 
