@@ -929,3 +929,27 @@ async fn a_start_failure_that_is_not_a_refusal_backs_off_and_never_fails_the_poo
     assert_eq!(pool.counts().idle, 1);
     assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_task_queued_when_the_pool_becomes_failed_is_answered_then_not_at_acquire_timeout() {
+    let fake = FakeRuntime::new();
+    *fake.refuse_creates.lock() = Some("refused for good".into());
+    *fake.create_delay.lock() = Duration::from_secs(1);
+    // Lazy: the task's arrival starts the container it waits for.
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(0, 0, 1))]),
+    };
+    sup.start(&config).await.unwrap();
+    let began = tokio::time::Instant::now();
+    let err = run(&sup, &["echo"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Acquire(AcquireError::Failed { .. })),
+        "{err}"
+    );
+    // At the refusal (the create takes 1 s), not at acquire_timeout (30 s).
+    assert_eq!(began.elapsed(), Duration::from_secs(1));
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 1);
+}
