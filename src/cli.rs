@@ -377,6 +377,17 @@ async fn status(addr: &str) -> anyhow::Result<ExitCode> {
             n("queue_length")
         );
     }
+    // A failed pool (docs/operations.md, "A failed pool") under the table, with the fix.
+    for p in v["pools"].as_array().into_iter().flatten() {
+        if p["state"] == "failed" {
+            println!(
+                "pool {} is FAILED: the engine refuses its containers: {}; what to do: {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["failure"]["reason"].as_str().unwrap_or("?"),
+                p["failure"]["hint"].as_str().unwrap_or("?")
+            );
+        }
+    }
     let resp = client(addr).request("GET", "/v1/sessions", None).await?;
     let status = resp.status;
     let body = resp.bytes().await?;

@@ -779,3 +779,177 @@ async fn a_session_whose_container_dies_fails_as_the_container_not_the_request()
         .unwrap();
     assert_eq!(report.exit.exit_code, Some(0));
 }
+
+/// Every line logged at INFO or above on this thread while the guard lives (a paused-time
+/// test runs its tasks on the one thread), as text.
+fn capture_logs() -> (
+    Arc<parking_lot::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Buf(Arc<parking_lot::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let writer = Buf(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn error_lines(logs: &parking_lot::Mutex<Vec<u8>>, needle: &str) -> usize {
+    String::from_utf8_lossy(&logs.lock())
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(needle))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_start_fails_the_pool_once_it_retries_rarely_and_a_reload_clears_it() {
+    let (logs, _guard) = capture_logs();
+    let fake = FakeRuntime::new();
+    *fake.refuse_creates.lock() =
+        Some("unknown or invalid runtime name: nope; what to do: install it".into());
+    // Three creates in flight at once (PARALLEL_CREATES) when the first refusal comes back.
+    *fake.create_delay.lock() = Duration::from_secs(1);
+    let mut cfg = pool_cfg(5, 5, 5);
+    cfg.health_check_interval = Duration::from_secs(60);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([(cfg.name.clone(), cfg.clone())]),
+    };
+    sup.start(&config).await.unwrap();
+    settle(&sup, "failed", |c| c.failed && c.starting == 0).await;
+    let failure = sup.pool("p").unwrap().failure().expect("failed");
+    assert_eq!(failure.reason, "unknown or invalid runtime name: nope");
+    assert_eq!(failure.hint, "install it");
+    // The three in flight reached the engine; the two waiting their turn never did.
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(metric(&sup, "warmpool_pool_failed{pool=\"p\"}"), 1.0);
+    assert!(sup.ready().unwrap_err().contains("pool p is failed"));
+    // A task is answered at once, with the engine's words and the fix.
+    let began = tokio::time::Instant::now();
+    let err = run(&sup, &["echo"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Acquire(AcquireError::Failed { .. })),
+        "{err}"
+    );
+    assert_eq!(began.elapsed(), Duration::ZERO);
+    let text = err.to_string();
+    assert!(text.contains("pool p is failed"), "{text}");
+    assert!(
+        text.contains("unknown or invalid runtime name: nope"),
+        "{text}"
+    );
+    assert!(text.contains("install it"), "{text}");
+    // No retry loop: nothing more reaches the engine until health_check_interval passed.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 3);
+    // Then one start (at the loop's first look past the interval), refused the same way:
+    // still failed, not logged again.
+    for _ in 0..600 {
+        if fake.create_attempts.load(Ordering::SeqCst) > 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle(&sup, "retry ended", |c| c.starting == 0).await;
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 4);
+    assert!(counts(&sup).failed);
+    assert_eq!(error_lines(&logs, "refuses to start"), 1);
+    // The operator fixes the engine and reloads (the same file): the pool starts again.
+    *fake.refuse_creates.lock() = None;
+    sup.reload(&config).await.unwrap();
+    settle(&sup, "5 idle", |c| c.idle == 5 && !c.failed).await;
+    assert!(sup.pool("p").unwrap().failure().is_none());
+    assert_eq!(metric(&sup, "warmpool_pool_failed{pool=\"p\"}"), 0.0);
+    assert!(run(&sup, &["echo"]).await.is_ok());
+    assert_eq!(error_lines(&logs, "refuses to start"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pool_recovers_by_itself_when_its_periodic_retry_is_not_refused() {
+    let fake = FakeRuntime::new();
+    *fake.refuse_creates.lock() = Some("refused".into());
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.health_check_interval = Duration::from_secs(30);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([(cfg.name.clone(), cfg)]),
+    };
+    sup.start(&config).await.unwrap();
+    settle(&sup, "failed", |c| c.failed).await;
+    *fake.refuse_creates.lock() = None;
+    let began = tokio::time::Instant::now();
+    settle(&sup, "recovered", |c| !c.failed && c.idle == 1).await;
+    // By its own retry, one health_check_interval after the refusal (at the loop's next
+    // look, a quarter of it at most), not before.
+    let took = began.elapsed();
+    assert!(took >= Duration::from_secs(29), "{took:?}");
+    assert!(took <= Duration::from_secs(40), "{took:?}");
+    assert!(run(&sup, &["echo"]).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_failure_that_is_not_a_refusal_backs_off_and_never_fails_the_pool() {
+    let fake = FakeRuntime::new();
+    fake.fail_creates.store(3, Ordering::SeqCst);
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(1, 1, 2))]),
+    };
+    sup.start(&config).await.unwrap();
+    let pool = sup.pool("p").unwrap();
+    let mut was_failed = false;
+    // Each retry waits for its back-off and the loop's next look (scale_interval, 5 s).
+    for _ in 0..12_000 {
+        was_failed |= pool.counts().failed;
+        if pool.counts().idle == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!was_failed, "a transient failure made the pool failed");
+    assert_eq!(pool.counts().idle, 1);
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_queued_when_the_pool_becomes_failed_is_answered_then_not_at_acquire_timeout() {
+    let fake = FakeRuntime::new();
+    *fake.refuse_creates.lock() = Some("refused for good".into());
+    *fake.create_delay.lock() = Duration::from_secs(1);
+    // Lazy: the task's arrival starts the container it waits for.
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([("p".to_string(), pool_cfg(0, 0, 1))]),
+    };
+    sup.start(&config).await.unwrap();
+    let began = tokio::time::Instant::now();
+    let err = run(&sup, &["echo"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Acquire(AcquireError::Failed { .. })),
+        "{err}"
+    );
+    // At the refusal (the create takes 1 s), not at acquire_timeout (30 s).
+    assert_eq!(began.elapsed(), Duration::from_secs(1));
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 1);
+}

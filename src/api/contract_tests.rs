@@ -398,6 +398,97 @@ async fn an_engine_outage_answers_engine_unavailable_and_readyz_not_ready() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pool_the_engine_refuses_answers_pool_failed_and_readyz_names_it() {
+    let app = start(&[pool("p", 1, 1, 2)]).await;
+    // From now on the engine refuses every create; p has its container already.
+    *app.fake.refuse_creates.lock() = Some(
+        "unknown or invalid runtime name: nope; what to do: install it or remove the key".into(),
+    );
+    let mut bad = pool("bad", 1, 1, 2);
+    bad.health_check_interval = Duration::from_secs(40);
+    app.sup.add_pool(bad).await.unwrap();
+    app.settle("bad", "failed", |c| c.failed).await;
+    // The pool list shows it, with the engine's words and the fix.
+    let (status, list) = app.call("GET", "/v1/pools", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let shown = |name: &str| {
+        list["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let bad = shown("bad");
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert_eq!(
+        bad["failure"]["reason"],
+        "unknown or invalid runtime name: nope"
+    );
+    assert_eq!(bad["failure"]["hint"], "install it or remove the key");
+    assert_eq!(bad["failure"]["retry_every_seconds"], 40.0);
+    assert!(
+        bad["failure"]["since"].as_str().unwrap().ends_with('Z'),
+        "{bad}"
+    );
+    assert_eq!(shown("p")["state"], "ok");
+    assert_eq!(shown("p")["failure"], Value::Null);
+    let (_, one) = app.call("GET", "/v1/pools/bad", None).await;
+    assert_eq!(one["state"], "failed", "{one}");
+    // A task answers 503 pool_failed at once, naming the pool, the words and the fix, with
+    // Retry-After at the pool's next try.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/pools/bad/tasks")
+        .body(Body::from(json!({"cmd": ["echo"]}).to_string()))
+        .unwrap();
+    let (status, headers, body) = app.raw(req).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let message = assert_error(&(status, body), 503, "pool_failed");
+    assert!(message.contains("pool bad"), "{message}");
+    assert!(
+        message.contains("unknown or invalid runtime name: nope"),
+        "{message}"
+    );
+    assert!(
+        message.contains("install it or remove the key"),
+        "{message}"
+    );
+    assert_eq!(headers["retry-after"], "40");
+    // A session's task too.
+    let (status, _) = app
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"pool": "bad", "id": "s1"})),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let refused = app
+        .call(
+            "POST",
+            "/v1/pools/bad/tasks",
+            Some(json!({"cmd": ["echo"], "session": "s1"})),
+        )
+        .await;
+    assert_error(&refused, 503, "pool_failed");
+    // /readyz names it.
+    let not_ready = app.call("GET", "/readyz", None).await;
+    let why = assert_error(&not_ready, 503, "not_ready");
+    assert!(why.contains("pool bad is failed"), "{why}");
+    assert!(
+        why.contains("unknown or invalid runtime name: nope"),
+        "{why}"
+    );
+    assert_eq!(app.metric("warmpool_pool_failed{pool=\"bad\"}"), 1.0);
+    assert_eq!(app.metric("warmpool_pool_failed{pool=\"p\"}"), 0.0);
+    // The other pool serves.
+    let (status, r) = app.task("p", json!({"cmd": ["echo", "hi"]})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_shutdown_tasks_answer_shutting_down_and_containers_went_for_shutdown() {
     let app = start(&[pool("p", 2, 2, 2)]).await;
     app.sup.shutdown(Duration::from_secs(1)).await;

@@ -265,6 +265,7 @@ pub enum ErrorCode {
     NoContainer,
     PoolExhausted,
     EngineUnavailable,
+    PoolFailed,
     ShuttingDown,
     Starting,
     NotReady,
@@ -376,6 +377,11 @@ impl From<SubmitError> for ApiError {
                 msg,
             )
             .retry_after(5),
+            // Retry-After: when the pool tries a start again; sooner cannot help.
+            SubmitError::Acquire(AcquireError::Failed { failure, .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::PoolFailed, msg)
+                    .retry_after(failure.retry_every.as_secs().max(1))
+            }
             SubmitError::EngineDown(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::EngineUnavailable,

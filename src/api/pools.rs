@@ -9,7 +9,7 @@ use super::{ApiError, AppState, ErrorBody, Path};
 use crate::supervisor::SubmitError;
 
 /// One pool as `GET /v1/pools` shows it: container counts, sizing from the configuration,
-/// utilization (0 to 1, three decimals) and tasks waiting.
+/// utilization (0 to 1, three decimals), tasks waiting, and whether it is failed.
 #[derive(Serialize, ToSchema)]
 pub(super) struct PoolStatus {
     /// The pool's name in pools.toml.
@@ -46,6 +46,36 @@ pub(super) struct PoolStatus {
     queue_length: usize,
     /// The pre-warm floor in force, if any.
     prewarm: Option<Prewarm>,
+    /// `ok`, or `failed`: the engine refused the pool's last container start for good.
+    state: PoolState,
+    /// Why the pool is failed; `null` unless `state` is `failed`.
+    failure: Option<PoolFailure>,
+}
+
+/// Whether a pool can start containers (docs/operations.md, "A failed pool").
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum PoolState {
+    /// Nothing stops it from starting containers.
+    Ok,
+    /// The engine refused its last container start in a way a retry cannot get past; its
+    /// tasks answer 503 `pool_failed` while it has no idle container.
+    Failed,
+}
+
+/// Why a pool is failed, and what to do about it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PoolFailure {
+    /// The container engine's own words.
+    reason: String,
+    /// What to do about it.
+    hint: String,
+    /// When the pool became failed (RFC 3339, seconds).
+    #[schema(format = DateTime)]
+    since: String,
+    /// How often it tries one start again (its `health_check_interval`), in seconds; it
+    /// also tries at every reload and when the engine comes back.
+    retry_every_seconds: f64,
 }
 
 /// A pool's `exec` setting, as pools.toml spells it.
@@ -76,8 +106,22 @@ pub(super) struct Prewarm {
     remaining_seconds: f64,
 }
 
-pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Counts) -> PoolStatus {
+pub(super) fn pool_status(pool: &crate::pool::Pool) -> PoolStatus {
+    let cfg = &pool.config();
+    let c = &pool.counts();
+    let failure = pool.failure();
     PoolStatus {
+        state: if failure.is_some() {
+            PoolState::Failed
+        } else {
+            PoolState::Ok
+        },
+        failure: failure.map(|f| PoolFailure {
+            reason: f.reason,
+            hint: f.hint,
+            since: humantime::format_rfc3339_seconds(f.since).to_string(),
+            retry_every_seconds: f.retry_every.as_secs_f64(),
+        }),
         name: cfg.name.clone(),
         description: cfg.description.clone(),
         image: cfg.image.clone(),
@@ -124,9 +168,9 @@ pub(super) fn pool_status(cfg: &crate::config::PoolConfig, c: &crate::pool::Coun
 pub(super) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
     let pools: Vec<PoolStatus> = state
         .supervisor
-        .status()
+        .pools()
         .iter()
-        .map(|(cfg, c)| pool_status(cfg, c))
+        .map(|p| pool_status(p))
         .collect();
     Json(PoolList { pools })
 }
@@ -154,5 +198,5 @@ pub(super) async fn get_pool(
         .supervisor
         .pool(&name)
         .ok_or_else(|| SubmitError::UnknownPool(name.clone()))?;
-    Ok(Json(pool_status(&pool.config(), &pool.counts())))
+    Ok(Json(pool_status(&pool)))
 }

@@ -61,7 +61,7 @@ pub(super) async fn prewarm(
     let duration = prewarm_duration(&body.duration).map_err(invalid)?;
     pool.set_prewarm(body.containers, duration)
         .map_err(invalid)?;
-    Ok(Json(pool_status(&pool.config(), &pool.counts())))
+    Ok(Json(pool_status(&pool)))
 }
 
 /// The longest `for`: a floor further off would overflow the clock or an RFC 3339 `until`

@@ -204,6 +204,8 @@ pub struct Metrics {
     sessions: IntGaugeVec,
     /// `warmpool_pool_prewarm_containers{pool}`: the pre-warm floor in force, 0 for none.
     prewarm: IntGaugeVec,
+    /// `warmpool_pool_failed{pool}`: 1 while the engine refuses the pool's containers.
+    pool_failed: IntGaugeVec,
     /// `warmpool_workspaces{pool}`: persistent workspaces kept.
     workspaces: IntGaugeVec,
     /// `warmpool_workspace_bytes{pool}`: bytes they hold.
@@ -371,6 +373,12 @@ impl Metrics {
                 "Pre-warm floor of the pool asked through the API, 0 when none is in force.",
                 &["pool"],
             ),
+            pool_failed: gauge_vec(
+                r,
+                "warmpool_pool_failed",
+                "1 while the pool is failed: the engine refused its last container start for good; 0 otherwise.",
+                &["pool"],
+            ),
             workspaces: gauge_vec(
                 r,
                 "warmpool_workspaces",
@@ -516,7 +524,7 @@ impl Metrics {
     }
 
     /// The integer gauges labelled by `pool` alone, so init and forget cannot miss one.
-    fn pool_gauges(&self) -> [&IntGaugeVec; 9] {
+    fn pool_gauges(&self) -> [&IntGaugeVec; 10] {
         [
             &self.pool_target,
             &self.pool_forecast,
@@ -525,6 +533,7 @@ impl Metrics {
             &self.queue_length,
             &self.sessions,
             &self.prewarm,
+            &self.pool_failed,
             &self.workspaces,
             &self.workspace_bytes,
         ]
@@ -604,6 +613,13 @@ impl Metrics {
     /// Sets the pool's pre-warm floor (0 when none is in force).
     pub fn set_prewarm(&self, pool: &str, n: i64) {
         self.prewarm.with_label_values(&[pool]).set(n);
+    }
+
+    /// Sets whether the pool is failed (the engine refuses its containers): 1 or 0.
+    pub fn set_failed(&self, pool: &str, failed: bool) {
+        self.pool_failed
+            .with_label_values(&[pool])
+            .set(i64::from(failed));
     }
 
     /// Sets the pool's persistent workspaces and the bytes they hold.

@@ -23,6 +23,7 @@ const CONTRACT: &[&str] = &[
     "warmpool_scale_events_total",
     "warmpool_sessions",
     "warmpool_pool_prewarm_containers",
+    "warmpool_pool_failed",
     "warmpool_workspaces",
     "warmpool_workspace_bytes",
     "warmpool_config_reloads_total",

@@ -18,7 +18,8 @@ impl Pool {
     /// Takes an idle container, or queues for one up to `acquire_timeout`.
     ///
     /// Errors: the queue is full, `on_exhausted = "fail"` at max, no container within
-    /// `acquire_timeout` (with the last start error as a hint), or the pool is closed.
+    /// `acquire_timeout` (with the last start error as a hint), the pool is failed and has
+    /// no idle container (at once, or while queued when it becomes failed), or it is closed.
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
         let cfg = self.config();
         let started = Instant::now();
@@ -36,6 +37,13 @@ impl Pool {
                     self.wake(Wake::Taken);
                 }
                 return Ok(lease);
+            }
+            // A failed pool starts nothing a task could wait for: say so at once.
+            if let Some(failure) = &st.failure {
+                return Err(AcquireError::Failed {
+                    pool: self.name.clone(),
+                    failure: failure.clone(),
+                });
             }
             let c = st.counts();
             let at_max = c.live() >= cfg.max && st.waiters.len() >= c.starting;
@@ -68,7 +76,16 @@ impl Pool {
         let waited = tokio::time::timeout(cfg.acquire_timeout, &mut rx).await;
         let lease = match waited {
             Ok(Ok(lease)) => lease,
-            Ok(Err(_)) => return Err(AcquireError::Closed(self.name.clone())),
+            // The queue was dropped: the pool became failed, or closed.
+            Ok(Err(_)) => {
+                return Err(match self.failure() {
+                    Some(failure) => AcquireError::Failed {
+                        pool: self.name.clone(),
+                        failure,
+                    },
+                    None => AcquireError::Closed(self.name.clone()),
+                })
+            }
             Err(_) => {
                 let mut st = self.state.lock();
                 let before = st.waiters.len();

@@ -275,8 +275,39 @@ impl Factory {
     }
 }
 
-/// create → attach → start → greeting. Whatever fails, nothing is left behind; the error is
-/// a message for the tasks that wait.
+/// Why a container start failed: a message for the tasks that wait and, when the engine
+/// refused the container for good ([`RuntimeError::is_permanent`]), the engine's words and
+/// the fix, which make the pool failed rather than back off and retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StartError {
+    /// The whole story, for logs and a task's `no_container` hint.
+    pub(super) message: String,
+    /// `(engine's words, what to do)` when retrying the same start cannot help.
+    pub(super) refusal: Option<(String, String)>,
+}
+
+impl From<String> for StartError {
+    /// A failure the engine did not refuse (a socket directory, a shim that did not greet):
+    /// the next start may succeed.
+    fn from(message: String) -> Self {
+        StartError {
+            message,
+            refusal: None,
+        }
+    }
+}
+
+impl From<RuntimeError> for StartError {
+    fn from(e: RuntimeError) -> Self {
+        StartError {
+            refusal: e.refusal(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// create → attach → start → greeting. Whatever fails, nothing is left behind; the error
+/// says whether the engine refused the container for good.
 pub(super) async fn create_and_connect(
     runtime: &Arc<dyn Runtime>,
     metrics: &Metrics,
@@ -284,7 +315,7 @@ pub(super) async fn create_and_connect(
     name: &str,
     spec: &ContainerSpec,
     exec: ExecMode,
-) -> Result<(String, Conn), String> {
+) -> Result<(String, Conn), StartError> {
     // Persistent workspaces: a slot of its own, bind-mounted at /workspace, its key labelled.
     let with_slot;
     let spec = match &spec.workspace_root {
@@ -348,10 +379,10 @@ pub(super) async fn create_and_connect(
     // Counted as soon as it exists on the engine, so a failed start is created and removed
     // like any other container, and created - removed is what the engine holds.
     metrics.created(pool);
-    let result = async {
+    let result: Result<Conn, StartError> = async {
         match exec {
             ExecMode::Shim if socket_dir.is_some() => {
-                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                runtime.start(&id).await?;
                 let dir = socket_dir.take();
                 let socket = dir.as_ref().map(SocketDir::socket).unwrap_or_default();
                 let conn = direct::connect(runtime, &id, &socket, dir, Some(START_TIMEOUT))
@@ -360,15 +391,15 @@ pub(super) async fn create_and_connect(
                 Ok(Conn::Shim(conn))
             }
             ExecMode::Shim => {
-                let attached = runtime.attach(&id).await.map_err(|e| e.to_string())?;
-                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                let attached = runtime.attach(&id).await?;
+                runtime.start(&id).await?;
                 let conn = ShimConn::connect(attached, Some(START_TIMEOUT))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Conn::Shim(conn))
             }
             ExecMode::DockerExec => {
-                runtime.start(&id).await.map_err(|e| e.to_string())?;
+                runtime.start(&id).await?;
                 Ok(Conn::DockerExec(DockerExecConn {
                     runtime: runtime.clone(),
                     container: id.clone(),
@@ -441,11 +472,12 @@ pub(super) fn container_name(pool: &str) -> String {
     format!("warmpool-{pool}-{:08x}", rand::random::<u32>())
 }
 
-fn describe_start_error(image: &str, e: RuntimeError) -> String {
+fn describe_start_error(image: &str, e: RuntimeError) -> StartError {
     match e {
         RuntimeError::NotFound(m) if m.contains("image") || m.contains(image) => format!(
             "image {image} is not on the engine and cannot be pulled here ({m}); build or load it (scripts/build-demo-image.sh builds warmpool/agent:latest)"
-        ),
-        other => other.to_string(),
+        )
+        .into(),
+        other => other.into(),
     }
 }

@@ -38,7 +38,7 @@ use state::{NewMember, Rules, State};
 
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
 pub use lease::Lease;
-pub use state::{Counts, Desired, History, Plan};
+pub use state::{Counts, Desired, Failure, History, Plan};
 pub use wake::{Wake, Wakes};
 
 /// Creates in flight at once per pool: the engine slows sharply when many start together.
@@ -65,6 +65,16 @@ pub enum AcquireError {
     /// The pool is closed (shutdown, or a reload removed it).
     #[error("pool {0} is shutting down and takes no new tasks")]
     Closed(String),
+    /// The pool is failed (the engine refuses its containers) and has no idle container.
+    #[error(
+        "pool {pool} is failed: the container engine refuses to start its containers: {}; \
+         what to do: {}; it tries one start again every {}, at a reload and when the engine \
+         comes back",
+        failure.reason,
+        failure.hint,
+        humantime::format_duration(failure.retry_every)
+    )]
+    Failed { pool: String, failure: Failure },
 }
 
 /// The pools of a daemon by name, shared by the supervisor and the sessions.
@@ -166,7 +176,8 @@ impl Pool {
     }
 
     /// Applies a new config (and spec): the target is clamped to the new bounds at once;
-    /// members of another spec are replaced by the loop, surge first.
+    /// members of another spec are replaced by the loop, surge first. A failed pool is
+    /// failed no more: the loop tries its starts again at once.
     pub fn set_config(&self, cfg: PoolConfig, spec: ContainerSpec) {
         let (min, max) = (cfg.min, cfg.max);
         *self.cfg.write() = Arc::new(cfg);
@@ -175,9 +186,42 @@ impl Pool {
         {
             let mut st = self.state.lock();
             st.target = st.target.clamp(min, max.max(min));
+            self.clear_failure_locked(&mut st, "its configuration changed");
             self.publish(&st);
         }
         self.wake(Wake::Config);
+    }
+
+    /// Why the pool is failed, if it is: the engine refused its last container start for
+    /// good (docs/operations.md, "A failed pool").
+    pub fn failure(&self) -> Option<Failure> {
+        self.state.lock().failure.clone()
+    }
+
+    /// Something that may have fixed a failed pool happened (a reload, the engine back):
+    /// it is failed no more and starts again at once, without back-off; if the engine
+    /// still refuses, the first start fails it again, and says so once.
+    pub fn retry_failed(&self, why: &str) {
+        let cleared = {
+            let mut st = self.state.lock();
+            let cleared = self.clear_failure_locked(&mut st, why);
+            self.publish(&st);
+            cleared
+        };
+        if cleared {
+            self.wake(Wake::Config);
+        }
+    }
+
+    /// Clears the failure and the back-off; true when the pool was failed.
+    fn clear_failure_locked(&self, st: &mut State, why: &str) -> bool {
+        if st.failure.take().is_none() {
+            return false;
+        }
+        st.start_failures = 0;
+        st.backoff_until = None;
+        tracing::info!(pool = %self.name, "pool no longer failed ({why}); starting containers again");
+        true
     }
 
     /// Raises the pool's floor to `containers` for `duration` (`POST /v1/pools/{pool}/prewarm`),
@@ -324,12 +368,18 @@ impl Pool {
         let pool = self.me();
         self.work.spawn(async move {
             let _permit = pool.creates.acquire().await;
-            if pool.is_closed() {
-                // Shut down while this start waited for its turn: nothing to create.
+            {
                 let mut st = pool.state.lock();
-                st.starting -= 1;
-                pool.publish(&st);
-                return;
+                // Shut down while this start waited for its turn, or the pool became failed
+                // (a start before it was refused for good) and its retry is not due: the
+                // engine would refuse this one too, so nothing to create.
+                let waiting_retry = st.failure.is_some()
+                    && st.backoff_until.is_some_and(|t| Instant::now() < t);
+                if st.closed || waiting_retry {
+                    st.starting -= 1;
+                    pool.publish(&st);
+                    return;
+                }
             }
             let begun = Instant::now();
             let spec = pool.spec();
@@ -358,6 +408,9 @@ impl Pool {
                     st.start_failures = 0;
                     st.backoff_until = None;
                     st.last_start_error = None;
+                    if st.failure.take().is_some() {
+                        tracing::info!(pool = %pool.name, "pool no longer failed: the engine started a container of it");
+                    }
                     let new = NewMember {
                         container,
                         name,
@@ -375,16 +428,58 @@ impl Pool {
                 }
                 Err(e) => {
                     st.gone.push((name, Instant::now()));
-                    st.start_failures += 1;
-                    st.backoff_until = Some(Instant::now() + state::backoff(st.start_failures));
-                    tracing::warn!(pool = %pool.name, error = %e, "container start failed");
-                    st.last_start_error = Some(e);
+                    match e.refusal {
+                        Some((reason, hint)) => pool.refused_locked(&mut st, reason, hint, &cfg),
+                        None => {
+                            // Not refused: what failed the pool may be gone, so it backs
+                            // off as after any failed start (and says so if it was failed).
+                            if st.failure.take().is_some() {
+                                tracing::info!(pool = %pool.name, error = %e.message, "pool no longer failed: the engine did not refuse its last start, which failed otherwise");
+                            }
+                            st.start_failures += 1;
+                            st.backoff_until =
+                                Some(Instant::now() + state::backoff(st.start_failures));
+                            tracing::warn!(pool = %pool.name, error = %e.message, "container start failed");
+                        }
+                    }
+                    st.last_start_error = Some(e.message);
                 }
             }
             pool.publish(&st);
             drop(st);
             pool.wake(Wake::StartEnded);
         });
+    }
+
+    /// The engine refused a start for good: the pool is failed. Said once, at error level,
+    /// when it becomes failed or the engine's words change; a periodic retry refused the
+    /// same way is only a debug line. It tries one start again every
+    /// `health_check_interval`; tasks queued now are answered at once ([`AcquireError::Failed`]).
+    fn refused_locked(&self, st: &mut State, reason: String, hint: String, cfg: &PoolConfig) {
+        let retry_every = cfg.health_check_interval;
+        st.backoff_until = Some(Instant::now() + retry_every);
+        let same = st.failure.as_ref().is_some_and(|f| f.reason == reason);
+        if same {
+            tracing::debug!(pool = %self.name, reason = %reason, "pool still failed: the engine refused the retry the same way");
+        } else {
+            tracing::error!(
+                pool = %self.name,
+                reason = %reason,
+                what_to_do = %hint,
+                retry_every = %humantime::format_duration(retry_every),
+                "the container engine refuses to start this pool's containers; the pool is failed: \
+                 it does not retry in a loop but tries one start every retry_every, at a reload and \
+                 when the engine comes back; its tasks answer 503 pool_failed"
+            );
+            st.failure = Some(Failure {
+                reason,
+                hint,
+                since: std::time::SystemTime::now(),
+                retry_every,
+            });
+        }
+        // Dropping their senders answers the queued tasks; they find the failure.
+        st.waiters.clear();
     }
 
     /// Brings the pool toward `desired`: decides with the pure `plan` (state.rs) under the lock, then
@@ -475,12 +570,16 @@ impl Pool {
         self.publish(&st);
     }
 
-    /// The engine answers again: failures from the outage say nothing about it now.
+    /// The engine answers again: failures from the outage say nothing about it now, and a
+    /// refusal before it may be gone (the engine restarted, perhaps with the missing
+    /// runtime installed), so a failed pool tries again at once.
     pub fn engine_back(&self) {
         {
             let mut st = self.state.lock();
+            self.clear_failure_locked(&mut st, "the container engine is back");
             st.start_failures = 0;
             st.backoff_until = None;
+            self.publish(&st);
         }
         self.wake(Wake::Engine);
     }
@@ -555,6 +654,7 @@ impl Pool {
         m.set_target(n, c.target as i64);
         m.set_bounds(n, cfg.min as i64, cfg.max as i64);
         m.set_prewarm(n, c.prewarm as i64);
+        m.set_failed(n, c.failed);
         self.counts.send_replace(c);
     }
 }

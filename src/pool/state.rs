@@ -117,6 +117,8 @@ pub struct Counts {
     pub prewarm: usize,
     /// When that floor ends.
     pub prewarm_until: Option<Instant>,
+    /// The engine refuses the pool's containers ([`Failure`]).
+    pub failed: bool,
 }
 
 impl Counts {
@@ -167,6 +169,25 @@ pub(super) struct State {
     pub(super) gone: Vec<(String, Instant)>,
     /// A pre-warm floor and when it ends; cleared by the loop once past.
     pub(super) prewarm: Option<(usize, Instant)>,
+    /// The engine refused the pool's last container start for good: the pool is failed.
+    /// While set, `backoff_until` is when it tries one start again.
+    pub(super) failure: Option<Failure>,
+}
+
+/// Why a pool is failed: the engine refused its last container start in a way that a
+/// retry of the same start cannot get past (an option or a runtime it does not take), so
+/// the pool starts one container per `health_check_interval` instead of backing off and
+/// retrying (docs/operations.md, "A failed pool").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The engine's own words.
+    pub reason: String,
+    /// What to do about it.
+    pub hint: String,
+    /// When the pool became failed, on the wall clock.
+    pub since: std::time::SystemTime,
+    /// How often it tries one start again: the pool's `health_check_interval`.
+    pub retry_every: Duration,
 }
 
 impl State {
@@ -179,6 +200,7 @@ impl State {
             target: self.target,
             prewarm: self.prewarm.map_or(0, |(n, _)| n),
             prewarm_until: self.prewarm.map(|(_, until)| until),
+            failed: self.failure.is_some(),
             ..Default::default()
         };
         for m in self.members.values() {
@@ -303,8 +325,10 @@ pub struct Plan {
 /// their replacements start early. Then surplus fresh idle ones go, least recently used
 /// first: above the target (scale down), then past `idle_timeout` while above `min` (which
 /// lowers the target, so no replacement starts). Finally what is missing starts, unless
-/// the pool backs off after failed starts or the engine is down. Stale members being
-/// replaced do not count toward `max`, so a pool at `max` can still renew itself.
+/// the pool backs off after failed starts or the engine is down; a failed pool (the engine
+/// refused its last start for good) starts one at a time, when its retry is due. Stale
+/// members being replaced do not count toward `max`, so a pool at `max` can still renew
+/// itself.
 pub(super) fn plan(
     st: &State,
     cfg: &PoolConfig,
@@ -372,7 +396,13 @@ pub(super) fn plan(
     let have = fresh_up + st.starting;
     let backing_off = st.backoff_until.is_some_and(|t| now < t);
     let start = if want > have && !backing_off && desired.engine_up {
-        want - have
+        // A failed pool's retry is one start, not one per missing container: the engine
+        // will most likely refuse it again.
+        if st.failure.is_some() {
+            usize::from(st.starting == 0)
+        } else {
+            want - have
+        }
     } else {
         0
     };
@@ -471,6 +501,29 @@ mod tests {
             plan(&st, &cfg(1, 10), "a", up(2), now + Duration::from_secs(1)).start,
             2
         );
+    }
+
+    #[test]
+    fn a_failed_pool_starts_one_container_when_its_retry_is_due_and_none_before() {
+        let now = Instant::now();
+        let mut st = state(0, now);
+        st.failure = Some(Failure {
+            reason: "unknown or invalid runtime name: nope".into(),
+            hint: "install it".into(),
+            since: std::time::SystemTime::now(),
+            retry_every: Duration::from_secs(30),
+        });
+        st.backoff_until = Some(now + Duration::from_secs(30));
+        assert_eq!(plan(&st, &cfg(3, 10), "a", up(3), now).start, 0);
+        let due = now + Duration::from_secs(30);
+        assert_eq!(plan(&st, &cfg(3, 10), "a", up(3), due).start, 1);
+        // Its retry in flight: nothing more.
+        st.starting = 1;
+        assert_eq!(plan(&st, &cfg(3, 10), "a", up(3), due).start, 0);
+        // Not failed: the whole difference.
+        st.starting = 0;
+        st.failure = None;
+        assert_eq!(plan(&st, &cfg(3, 10), "a", up(3), due).start, 3);
     }
 
     #[test]

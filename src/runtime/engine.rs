@@ -321,10 +321,8 @@ fn is_refusal(message: &str) -> bool {
 }
 
 fn refused(message: String) -> RuntimeError {
-    let what = remedy(&message).unwrap_or(
-        "fix the pool's configuration (docs/configuration.md) or the engine, then reload",
-    );
-    RuntimeError::Refused(format!("{message}; what to do: {what}"))
+    let what = remedy(&message).unwrap_or(super::FIX_AND_RELOAD);
+    RuntimeError::Refused(format!("{message}{}{what}", super::WHAT_TO_DO))
 }
 
 #[cfg(test)]
@@ -495,5 +493,30 @@ mod tests {
         let busy = classify(500, "error creating overlay mount: device busy".into());
         assert!(!busy.is_permanent());
         assert!(!RuntimeError::Unreachable("gone".into()).is_permanent());
+    }
+
+    #[test]
+    fn a_refusal_splits_into_the_engines_words_and_the_fix() {
+        // Docker's answer to a create naming a runtime it does not have.
+        let e = classify(
+            400,
+            "unknown or invalid runtime name: warmpool-no-such-runtime".into(),
+        );
+        let (words, fix) = e.refusal().expect("a refusal");
+        assert_eq!(
+            words,
+            "unknown or invalid runtime name: warmpool-no-such-runtime"
+        );
+        assert!(fix.contains("security.runtime"), "{fix}");
+        // A refusal whose text names no fix gets the general one; other errors none.
+        let (words, fix) = RuntimeError::Refused("no".into()).refusal().unwrap();
+        assert_eq!(
+            (words.as_str(), fix.as_str()),
+            ("no", super::super::FIX_AND_RELOAD)
+        );
+        assert!(RuntimeError::Other("x".into()).refusal().is_none());
+        assert!(classify(409, "name is already in use".into())
+            .refusal()
+            .is_none());
     }
 }

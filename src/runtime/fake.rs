@@ -55,7 +55,10 @@ pub struct FakeRuntime {
     pub refuse_creates: Mutex<Option<String>>,
     /// While set, every call fails as if the engine were unreachable.
     pub down: AtomicBool,
+    /// Creates that succeeded.
     pub creates: AtomicUsize,
+    /// Creates asked for, refused and failed ones included: what an engine would log.
+    pub create_attempts: AtomicUsize,
     pub removes: AtomicUsize,
     /// Highest number of creates in flight at once.
     pub max_parallel_creates: AtomicUsize,
@@ -165,6 +168,7 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.check_up()?;
+        self.create_attempts.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_parallel_creates.fetch_max(now, Ordering::SeqCst);
         let delay = *self.create_delay.lock();

@@ -112,7 +112,27 @@ impl RuntimeError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, RuntimeError::Refused(_))
     }
+
+    /// A refusal's two parts: the engine's own words, and what to do about it (the text
+    /// after [`WHAT_TO_DO`], or [`FIX_AND_RELOAD`] when the refusal does not say). `None`
+    /// for an error that is not permanent ([`RuntimeError::is_permanent`]).
+    pub fn refusal(&self) -> Option<(String, String)> {
+        let RuntimeError::Refused(text) = self else {
+            return None;
+        };
+        Some(match text.split_once(WHAT_TO_DO) {
+            Some((words, what)) => (words.to_string(), what.to_string()),
+            None => (text.clone(), FIX_AND_RELOAD.to_string()),
+        })
+    }
 }
+
+/// What separates the engine's words from the fix in a [`RuntimeError::Refused`] text.
+pub const WHAT_TO_DO: &str = "; what to do: ";
+
+/// The fix of a refusal whose text names no better one.
+pub const FIX_AND_RELOAD: &str =
+    "fix the pool's configuration (docs/configuration.md) or the engine, then reload";
 
 /// Everything the engine needs to create one pool container. Hashing it (see
 /// [`ContainerSpec::hash`]) tells a reload or a restarted daemon whether an existing container

@@ -176,15 +176,31 @@ impl Supervisor {
         self.metrics.set_engine_up(up);
     }
 
-    /// Ready when the engine answers and every pool has at least `min` containers up.
+    /// Ready when the engine answers, no pool is failed and every pool has at least `min`
+    /// containers up.
     ///
-    /// Errors: why not, for `/readyz`.
+    /// Errors: why not, for `/readyz`; every failed pool is named, with the engine's words.
     pub fn ready(&self) -> Result<(), String> {
         if !self.is_started() {
             return Err("the daemon is still starting (cleaning up, creating pools)".into());
         }
         if !self.engine_up() {
             return Err("the container engine does not answer".into());
+        }
+        let failed: Vec<String> = self
+            .pools()
+            .iter()
+            .filter_map(|p| {
+                p.failure().map(|f| {
+                    format!(
+                        "pool {} is failed: the container engine refuses to start its containers: {}; what to do: {}",
+                        p.name, f.reason, f.hint
+                    )
+                })
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(failed.join(" | "));
         }
         for pool in self.pools() {
             let up = pool.counts().up();

@@ -16,7 +16,8 @@ impl Supervisor {
     /// Applies a new configuration: validated by the caller, applied as a difference. A new
     /// pool warms; a removed one stops taking tasks, lets its running ones finish, and goes;
     /// a changed container spec replaces containers one by one, surge first (the reconcile
-    /// loop sees their old spec hash); sizing and timing changes touch no container.
+    /// loop sees their old spec hash); sizing and timing changes touch no container. Every
+    /// failed pool, changed or not, is failed no more and tries its starts again at once.
     ///
     /// Errors: the daemon is still starting, or a new pool's network cannot be set up.
     pub async fn reload(self: &Arc<Self>, new: &Config) -> Result<ReloadSummary, String> {
@@ -44,6 +45,9 @@ impl Supervisor {
                 Some(pool) => {
                     let old = pool.config();
                     if *old == *cfg {
+                        // An operator who fixed the engine (installed the missing runtime)
+                        // reloads to be heard: a failed pool tries again at once.
+                        pool.retry_failed("a reload");
                         continue;
                     }
                     if cfg.network == NetworkMode::Isolated && old.network != NetworkMode::Isolated

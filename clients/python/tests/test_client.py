@@ -279,6 +279,26 @@ def test_unknown_code_maps_to_the_base_class() -> None:
     assert isinstance(e, warmpool.QueueFull) and e.status == 429
 
 
+def test_pool_failed_has_its_class_and_a_pool_status_shows_the_failure() -> None:
+    from warmpool._errors import error_from
+
+    e = error_from(503, "pool_failed", "pool bad is failed: ...", retry_after=30)
+    assert isinstance(e, warmpool.PoolFailed) and e.status == 503 and e.retry_after == 30
+    e = error_from(None, "pool_failed", "x")  # an error line ending a stream
+    assert isinstance(e, warmpool.PoolFailed) and e.status == 503 and not e.retryable
+    counts = dict.fromkeys(
+        ["live", "idle", "busy", "starting", "unhealthy", "retiring", "min", "max", "target",
+         "queue_length"], 0)
+    base = {"name": "bad", "image": "img", "exec": "shim", "utilization": 0.0, **counts}
+    failure = {"reason": "Unknown runtime specified nope", "hint": "install it",
+               "since": "2026-11-29T14:30:00Z", "retry_every_seconds": 30.0}
+    s = warmpool.PoolStatus.from_json({**base, "state": "failed", "failure": failure})
+    assert s.state == "failed" and s.failure == failure
+    # A daemon from before the field: ok.
+    s = warmpool.PoolStatus.from_json(base)
+    assert s.state == "ok" and s.failure is None
+
+
 # Addresses
 
 

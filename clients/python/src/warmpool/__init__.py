@@ -34,6 +34,7 @@ from ._errors import (
     NotReady,
     NotWritable,
     PoolExhausted,
+    PoolFailed,
     ProtocolError,
     QueueFull,
     SessionPoolMismatch,
@@ -60,5 +61,5 @@ __all__ = [
     "PoolExhausted", "QueueFull", "SessionPoolMismatch", "ShuttingDown", "Starting",
     "Unauthorized", "UnknownPool", "UnknownSession", "WrongKind", "FileTransferFailed",
     "ForbiddenHost", "McpUnavailable", "MethodNotAllowed", "NoSpace", "NotReadable",
-    "WorkspaceFull",
+    "WorkspaceFull", "PoolFailed",
 ]

@@ -316,7 +316,7 @@ class Client(_Base):
         Raises:
             UnknownPool, UnknownSession, SessionPoolMismatch, InvalidRequest, InvalidJson,
             QueueFull, NoContainer, PoolExhausted, ContainerFailed, EngineUnavailable,
-            ShuttingDown, Starting, Unauthorized, BodyTooLarge, ConnectionFailed.
+            PoolFailed, ShuttingDown, Starting, Unauthorized, BodyTooLarge, ConnectionFailed.
         """
         body = _task_body(cmd, shell, env, stdin, timeout, session, workdir)
         resp = self.request(

@@ -250,6 +250,15 @@ class EngineUnavailable(WarmpoolError):
     default_retryable = True
 
 
+class PoolFailed(WarmpoolError):
+    """503 ``pool_failed``: the engine refuses the pool's containers (the message has its
+    words and the fix); the pool tries again every health_check_interval and on reload."""
+
+    code_name = "pool_failed"
+    http_status: int | None = 503
+    default_retryable = False
+
+
 class ShuttingDown(WarmpoolError):
     """503 ``shutting_down``: the daemon is stopping."""
 
@@ -320,7 +329,7 @@ ERRORS: dict[str, type[WarmpoolError]] = {
         FilesUnsupported, InvalidConfig, Unauthorized, NotReadable, ForbiddenHost,
         MethodNotAllowed, NotWritable, UnknownPool, UnknownSession, NoSuchPath, NotFound,
         SessionPoolMismatch, BodyTooLarge, QueueFull, ContainerFailed, NoContainer,
-        PoolExhausted, EngineUnavailable, ShuttingDown, Starting, NotReady, McpUnavailable,
+        PoolExhausted, EngineUnavailable, PoolFailed, ShuttingDown, Starting, NotReady, McpUnavailable,
         NoSpace, WorkspaceFull, Internal, FileTransferFailed,
     ]
 }

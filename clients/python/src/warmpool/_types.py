@@ -125,6 +125,10 @@ class PoolStatus:
     target: int
     utilization: float
     queue_length: int
+    #: ``"ok"``, or ``"failed"`` when the engine refuses the pool's containers.
+    state: str = "ok"
+    #: When failed: ``{"reason", "hint", "since", "retry_every_seconds"}``; else ``None``.
+    failure: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PoolStatus:

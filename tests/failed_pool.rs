@@ -1,0 +1,251 @@
+//! A pool whose containers the real engine refuses for good (issue 16): Docker answers a
+//! create naming a runtime it does not have with a 400, which no retry gets past. The pool
+//! is failed, says so once, shows it in the API and `/readyz`, answers its tasks 503
+//! `pool_failed`, sends the engine no stream of retries, and leaves the other pool serving;
+//! a reload that fixes its config clears it.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// A unix-socket proxy in front of the engine that counts the container creates asked for
+/// whose name starts with `name_prefix`, on the wire: a refused create leaves no container
+/// behind, so neither `docker ps` nor `docker events` would show it.
+struct EngineProxy {
+    socket: PathBuf,
+    creates: Arc<AtomicUsize>,
+}
+
+fn engine_proxy(dir: &Path, name_prefix: &str) -> EngineProxy {
+    let upstream = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let socket = dir.join("engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the proxy socket");
+    listener.set_nonblocking(true).unwrap();
+    let creates = Arc::new(AtomicUsize::new(0));
+    // bollard asks `POST /v1.NN/containers/create?name=NAME`.
+    let needle = format!("/containers/create?name={name_prefix}").into_bytes();
+    let counter = creates.clone();
+    // On a thread and runtime of its own: the harness blocks the test's thread while it
+    // waits for the daemon to stop, and the daemon's shutdown goes through this proxy.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(proxy_loop(listener, upstream, needle, counter));
+    });
+    EngineProxy { socket, creates }
+}
+
+async fn proxy_loop(
+    listener: std::os::unix::net::UnixListener,
+    upstream: String,
+    needle: Vec<u8>,
+    counter: Arc<AtomicUsize>,
+) {
+    let listener = UnixListener::from_std(listener).unwrap();
+    while let Ok((client, _)) = listener.accept().await {
+        let (upstream, needle, counter) = (upstream.clone(), needle.clone(), counter.clone());
+        tokio::spawn(async move {
+            let Ok(engine) = UnixStream::connect(&upstream).await else {
+                return;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_engine, mut to_engine) = engine.into_split();
+            let up = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                // The end of the previous read, so a request line split across two
+                // reads is still seen once.
+                let mut window: Vec<u8> = Vec::new();
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    window.extend_from_slice(&buf[..n]);
+                    let found = window
+                        .windows(needle.len())
+                        .filter(|w| *w == needle.as_slice())
+                        .count();
+                    counter.fetch_add(found, Ordering::SeqCst);
+                    let keep = window.len().min(needle.len() - 1);
+                    window.drain(..window.len() - keep);
+                    if to_engine.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_engine.shutdown().await;
+            };
+            let down = async {
+                let _ = tokio::io::copy(&mut from_engine, &mut to_client).await;
+                let _ = to_client.shutdown().await;
+            };
+            tokio::join!(up, down);
+        });
+    }
+}
+
+fn config(proxy: &EngineProxy, bad_runtime: bool) -> String {
+    let runtime = if bad_runtime {
+        "\n[pools.bad.security]\nruntime = \"warmpool-no-such-runtime\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "[docker]\nhost = \"unix://{}\"\n\n\
+         [pools.good]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\n\
+         [pools.bad]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n{runtime}",
+        proxy.socket.display()
+    )
+}
+
+fn pool_in<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["pools"]
+        .as_array()
+        .and_then(|pools| pools.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no pool {name} in {list}"))
+}
+
+#[tokio::test]
+async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() {
+    let scratch = tempfile::tempdir().unwrap();
+    let proxy = engine_proxy(scratch.path(), "warmpool-bad-");
+    let mut d = Daemon::start(&config(&proxy, true)).await;
+
+    // Failed, in the pool's own status, with the engine's words and the fix.
+    let bad = wait_pool(&d, "bad", "pool bad failed", LONG, |v| {
+        v["state"] == "failed"
+    })
+    .await;
+    let failed_at = Instant::now();
+    let reason = bad["failure"]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.to_lowercase().contains("runtime") && reason.contains("warmpool-no-such-runtime"),
+        "the engine's words: {bad}"
+    );
+    let hint = bad["failure"]["hint"].as_str().unwrap();
+    assert!(hint.contains("security.runtime"), "{bad}");
+    assert_eq!(bad["failure"]["retry_every_seconds"], 30.0, "{bad}");
+    assert_eq!(bad["live"], 0, "{bad}");
+    // Nothing of it exists on the engine.
+    assert!(containers(&d.instance, Some("bad")).is_empty());
+
+    // The other pool serves.
+    let good = wait_pool(&d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
+    assert_eq!(good["state"], "ok", "{good}");
+    let (status, r) = d.task("good", json!({"cmd": ["echo", "served"]})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["stdout"], "served\n", "{r}");
+
+    // The list shows both.
+    let (status, list) = d.get("/v1/pools").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(pool_in(&list, "bad")["state"], "failed", "{list}");
+    assert_eq!(pool_in(&list, "good")["state"], "ok", "{list}");
+    assert_eq!(pool_in(&list, "good")["failure"], Value::Null, "{list}");
+
+    // /readyz names it.
+    let (status, ready) = d.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["error"]["code"], "not_ready", "{ready}");
+    let why = ready["error"]["message"].as_str().unwrap();
+    assert!(
+        why.contains("pool bad is failed") && why.contains("warmpool-no-such-runtime"),
+        "{why}"
+    );
+
+    // Its task answers at once, 503 pool_failed, naming the pool, the words and the fix.
+    let asked = Instant::now();
+    let (status, headers, r) = task_with_headers(&d, "bad", json!({"cmd": ["echo"]})).await;
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "pool_failed", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pool bad"), "{message}");
+    assert!(message.contains(&reason), "{message}");
+    assert!(message.contains("security.runtime"), "{message}");
+    assert_eq!(retry_after(&headers), Some(30));
+    // The pool's acquire_timeout is 30 s by default: a task that queued would take that.
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        metric(&d, "warmpool_pool_failed", &[("pool", "bad")]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(&d, "warmpool_pool_failed", &[("pool", "good")]).await,
+        0.0
+    );
+
+    // No retry storm: one create reached the engine, and no more within 12 s (the old
+    // back-off would have sent five: 0.5, 1, 2, 4 and 8 s); its retry is due after 30 s.
+    let window = Duration::from_secs(12).saturating_sub(failed_at.elapsed());
+    tokio::time::sleep(window).await;
+    assert_eq!(
+        proxy.creates.load(Ordering::SeqCst),
+        1,
+        "creates of pool bad"
+    );
+    assert!(
+        failed_at.elapsed() < Duration::from_secs(30),
+        "the window overran"
+    );
+    // Logged once, at error level, with the engine's words and the fix.
+    let log = d.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refuses to start this pool's containers"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("warmpool-no-such-runtime"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("security.runtime"), "{}", lines[0]);
+
+    // A reload that drops the runtime clears it: the pool starts and serves.
+    std::fs::write(
+        &d.config_path,
+        format!(
+            "[server]\nlisten = \"{}\"\nshutdown_grace = \"1s\"\n{}",
+            d.addr.trim_start_matches("http://"),
+            config(&proxy, false)
+        ),
+    )
+    .unwrap();
+    let (status, r) = d.post_raw("/v1/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{r}");
+    let bad = wait_pool(&d, "bad", "pool bad serving", LONG, |v| {
+        v["state"] == "ok" && v["idle"] == 1
+    })
+    .await;
+    assert_eq!(bad["failure"], Value::Null, "{bad}");
+    let (status, r) = d.task("bad", json!({"cmd": ["echo", "back"]})).await;
+    assert_eq!(status, 200, "{r}");
+    let (status, ready) = d.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        metric(&d, "warmpool_pool_failed", &[("pool", "bad")]).await,
+        0.0
+    );
+    assert!(d.stop().success(), "{}", d.log());
+}
