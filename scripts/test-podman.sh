@@ -40,7 +40,6 @@ rootful_skip=(
   a_session_size_is_applied_live_to_a_warm_container
   a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect
   changed_security_settings_reach_the_engine
-  a_docker_exec_container_killed_under_its_task_is_not_handed_out_again
 )
 # The rootless smoke subset (test names, matched exactly).
 rootless_tests=(
