@@ -30,10 +30,9 @@ user_run=/run/warmpool-podman-$user
 #   cannot be adopted by the next one; docker-exec pools are adopted.
 # - not yet done on Podman (issue 16 stays open for them): Podman 4.3 has no container-update
 #   endpoint in its Docker API (404), so a session's memory/cpus/pids cannot be applied live;
-#   Podman reports bind mounts and
-#   the OCI runtime ("oci") in its own inspect format, which these tests do not read yet; a
-#   docker-exec task whose container is killed under it ends as exit 137 on Podman, where
-#   Docker's exec fails, so it is answered 200 rather than 502 container_failed.
+#   Podman reports bind mounts in its own inspect format, which that test does not read yet;
+#   it ignores HostConfig.Runtime, so warmpool refuses a pool's security.runtime there (the
+#   security test sets one).
 rootful_skip=(
   a_start_after_kill_9_adopts_idle_containers_and_removes_the_rest
   a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it

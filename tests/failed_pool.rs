@@ -196,11 +196,12 @@ async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() 
 
     // No retry storm: one create reached the engine, and no more within 12 s (the old
     // back-off would have sent five: 0.5, 1, 2, 4 and 8 s); its retry is due after 30 s.
+    // Podman would ignore the runtime, so the daemon refuses it before asking (none reach it).
     let window = Duration::from_secs(12).saturating_sub(failed_at.elapsed());
     tokio::time::sleep(window).await;
     assert_eq!(
         proxy.creates.load(Ordering::SeqCst),
-        1,
+        if engine_is_podman() { 0 } else { 1 },
         "creates of pool bad"
     );
     assert!(

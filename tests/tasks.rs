@@ -504,7 +504,7 @@ exec = "docker-exec"
     .await;
     docker(&["kill", &victim]);
     let (status, _, v) = task.await.unwrap();
-    assert_eq!(status, 502, "{v}");
+    assert_eq!(status, 502, "{v}\n{}", d.log());
     assert_eq!(v["error"]["code"], "container_failed", "{v}");
     // The next task gets a live container, not the dead one.
     let (status, v) = d.task("exec", json!({"cmd": ["echo", "next"]})).await;

@@ -152,12 +152,13 @@ fn exec_start_failure(exit_code: i32, stdout_head: &[u8]) -> Option<String> {
 impl DockerExecConn {
     /// Whether the container has stopped. The engine may report an exec killed with its
     /// container a moment before the container itself, so "running" is only believed once it
-    /// is still the answer after [`EXEC_DRAIN`]. Only tasks that died by a signal ask.
+    /// is still the answer after [`EXEC_DRAIN`]. Only tasks that died by a signal ask. A
+    /// container already gone has stopped too.
     async fn container_stopped(&self) -> bool {
         let until = tokio::time::Instant::now() + EXEC_DRAIN;
         loop {
             match self.runtime.is_running(&self.container).await {
-                Ok(false) => return true,
+                Ok(false) | Err(RuntimeError::NotFound(_)) => return true,
                 Err(_) => return false,
                 Ok(true) if tokio::time::Instant::now() >= until => return false,
                 Ok(true) => tokio::time::sleep(EXEC_POLL).await,

@@ -316,6 +316,9 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let engine = self.engine().await?;
+        if let Some(refusal) = engine.runtime_refusal(spec) {
+            return Err(refusal);
+        }
         let unenforced = engine.unenforced_limits(spec);
         if !unenforced.is_empty() {
             let refusal = engine.limits_refusal(&unenforced);
@@ -532,9 +535,15 @@ impl Runtime for DockerRuntime {
                 id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             )
-            .await
-            .map_err(map_err)?;
-        Ok(info.state.and_then(|s| s.running).unwrap_or(false))
+            .await;
+        match info {
+            Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
+            // Podman has states Docker lacks (`stopped` between a kill and `exited`,
+            // `stopping`, `configured`, `initialized`), which bollard's state enum cannot
+            // read; none of them is running.
+            Err(e) if e.to_string().contains("unknown variant") => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {

@@ -146,6 +146,22 @@ impl Engine {
         ))
     }
 
+    /// The refusal of a spec naming an OCI runtime (`security.runtime`) on an engine that
+    /// would not use it: Podman's Docker-compatible API ignores `HostConfig.Runtime` (found
+    /// with Podman 4.3: a container asked for a runtime that does not exist starts under the
+    /// default one), so a pool asking for e.g. gVisor would silently run without it.
+    pub fn runtime_refusal(&self, spec: &super::ContainerSpec) -> Option<RuntimeError> {
+        let runtime = spec.runtime.as_deref().filter(|_| self.is_podman())?;
+        Some(RuntimeError::Refused(format!(
+            "{} ignores the OCI runtime a container asks for through its Docker-compatible API \
+             (HostConfig.Runtime): the pool's security.runtime {runtime:?} would not be used{}\
+             leave security.runtime out of the pool and make {runtime:?} Podman's runtime in \
+             containers.conf ([engine] runtime = {runtime:?}), see docs/operations.md",
+            self.describe(),
+            super::WHAT_TO_DO,
+        )))
+    }
+
     pub fn is_podman(&self) -> bool {
         self.kind == EngineKind::Podman
     }
@@ -335,6 +351,23 @@ mod tests {
             version: "4.3.1".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn podman_refuses_a_pool_runtime_it_would_ignore() {
+        let spec = crate::runtime::ContainerSpec {
+            runtime: Some("runsc".into()),
+            ..Default::default()
+        };
+        let refusal = podman().runtime_refusal(&spec).expect("refused");
+        let (words, fix) = refusal.refusal().unwrap();
+        assert!(words.contains("\"runsc\" would not be used"), "{words}");
+        assert!(fix.contains("leave security.runtime out"), "{fix}");
+        assert!(podman()
+            .runtime_refusal(&crate::runtime::ContainerSpec::default())
+            .is_none());
+        let docker = Engine::default();
+        assert!(docker.runtime_refusal(&spec).is_none(), "Docker uses it");
     }
 
     #[test]
