@@ -39,7 +39,9 @@ import os, statistics, sys
 out, rounds, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 def rows(path):
-    """mode label -> (p50, p99, tasks/s, CPU ms per task) from one compare run's tables."""
+    """mode label -> (p50, p99, tasks/s, the daemon's CPU ms per task, the CPU ms per task
+    of the run's own processes: the total less "everything else", which is other people's
+    load on a shared machine) from one compare run's tables."""
     found, cpu = {}, {}
     for line in open(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -48,22 +50,22 @@ def rows(path):
         if len(cells) == 5:
             found[cells[0]] = [float(cells[1]), float(cells[2]), float(cells[3].replace(",", ""))]
         elif len(cells) > 5:
-            cpu[cells[0]] = float(cells[-2])
-    return {k: v + [cpu.get(k, float("nan"))] for k, v in found.items()}
+            cpu[cells[0]] = [float(cells[1]), float(cells[-2]) - float(cells[-3])]
+    return {k: v + cpu.get(k, [float("nan")] * 2) for k, v in found.items()}
 
 runs = {w: [rows(os.path.join(out, f"{w}-{r}.md")) for r in range(1, rounds + 1)] for w in "AB"}
-names = ["p50 ms", "p99 ms", "tasks/s @8 clients", "CPU ms / task"]
+names = ["p50 ms", "p99 ms", "tasks/s @8 clients", "daemon CPU ms / task", "own CPU ms / task"]
 print(f"\n## A/B, {rounds} interleaved rounds: A = {old}, B = {new}\n")
 print("| mode | build | " + " | ".join(names) + " |")
 print("| --- | --- |" + " ---: |" * len(names))
 for mode in runs["A"][0]:
     for w in "AB":
-        med = [statistics.median(r[mode][i] for r in runs[w]) for i in range(4)]
+        med = [statistics.median(r[mode][i] for r in runs[w]) for i in range(len(names))]
         print(f"| {mode} | {w} | " + " | ".join(f"{v:.2f}" if v < 100 else f"{v:,.0f}" for v in med) + " |")
     ratios = [statistics.median(runs["B"][r][mode][i] / runs["A"][r][mode][i] for r in range(rounds))
-              for i in range(4)]
+              for i in range(len(names))]
     print(f"| {mode} | B/A (median of per-round ratios) | " + " | ".join(f"{v:.2f}" for v in ratios) + " |")
-print("\nPer round (p50 / p99 / tasks/s / CPU ms per task):\n")
+print("\nPer round (" + " / ".join(names) + "):\n")
 for mode in runs["A"][0]:
     for r in range(rounds):
         cells = [" / ".join(f"{v:.2f}" if v < 100 else f"{v:.0f}" for v in runs[w][r][mode]) for w in "AB"]
