@@ -32,9 +32,13 @@
 //! WARMPOOL_BENCH_ROUNDS (1: rounds of the warmpool modes, interleaved, the order reversed
 //! every other round; with more than one the table gives each mode's medians over the rounds
 //! and a per-round table follows), WARMPOOL_BENCH_INSTANCE (bench), WARMPOOL_BENCH_BIN (the
-//! daemon to run, for A/B comparisons; default the one cargo built), WARMPOOL_BENCH_VENV (the
-//! venv for llm-sandbox, target/bench-venv), WARMPOOL_BENCH_PYTHON (the Python that makes it,
-//! python3).
+//! daemon to run, for A/B comparisons; default the one cargo built), WARMPOOL_BENCH_LEGACY_CONFIG
+//! (1: write no `exec_transport` key, for a daemon that predates it, whose shim pools all use
+//! attach; the modes pool-direct and pool-shim-noreset are then refused, since they would
+//! measure attach under a direct label), WARMPOOL_BENCH_VENV (the venv for llm-sandbox,
+//! target/bench-venv), WARMPOOL_BENCH_PYTHON (the Python that makes it, python3).
+
+mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,16 +49,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-const IMAGE: &str = "warmpool/agent:latest";
-const BENCH_LABEL: &str = "warmpool.bench";
+use common::{
+    container_body, env_or, fmt_ms, machine_facts, median, met, percentile, run_container, BENCH_LABEL,
+    sequential, ContainerGuard, Daemon, IMAGE,
+};
 
 struct Settings {
     n_fast: usize,
@@ -68,15 +73,8 @@ struct Settings {
     rounds: usize,
     venv: PathBuf,
     python: String,
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
+    /// Write no `exec_transport` key, for a `WARMPOOL_BENCH_BIN` that predates it.
+    legacy_config: bool,
 }
 
 impl Settings {
@@ -100,6 +98,7 @@ impl Settings {
                 PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv")),
             ),
             python: env_or("WARMPOOL_BENCH_PYTHON", "python3".to_string()),
+            legacy_config: env_or("WARMPOOL_BENCH_LEGACY_CONFIG", 0u8) == 1,
         }
     }
 
@@ -123,49 +122,6 @@ struct Row {
     server: Option<(f64, f64)>,
     /// CPU per task during the concurrent phase.
     cpu: CpuUse,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Runs `task` `n` times one after another (after `warmup` unmeasured runs); returns the
-/// sorted latencies in ms and the number of failures.
-async fn sequential<F, Fut>(n: usize, warmup: usize, mut task: F) -> (Vec<f64>, usize)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let mut errors = 0;
-    for _ in 0..warmup {
-        if let Err(e) = task().await {
-            eprintln!("  warm-up task failed: {e:#}");
-        }
-    }
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        match task().await {
-            Ok(()) => lat.push(ms(t.elapsed())),
-            Err(e) => {
-                if errors < 3 {
-                    eprintln!("  task failed: {e:#}");
-                }
-                errors += 1;
-            }
-        }
-    }
-    lat.sort_by(f64::total_cmp);
-    (lat, errors)
 }
 
 /// What a concurrent phase did.
@@ -361,98 +317,10 @@ async fn container_ids(docker: &Docker, labels: &[String]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Engine-side modes (bollard)
 
-fn bench_labels(instance: &str) -> HashMap<String, String> {
-    HashMap::from([(BENCH_LABEL.to_string(), instance.to_string())])
-}
-
-/// Removes the containers the bench created itself, on every path (panic included).
-struct ContainerGuard {
-    instance: String,
-}
-
-impl ContainerGuard {
-    fn sweep(&self) {
-        let filter = format!("label={BENCH_LABEL}={}", self.instance);
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        self.sweep();
-    }
-}
-
-fn container_body(instance: &str, cmd: Vec<String>) -> ContainerCreateBody {
-    ContainerCreateBody {
-        image: Some(IMAGE.into()),
-        cmd: Some(cmd),
-        labels: Some(bench_labels(instance)),
-        network_disabled: Some(true),
-        host_config: Some(HostConfig {
-            network_mode: Some("none".into()),
-            // Same as warmpool's containers: no log files.
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("none".into()),
-                config: None,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// `docker run --rm busybox true`, step by step through the Engine API.
 async fn cold_run(docker: &Docker, instance: &str) -> anyhow::Result<()> {
-    let created = docker
-        .create_container(
-            None::<CreateContainerOptions>,
-            container_body(instance, vec!["true".into()]),
-        )
-        .await?;
-    let result = async {
-        docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await?;
-        let mut wait = docker.wait_container(&created.id, None::<WaitContainerOptions>);
-        match wait.next().await {
-            Some(Ok(r)) if r.status_code == 0 => Ok(()),
-            Some(Ok(r)) => anyhow::bail!("exit code {}", r.status_code),
-            Some(Err(e)) => Err(e.into()),
-            None => anyhow::bail!("wait ended without a status"),
-        }
-    }
-    .await;
-    docker
-        .remove_container(
-            &created.id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await?;
-    result
+    run_container(docker, container_body(instance, vec!["true".into()])).await
 }
-
 /// Starts `n` long-running containers for the raw exec mode.
 async fn exec_targets(docker: &Docker, instance: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
@@ -747,144 +615,23 @@ fn bench_llm_sandbox(s: &Settings) -> anyhow::Result<PeerResult> {
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// The daemon
-
-/// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
-/// kills it and removes its instance's containers.
-struct Daemon {
-    child: Option<Child>,
-    instance: String,
-    base: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn spawn(instance: &str, pools: &str) -> anyhow::Result<Daemon> {
-        let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config =
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}");
-        let config_path = dir.path().join("pools.toml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.path().join("daemon.log");
-        let log_file = std::fs::File::create(&log)?;
-        let bin = std::env::var_os("WARMPOOL_BENCH_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_warmpool").into());
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("WARMPOOL_INSTANCE", instance)
-            .env("RUST_LOG", "warmpool=warn")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        Ok(Daemon {
-            child: Some(child),
-            instance: instance.to_string(),
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self, client: &warmpool::client::Client) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        loop {
-            if let Ok(resp) = client.request("GET", "/readyz", None).await {
-                let status = resp.status;
-                let _ = resp.bytes().await;
-                if status == 200 {
-                    return Ok(start.elapsed());
-                }
-            }
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_text());
-            }
-            if start.elapsed() > Duration::from_secs(180) {
-                anyhow::bail!("daemon not ready in 180 s:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// VmRSS and VmHWM in KiB.
-    fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// SIGTERM and wait; returns how long the shutdown took.
-    fn stop(&mut self) -> Option<Duration> {
-        let mut child = self.child.take()?;
-        let start = Instant::now();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        while start.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warmpool did not stop within 60 s after SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        let filter = format!("label=warmpool.instance={}", self.instance);
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(ids)
-                    .status();
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn pool_toml(name: &str, exec: &str, size: usize, reset_workdir: bool, transport: &str) -> String {
+/// A pool of the bench; `transport` `None` writes no `exec_transport` key (for a daemon that
+/// predates it).
+fn pool_toml(
+    name: &str,
+    exec: &str,
+    size: usize,
+    reset_workdir: bool,
+    transport: Option<&str>,
+) -> String {
     // Fixed size, and no replacement by uses or age during the run: the bench measures the
     // warm path, not container churn (with the default max_uses = 100 every container would
     // be recreated many times per second of load).
+    let transport = transport.map_or(String::new(), |t| format!("exec_transport = \"{t}\"\n"));
     format!(
         "[pools.{name}]\nimage = \"{IMAGE}\"\nexec = \"{exec}\"\nmin = {size}\nwarm = {size}\n\
          max = {size}\nmax_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\
-         reset_workdir = {reset_workdir}\nexec_transport = \"{transport}\"\n\n"
+         reset_workdir = {reset_workdir}\n{transport}\n"
     )
 }
 
@@ -959,12 +706,6 @@ const POOL_MODES: [PoolMode; 4] = [
     },
 ];
 
-/// The median of some figures (NaN for none).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 50.0)
-}
-
 /// One row per mode, of the medians over its rounds (the rows of one mode, in order).
 fn medians(rounds: &[Row]) -> Row {
     let first = rounds[0].clone();
@@ -1033,62 +774,6 @@ async fn bench_pool(
 
 // ---------------------------------------------------------------------------------------
 
-fn machine_facts(version: &bollard::models::SystemVersion) -> Vec<String> {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0))
-        .unwrap_or_default();
-    vec![
-        format!(
-            "nproc: {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        format!("cpu: {cpu}"),
-        format!("memory: {mem}"),
-        format!("load average at start: {load}"),
-        format!(
-            "docker: {} (API {}), {} {}, kernel {}",
-            version.version.as_deref().unwrap_or("?"),
-            version.api_version.as_deref().unwrap_or("?"),
-            version.os.as_deref().unwrap_or("?"),
-            version.arch.as_deref().unwrap_or("?"),
-            version.kernel_version.as_deref().unwrap_or("?")
-        ),
-    ]
-}
-
-fn fmt_ms(v: f64) -> String {
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let s = Settings::from_env();
@@ -1099,6 +784,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(s: Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !(s.legacy_config && (s.wants("pool-direct") || s.wants("pool-shim-noreset"))),
+        "WARMPOOL_BENCH_LEGACY_CONFIG=1 writes no exec_transport, so pool-direct and \
+         pool-shim-noreset would run on attach: leave them out of WARMPOOL_BENCH_MODES"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let built = Command::new(format!("{root}/scripts/build-demo-image.sh"))
         .stdout(Stdio::null())
@@ -1122,7 +812,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     if !daemon_modes.is_empty() {
         let mut pools = String::new();
         for m in &daemon_modes {
-            pools += &pool_toml(m.pool, m.exec, s.pool, m.reset_workdir, m.transport);
+            let transport = (!s.legacy_config).then_some(m.transport);
+            pools += &pool_toml(m.pool, m.exec, s.pool, m.reset_workdir, transport);
         }
         let mut d = Daemon::spawn(&s.instance, &pools)?;
         client = warmpool::client::Client::new(&d.base, None);
@@ -1243,7 +934,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         eprintln!("RSS: a daemon with {} warm shim containers...", s.rss_warm);
         let mut d = Daemon::spawn(
             &s.instance,
-            &pool_toml("rss", "shim", s.rss_warm, true, "direct"),
+            &pool_toml(
+                "rss",
+                "shim",
+                s.rss_warm,
+                true,
+                (!s.legacy_config).then_some("direct"),
+            ),
         )?;
         let c = warmpool::client::Client::new(&d.base, None);
         let took = d.wait_ready(&c).await?;
