@@ -37,6 +37,7 @@ use lease::Home;
 use state::{NewMember, Rules, State};
 
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
+pub use health::round_period as health_round_period;
 pub use lease::Lease;
 pub use state::{Counts, Desired, History, Plan};
 pub use wake::{Wake, Wakes};
@@ -366,7 +367,7 @@ impl Pool {
                         extra,
                         history: History::default(),
                     };
-                    let id = st.add_member(new, cfg.max_age);
+                    let id = st.add_member(new, cfg.max_age, cfg.health_check_interval);
                     if st.closed {
                         pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
                     } else {
@@ -470,7 +471,7 @@ impl Pool {
             history,
         };
         let mut st = self.state.lock();
-        let id = st.add_member(new, cfg.max_age);
+        let id = st.add_member(new, cfg.max_age, cfg.health_check_interval);
         self.offer(&mut st, id, false);
         self.publish(&st);
     }
