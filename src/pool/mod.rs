@@ -499,6 +499,12 @@ impl Pool {
         known
     }
 
+    /// Containers whose removal this pool has in flight (queued behind the daemon's bound
+    /// on removals, or in the engine): shutdown waits for them rather than asking again.
+    pub fn removing_containers(&self) -> Vec<String> {
+        self.state.lock().removing.iter().cloned().collect()
+    }
+
     /// Refuses new tasks and fails the queued ones; running tasks go on.
     pub fn close(&self) {
         {

@@ -89,10 +89,13 @@ impl Supervisor {
             }
         });
         futures_util::future::join_all(settled).await;
-        // Whatever else carries our daemon id (a start that raced the shutdown).
+        // Whatever else carries our daemon id (a start that raced the shutdown); not those
+        // a pool is still removing (with 1,000 containers the removals, 16 at a time, can
+        // outlast the settle bound): a second request for each would only queue behind them.
+        let pending = self.removals_in_flight();
         if let Ok(list) = self.list_ours().await {
             for c in list {
-                if c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id) {
+                if c.labels.get(LABEL_DAEMON) == Some(&self.daemon_id) && !pending.contains(&c.id) {
                     let _ = self.runtime.remove(&c.id).await;
                 }
             }
@@ -105,8 +108,8 @@ impl Supervisor {
     /// Asks the engine what is left of this instance until it confirms none, at most
     /// `limit`. Each round lists the instance's containers and inspects each: one inspect
     /// does not find is gone, however the listing shows it (dockerd lists "Removal In
-    /// Progress" ghosts for a while after a burst of removals); one in `removing` state is
-    /// waited for; any other is removed again. Rounds are [`confirm_pause`] apart.
+    /// Progress" ghosts for a while after a burst of removals); one in `removing` state, or
+    /// whose removal a pool still has in flight, is waited for; any other is removed again. Rounds are [`confirm_pause`] apart.
     ///
     /// Every container of the instance counts, not only this run's: start-up adopts or
     /// removes all of them, so they are all this daemon's to remove.
@@ -126,9 +129,10 @@ impl Supervisor {
                 names.sort();
                 return Leftovers::Remain(names);
             }
+            let pending = self.removals_in_flight();
             let retry = left
                 .iter()
-                .filter(|(_, state)| state != "removing")
+                .filter(|(c, state)| state != "removing" && !pending.contains(&c.id))
                 .map(|(c, state)| async move {
                     tracing::debug!(container = %c.name, state = %state, "shutdown: still there; removing it again");
                     if let Err(e) = self.runtime.remove(&c.id).await {
@@ -141,6 +145,14 @@ impl Supervisor {
             tokio::time::sleep(pause).await;
             attempt += 1;
         }
+    }
+
+    /// Containers a pool's removal is still in flight for.
+    fn removals_in_flight(&self) -> std::collections::HashSet<String> {
+        self.pools()
+            .iter()
+            .flat_map(|p| p.removing_containers())
+            .collect()
     }
 
     /// The instance's containers the engine lists and inspect still finds, with the state
