@@ -153,7 +153,9 @@ if [ "$mode" != rootless ]; then
       "$nofile" "$nofile" "$nproc" "$nproc" >"$conf"
     say "no CAP_SYS_RESOURCE: containers get the service's limits (nofile=$nofile nproc=$nproc)"
   fi
-  CONTAINERS_CONF=$conf podman system service --time=0 "$sock" >"$run_dir/service.log" 2>&1 &
+  # From its run directory: conmon writes an `oom` file into its working directory when a
+  # container's process is OOM-killed, which must not land in the checkout.
+  (cd "$run_dir" && CONTAINERS_CONF=$conf exec podman system service --time=0 "$sock") >"$run_dir/service.log" 2>&1 &
   service_pids+=($!)
   wait_socket "$run_dir/podman.sock"
   podman load -q -i "$tar" >/dev/null
@@ -182,7 +184,7 @@ if [ "$mode" != rootful ]; then
     chmod 0666 /dev/net/tun
   fi
   user_sock="unix://$user_run/podman.sock"
-  su -s /bin/bash "$user" -c "XDG_RUNTIME_DIR=$user_run podman system service --time=0 $user_sock >$user_run/service.log 2>&1 & echo \$! >$user_run/service.pid"
+  su -s /bin/bash "$user" -c "cd $user_run && XDG_RUNTIME_DIR=$user_run podman system service --time=0 $user_sock >$user_run/service.log 2>&1 & echo \$! >$user_run/service.pid"
   wait_socket "$user_run/podman.sock"
   service_pids+=("$(cat "$user_run/service.pid")")
   # Built in the user's store rather than loaded: rootless Podman's vfs storage keeps the

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::api::{AppState, Reload, Token};
 use crate::config::{Config, ServerConfig};
 use crate::metrics::{Metrics, ReloadResult};
-use crate::supervisor::{ReloadSummary, Supervisor};
+use crate::supervisor::{Leftovers, ReloadSummary, Supervisor};
 
 /// Runs the daemon until SIGTERM or SIGINT, then stops it in order: no new tasks, running
 /// ones get `server.shutdown_grace`, every container is removed. `config` is the file at
@@ -89,7 +89,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let signalled = tokio::select! {
         started = &mut start => {
             if let Err(e) = started {
-                supervisor.shutdown(Duration::ZERO).await;
+                log_leftovers(&supervisor.shutdown(Duration::ZERO).await);
                 return Err(e);
             }
             false
@@ -122,13 +122,33 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         eprintln!("warmpool: second signal, exiting now (the next start removes what is left)");
         std::process::exit(130);
     });
-    supervisor.shutdown(config.server.shutdown_grace).await;
+    let left = supervisor.shutdown(config.server.shutdown_grace).await;
     let _ = stop_http.send(true);
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
-    tracing::info!("stopped; every container removed");
+    log_leftovers(&left);
     Ok(())
+}
+
+/// The last line of a shutdown: what the engine says is left of this instance, so "every
+/// container removed" is said only when the engine confirms it (docs/operations.md).
+fn log_leftovers(left: &Leftovers) {
+    match left {
+        Leftovers::None => {
+            tracing::info!("stopped; every container removed (engine confirms none left)")
+        }
+        Leftovers::Remain(names) => tracing::warn!(
+            remain = names.len(),
+            "stopped; {} containers remain: {} (the next start of this instance removes them)",
+            names.len(),
+            names.join(", ")
+        ),
+        Leftovers::Unknown(e) => tracing::warn!(
+            error = %e,
+            "stopped; the engine could not confirm that no container is left (the next start of this instance removes any)"
+        ),
+    }
 }
 
 /// `WARMPOOL_INSTANCE` (default `default`): it goes into container names and labels, so it

@@ -15,7 +15,9 @@ use crate::metrics::Metrics;
 use crate::pool::{AcquireError, Counts};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL};
-use crate::supervisor::{SubmitError, Supervisor, TaskReport, TaskRequest};
+use crate::supervisor::{
+    confirm_pause, Leftovers, SubmitError, Supervisor, TaskReport, TaskRequest, CONFIRM_TIMEOUT,
+};
 
 fn pool_cfg(min: usize, warm: usize, max: usize) -> PoolConfig {
     let mut c = PoolConfig::new("p", "img");
@@ -751,6 +753,97 @@ async fn shutdown_returns_with_no_container_start_in_flight() {
     // after the daemon is gone and leave its container behind.
     assert_eq!(counts(&sup).starting, 0, "a start was still in flight");
     assert!(fake.live().is_empty(), "{:?}", fake.live());
+}
+
+fn instance_labels(instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
+        (LABEL_POOL.to_string(), "p".to_string()),
+    ])
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_removals_in_progress_and_does_not_count_ghosts() {
+    let (sup, fake) = setup(pool_cfg(2, 2, 2)).await;
+    settle(&sup, "2 idle", |c| c.idle == 2).await;
+    // Listed, but inspect finds it no more: not a container, not counted, not waited for.
+    fake.add_ghost("warmpool-test-p-ghost", instance_labels("test"));
+    // A removal the engine has in progress, done 3 s from now: waited for.
+    let removing = fake.add_leftover(
+        "warmpool-test-p-removing",
+        instance_labels("test"),
+        "removing",
+    );
+    let (f2, r2) = (fake.clone(), removing.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        f2.finish_removal(&r2);
+    });
+    let t0 = tokio::time::Instant::now();
+    let left = sup.shutdown(Duration::ZERO).await;
+    assert_eq!(left, Leftovers::None);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "returned before the removal in progress ended: {took:?}"
+    );
+    assert!(took < CONFIRM_TIMEOUT, "waited for the ghost: {took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_removes_leftovers_again_and_counts_what_remains() {
+    let (sup, fake) = setup(pool_cfg(2, 2, 2)).await;
+    settle(&sup, "2 idle", |c| c.idle == 2).await;
+    // Of this instance but not of this run (no daemon label): the confirmation removes it.
+    let exited = fake.add_leftover("warmpool-test-p-exited", instance_labels("test"), "exited");
+    // A removal that never ends: counted once the wait is over.
+    fake.add_leftover("warmpool-test-p-stuck", instance_labels("test"), "removing");
+    // Another installation's: neither removed nor counted.
+    let other = fake.add_leftover("warmpool-other-p-x", instance_labels("other"), "running");
+    let t0 = tokio::time::Instant::now();
+    let left = sup.shutdown(Duration::ZERO).await;
+    assert_eq!(
+        left,
+        Leftovers::Remain(vec!["warmpool-test-p-stuck".to_string()])
+    );
+    assert!(t0.elapsed() >= CONFIRM_TIMEOUT, "{:?}", t0.elapsed());
+    // Asked on a back-off, not in a hot loop: about 20 rounds in 30 s.
+    assert!(confirm_pause(0) >= Duration::from_millis(100));
+    assert_eq!(confirm_pause(10), Duration::from_secs(2));
+    let live = fake.live();
+    assert!(
+        !live.contains(&exited),
+        "the leftover was not removed again"
+    );
+    assert!(
+        live.contains(&other),
+        "another instance's container was removed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_says_when_the_engine_cannot_confirm() {
+    let (sup, fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    fake.down.store(true, Ordering::SeqCst);
+    let left = sup.shutdown(Duration::ZERO).await;
+    assert!(matches!(left, Leftovers::Unknown(_)), "{left:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn removals_are_bounded_across_the_daemon() {
+    // 40 removals at once at shutdown (and a pool's, and the reaper's, and sessions'):
+    // the engine never sees more than PARALLEL_REMOVES of them in flight.
+    let (sup, fake) = setup(pool_cfg(40, 40, 40)).await;
+    settle(&sup, "40 idle", |c| c.idle == 40).await;
+    *fake.remove_delay.lock() = Duration::from_secs(1);
+    assert_eq!(sup.shutdown(Duration::ZERO).await, Leftovers::None);
+    assert!(fake.live().is_empty());
+    assert_eq!(
+        fake.max_parallel_removes.load(Ordering::SeqCst),
+        crate::runtime::bounded::PARALLEL_REMOVES
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -26,11 +26,30 @@ network = "isolated"
 [pools.batch]
 "#;
 
+/// Twenty containers: their removals at shutdown all start at once, more than the daemon's
+/// bound on removals in flight (16), so the bound and the engine's confirmation are both in
+/// play.
+const TWENTY: &str = r#"
+[server]
+shutdown_grace = "10s"
+
+[defaults]
+image = "warmpool/agent:latest"
+min = 10
+warm = 10
+max = 11
+
+[pools.web]
+network = "isolated"
+
+[pools.batch]
+"#;
+
 #[tokio::test]
 async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
-    let d = Daemon::start(TWO_POOLS).await;
-    d.wait_ready(Duration::from_secs(30)).await;
-    assert_eq!(containers(&d.instance, None).len(), 4);
+    let d = Daemon::start(TWENTY).await;
+    d.wait_ready(Duration::from_secs(120)).await;
+    assert_eq!(containers(&d.instance, None).len(), 20);
     assert_eq!(networks(&d.instance).len(), 1);
     let daemon_id = inspect(&containers(&d.instance, None)[0])["Config"]["Labels"]
         ["warmpool.daemon"]
@@ -81,6 +100,17 @@ async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
         &format!("label=warmpool.daemon={daemon_id}"),
     ]);
     assert!(by_daemon.trim().is_empty(), "{by_daemon}");
+    // The last word is the engine's: said only because it lists none of them.
+    let log = d.log();
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_default();
+    assert!(
+        last.contains("every container removed (engine confirms none left)"),
+        "final line: {last:?}\n{log}"
+    );
 }
 
 /// A container carrying this instance's labels, as a crashed run could leave one: `run`

@@ -37,6 +37,7 @@ use lease::Home;
 use state::{NewMember, Rules, State};
 
 pub use factory::{reattach, Factory, SHIM_IN_CONTAINER};
+pub use health::round_period as health_round_period;
 pub use lease::Lease;
 pub use state::{Counts, Desired, Failure, History, Plan};
 pub use wake::{Wake, Wakes};
@@ -419,7 +420,7 @@ impl Pool {
                         extra,
                         history: History::default(),
                     };
-                    let id = st.add_member(new, cfg.max_age);
+                    let id = st.add_member(new, cfg.max_age, cfg.health_check_interval);
                     if st.closed {
                         pool.retire_locked(&mut st, id, RemoveReason::Shutdown);
                     } else {
@@ -565,7 +566,7 @@ impl Pool {
             history,
         };
         let mut st = self.state.lock();
-        let id = st.add_member(new, cfg.max_age);
+        let id = st.add_member(new, cfg.max_age, cfg.health_check_interval);
         self.offer(&mut st, id, false);
         self.publish(&st);
     }
@@ -595,6 +596,12 @@ impl Pool {
         known.extend(st.gone.iter().map(|(id, _)| id.clone()));
         st.gone.retain(|(_, at)| *at >= listed_at);
         known
+    }
+
+    /// Containers whose removal this pool has in flight (queued behind the daemon's bound
+    /// on removals, or in the engine): shutdown waits for them rather than asking again.
+    pub fn removing_containers(&self) -> Vec<String> {
+        self.state.lock().removing.iter().cloned().collect()
     }
 
     /// Refuses new tasks and fails the queued ones; running tasks go on.

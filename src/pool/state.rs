@@ -41,7 +41,8 @@ pub(super) struct Member {
     pub(super) extra: bool,
     /// A task ran since the workdir was last wiped; the next lease wipes it first.
     pub(super) dirty: bool,
-    /// When it last proved healthy: a probe passed, or a task ended on it.
+    /// When it last proved healthy: a probe passed, or a task ended on it; for a member
+    /// never probed, when it joined set back by its stagger (`add_member`).
     pub(super) last_checked: Instant,
     /// Its health probe failed: never handed out again, replaced surge first.
     pub(super) failed_probe: bool,
@@ -214,7 +215,14 @@ impl State {
     }
 
     /// Makes a running, attached container a member, busy until the caller offers it.
-    pub(super) fn add_member(&mut self, new: NewMember, max_age: Duration) -> u64 {
+    /// Its first health probe is due `health_interval - stagger` from now
+    /// ([`super::health::stagger`]), so members that join together are probed apart.
+    pub(super) fn add_member(
+        &mut self,
+        new: NewMember,
+        max_age: Duration,
+        health_interval: Duration,
+    ) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let now = Instant::now();
@@ -238,7 +246,9 @@ impl State {
                 spec_hash: new.spec_hash,
                 extra: new.extra,
                 dirty: new.history.dirty,
-                last_checked: now,
+                last_checked: now
+                    .checked_sub(super::health::stagger(id, health_interval))
+                    .unwrap_or(now),
                 failed_probe: false,
             },
         );

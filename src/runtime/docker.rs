@@ -546,6 +546,28 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        match self
+            .client()?
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(info) => Ok(Some(
+                info.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            )),
+            Err(e) => match map_err(e) {
+                RuntimeError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         let created = self
             .client()?

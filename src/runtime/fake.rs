@@ -37,6 +37,8 @@ struct FakeContainer {
     shim_end: Option<DuplexStream>,
     /// Kills the fake shim (the container's main process).
     kill: Arc<Notify>,
+    /// Listed but not found by inspect: a busy dockerd's "Removal In Progress" ghost.
+    ghost: bool,
 }
 
 #[derive(Default)]
@@ -63,6 +65,9 @@ pub struct FakeRuntime {
     /// Highest number of creates in flight at once.
     pub max_parallel_creates: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Highest number of removes in flight at once.
+    pub max_parallel_removes: AtomicUsize,
+    removes_in_flight: AtomicUsize,
     /// The exit code of every exec started, by exec id.
     execs: Mutex<HashMap<String, i64>>,
 }
@@ -127,6 +132,23 @@ impl FakeRuntime {
             },
         );
         id
+    }
+
+    /// Adds a container the engine lists (state `removing`) but inspect no longer finds,
+    /// as a busy dockerd keeps listing some it has removed.
+    pub fn add_ghost(&self, name: &str, labels: BTreeMap<String, String>) -> String {
+        let id = self.add_leftover(name, labels, "removing");
+        if let Some(c) = self.containers.lock().get_mut(&id) {
+            c.ghost = true;
+        }
+        id
+    }
+
+    /// Ends a removal the engine had in progress (state `removing`): the container is gone.
+    pub fn finish_removal(&self, id: &str) {
+        if let Some(c) = self.containers.lock().get_mut(id) {
+            c.state = "removed".into();
+        }
     }
 
     pub fn networks(&self) -> Vec<String> {
@@ -256,12 +278,20 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.check_up()?;
+        let now = self.removes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_parallel_removes.fetch_max(now, Ordering::SeqCst);
         let delay = *self.remove_delay.lock();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.removes_in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut c = self.containers.lock();
         if let Some(c) = c.get_mut(id) {
+            // A removal in progress (or a ghost): Docker answers "already in progress",
+            // which the runtime takes as done, and the container stays listed meanwhile.
+            if c.state == "removing" {
+                return Ok(());
+            }
             if c.state != "removed" {
                 c.state = "removed".into();
                 c.kill.notify_one();
@@ -299,6 +329,16 @@ impl Runtime for FakeRuntime {
             .lock()
             .get(id)
             .is_some_and(|c| c.state == "running"))
+    }
+
+    async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .containers
+            .lock()
+            .get(id)
+            .filter(|c| c.state != "removed" && !c.ghost)
+            .map(|c| c.state.clone()))
     }
 
     /// An exec, as the file transfers (`session::transfer`) run the shim's file commands:

@@ -4,6 +4,7 @@
 //! pool logic can be driven by the in-memory `fake` engine (test builds only) under paused tokio time, while
 //! [`docker`] (the only module that knows bollard) is exercised by the integration tests.
 
+pub mod bounded;
 pub mod docker;
 pub mod engine;
 #[cfg(test)]
@@ -305,6 +306,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
     /// Whether the container's main process runs (engine view, not a health probe).
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
+    /// The container's state as the engine inspects it (`created`, `running`, `exited`,
+    /// `removing`, `dead`, ...), or `None` when inspect does not find it. A listing can
+    /// still show a container whose removal the engine has finished ("Removal In
+    /// Progress" ghosts of a busy dockerd): what inspect finds is what exists.
+    async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError>;
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
     /// `None` while the exec runs, its exit code once it ended.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;

@@ -265,6 +265,10 @@ impl Runtime for SimEngine {
             .is_some_and(|c| c.state == "running"))
     }
 
+    async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.containers.lock().get(id).map(|c| c.state.to_string()))
+    }
+
     async fn exec_start(&self, _id: &str, _spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         Err(RuntimeError::Refused(
             "the simulated engine runs tasks through its shim only; the simulator runs \

@@ -31,13 +31,14 @@ use crate::session::{Session, SessionError, SessionInfo, Sessions};
 
 pub use crate::pool::SHIM_IN_CONTAINER;
 pub use crate::task::{SubmitError, TaskReport, TaskRequest};
+pub use shutdown::{confirm_pause, Leftovers, CONFIRM_TIMEOUT};
 
 /// Why a pool's reconcile ran: logged with what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     /// The loop's first look, when the pool was created.
     Start,
-    /// `min(scale_interval, health_check_interval / 4)` passed.
+    /// `min(scale_interval, health_check_interval / 20)` passed.
     Tick,
     /// The pool woke its loop, for these reasons.
     Woken(Wakes),
@@ -61,7 +62,7 @@ pub struct Supervisor {
     pub daemon_id: String,
     /// The installation this daemon belongs to (`WARMPOOL_INSTANCE`, default "default").
     pub instance: String,
-    /// The container engine.
+    /// The container engine, removals bounded ([`crate::runtime::bounded`]).
     pub runtime: Arc<dyn Runtime>,
     /// The daemon's metrics, rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
@@ -99,6 +100,8 @@ impl Supervisor {
         max_sessions: usize,
     ) -> Arc<Supervisor> {
         let daemon_id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        // One bound on removals for everything that shares this engine (runtime/bounded.rs).
+        let runtime: Arc<dyn Runtime> = Arc::new(crate::runtime::bounded::Bounded::new(runtime));
         let pools = Arc::new(Pools::default());
         let (tasks_tx, tasks_rx) = mpsc::channel(1);
         Arc::new(Supervisor {
@@ -283,9 +286,9 @@ impl Supervisor {
             low_since: None,
         };
         let mut forecaster = scaling::Forecaster::default();
-        // Probe rounds run four times per interval, each taking a share of the idle members
-        // (pool/health.rs), so probes are spread over the interval.
-        let round = |interval: Duration| (interval / 4).max(Duration::from_millis(1));
+        // Probe rounds run often, each taking the idle members due (pool/health.rs), so
+        // probes are spread over the interval.
+        let round = crate::pool::health_round_period;
         let mut next_health = Instant::now() + round(pool.config().health_check_interval);
         let mut next_scale = Instant::now();
         let mut cause = Cause::Start;

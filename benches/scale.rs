@@ -1,0 +1,509 @@
+//! `cargo bench --bench scale`: one daemon at scale. 1,000 warm containers across 10 pools
+//! (the demo image `warmpool/agent:latest`, the shim, the direct transport: the defaults),
+//! and what that costs and gives:
+//!
+//! 1. time to ready: from the daemon's start until `/readyz` answers 200 (every pool has its
+//!    `min` up, `min = warm = max`) and `GET /v1/pools` counts every container live;
+//! 2. the daemon's RSS with every container warm (target: at most 100 MiB);
+//! 3. the daemon's CPU while idle, from `/proc/<pid>/stat` over a while (target: at most 2%
+//!    of one core); health probes (every 30 s per container, spread over the interval) run
+//!    meanwhile, which is the point;
+//! 4. task latency over HTTP, `true` one task after another for a while, each to the next
+//!    pool in turn (target: p99 at most 3x p50), so tasks meet health probes;
+//! 5. SIGTERM: how long the shutdown takes, and how many of the instance's containers the
+//!    engine still has after it (listed by label and found by inspect: a busy dockerd lists
+//!    "Removal In Progress" ghosts for a while) (target: 0), with the daemon's last line.
+//!
+//! Prints a markdown table. Run it under nothing else: the idle CPU is the daemon's alone.
+//!
+//! Knobs (environment): WARMPOOL_SCALE_CONTAINERS (1000), WARMPOOL_SCALE_POOLS (10; the
+//! containers are shared evenly), WARMPOOL_SCALE_IDLE_SECS (60), WARMPOOL_SCALE_TASK_SECS
+//! (30: one health interval), WARMPOOL_SCALE_READY_SECS (1800: the give-up bound for the
+//! warm-up), WARMPOOL_SCALE_INSTANCE (scale), WARMPOOL_BENCH_BIN (the daemon to run; default
+//! the one cargo built). A quick check: `WARMPOOL_SCALE_CONTAINERS=100
+//! WARMPOOL_SCALE_IDLE_SECS=10 WARMPOOL_SCALE_TASK_SECS=5 cargo bench --bench scale`.
+//!
+//! The daemon-running code is `benches/compare.rs`'s `Daemon`, trimmed: bench targets are
+//! separate crates, and this one needs the daemon's log level and its last line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use serde_json::Value;
+
+const IMAGE: &str = "warmpool/agent:latest";
+
+struct Settings {
+    containers: usize,
+    pools: usize,
+    idle_secs: f64,
+    task_secs: f64,
+    ready_secs: f64,
+    instance: String,
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            containers: env_or("WARMPOOL_SCALE_CONTAINERS", 1000usize).max(1),
+            pools: env_or("WARMPOOL_SCALE_POOLS", 10usize).max(1),
+            idle_secs: env_or("WARMPOOL_SCALE_IDLE_SECS", 60.0),
+            task_secs: env_or("WARMPOOL_SCALE_TASK_SECS", 30.0),
+            ready_secs: env_or("WARMPOOL_SCALE_READY_SECS", 1800.0),
+            instance: env_or("WARMPOOL_SCALE_INSTANCE", "scale".to_string()),
+        }
+    }
+
+    /// Containers of pool `i` (0-based): the total shared evenly, the rest to the first.
+    fn size(&self, i: usize) -> usize {
+        self.containers / self.pools + usize::from(i < self.containers % self.pools)
+    }
+}
+
+/// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
+/// kills it and removes its instance's containers.
+struct Daemon {
+    child: Option<Child>,
+    instance: String,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn spawn(instance: &str, pools: &str) -> anyhow::Result<Daemon> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config =
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}");
+        let config_path = dir.path().join("pools.toml");
+        std::fs::write(&config_path, config)?;
+        let log = dir.path().join("daemon.log");
+        let log_file = std::fs::File::create(&log)?;
+        let bin = std::env::var_os("WARMPOOL_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_warmpool").into());
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("WARMPOOL_INSTANCE", instance)
+            // Info, not debug: the last line says what the engine left; one line per
+            // container start is not what is measured.
+            .env("RUST_LOG", "warmpool=info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        Ok(Daemon {
+            child: Some(child),
+            instance: instance.to_string(),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits for `/readyz` 200, at most `limit`; returns how long it took.
+    async fn wait_ready(
+        &mut self,
+        client: &warmpool::client::Client,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            if let Ok(resp) = client.request("GET", "/readyz", None).await {
+                let status = resp.status;
+                let _ = resp.bytes().await;
+                if status == 200 {
+                    return Ok(start.elapsed());
+                }
+            }
+            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_tail(40));
+            }
+            if start.elapsed() > limit {
+                anyhow::bail!("daemon not ready in {limit:?}:\n{}", self.log_tail(40));
+            }
+            if last_report.elapsed() > Duration::from_secs(30) {
+                let live = live_containers(client).await.unwrap_or(0);
+                eprintln!(
+                    "  {:.0} s: {live} containers live",
+                    start.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+            // The warm-up takes minutes; asking twice a second costs the daemon nothing.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// VmRSS and VmHWM in KiB.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// utime + stime of the daemon, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // `after` starts at field 3 (state), so field 14 is index 11.
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    }
+
+    /// SIGTERM and wait, at most `limit`; returns how long the shutdown took.
+    fn stop(&mut self, limit: Duration) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warmpool did not stop within {limit:?} after SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+        let filter = format!("label=warmpool.instance={}", self.instance);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(ids)
+                    .status();
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(120));
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn pools_toml(s: &Settings) -> String {
+    let mut out = String::new();
+    for i in 0..s.pools {
+        let size = s.size(i);
+        // Fixed size, no replacement by uses or age during the run; health checks at their
+        // default (every 30 s).
+        out += &format!(
+            "[pools.p{i:02}]\nimage = \"{IMAGE}\"\nmin = {size}\nwarm = {size}\nmax = {size}\n\
+             max_uses = 100000000\nmax_age = \"24h\"\nidle_timeout = \"1h\"\n\n"
+        );
+    }
+    out
+}
+
+/// The sum of `live` over `GET /v1/pools`.
+async fn live_containers(client: &warmpool::client::Client) -> anyhow::Result<u64> {
+    let resp = client.request("GET", "/v1/pools", None).await?;
+    let body = resp.bytes().await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    let pools = v["pools"]
+        .as_array()
+        .cloned()
+        .or_else(|| v.as_array().cloned())
+        .unwrap_or_default();
+    Ok(pools.iter().filter_map(|p| p["live"].as_u64()).sum())
+}
+
+const TASK_BODY: &[u8] = br#"{"cmd":["true"]}"#;
+
+/// One task through the HTTP API; returns its round trip in ms.
+async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let resp = client
+        .request(
+            "POST",
+            &format!("/v1/pools/{pool}/tasks"),
+            Some(TASK_BODY.to_vec()),
+        )
+        .await?;
+    let status = resp.status;
+    let body = resp.bytes().await?;
+    let took = start.elapsed().as_secs_f64() * 1000.0;
+    if status != 200 {
+        anyhow::bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    if v["exit_code"] != 0 {
+        anyhow::bail!("unexpected answer: {v}");
+    }
+    Ok(took)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The instance's containers the engine lists (any state), and how many of them inspect
+/// still finds.
+async fn engine_left(docker: &Docker, instance: &str) -> (usize, usize) {
+    let options = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("warmpool.instance={instance}")],
+        )])),
+        ..Default::default()
+    };
+    let listed: Vec<String> = docker
+        .list_containers(Some(options))
+        .await
+        .map(|l| l.into_iter().filter_map(|c| c.id).collect())
+        .unwrap_or_default();
+    let mut found = 0;
+    for id in &listed {
+        if docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .is_ok()
+        {
+            found += 1;
+        }
+    }
+    (listed.len(), found)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    let s = Settings::from_env();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(s))
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new(format!("{root}/scripts/build-demo-image.sh"))
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(built.success(), "scripts/build-demo-image.sh failed");
+    let docker = Docker::connect_with_defaults()?.negotiate_version().await?;
+    let version = docker.version().await?;
+    let (listed, _) = engine_left(&docker, &s.instance).await;
+    anyhow::ensure!(
+        listed == 0,
+        "{listed} containers of instance {:?} exist already; remove them or set WARMPOOL_SCALE_INSTANCE",
+        s.instance
+    );
+    eprintln!(
+        "warmpool scale bench: {} containers in {} pools; docker {}, {} cores",
+        s.containers,
+        s.pools,
+        version.version.as_deref().unwrap_or("?"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Time to ready.
+    let mut daemon = Daemon::spawn(&s.instance, &pools_toml(&s))?;
+    let client = warmpool::client::Client::new(&daemon.base, None);
+    let ready = daemon
+        .wait_ready(&client, Duration::from_secs_f64(s.ready_secs))
+        .await?;
+    let live = live_containers(&client).await?;
+    eprintln!(
+        "ready in {:.1} s, {live} containers live",
+        ready.as_secs_f64()
+    );
+
+    // 2. RSS, all warm.
+    let (rss_warm, _) = daemon.rss_kib();
+
+    // 3. Idle CPU.
+    let tck = clock_ticks_per_second();
+    let t0 = Instant::now();
+    let c0 = daemon.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs_f64(s.idle_secs)).await;
+    let idle_cpu = (daemon.cpu_ticks() - c0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0;
+    eprintln!(
+        "idle CPU {idle_cpu:.2}% of a core over {:.0} s",
+        s.idle_secs
+    );
+
+    // 4. Tasks, one after another, each to the next pool.
+    let mut lat = Vec::new();
+    let mut errors = 0usize;
+    let start = Instant::now();
+    let mut i = 0usize;
+    while start.elapsed().as_secs_f64() < s.task_secs {
+        let pool = format!("p{:02}", i % s.pools);
+        match http_task(&client, &pool).await {
+            Ok(ms) => lat.push(ms),
+            Err(e) => {
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!("task failed: {e}");
+                }
+            }
+        }
+        i += 1;
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(f64::NAN),
+    );
+    let (rss_after, hwm) = daemon.rss_kib();
+    let live_after = live_containers(&client).await?;
+
+    // 5. Shutdown.
+    let stopped = daemon.stop(Duration::from_secs(300));
+    let last_line = daemon
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or("(no final line)")
+        .to_string();
+    let (listed_after, found_after) = engine_left(&docker, &s.instance).await;
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\n### warmpool at scale: {} warm containers in {} pools (docker {}, {} cores)\n",
+        s.containers,
+        s.pools,
+        version.version.as_deref().unwrap_or("?"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| measure | value | target |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| time to ready (all {} warm) | {:.1} s ({:.0} containers/s) | - |",
+        s.containers,
+        ready.as_secs_f64(),
+        s.containers as f64 / ready.as_secs_f64()
+    );
+    println!(
+        "| daemon RSS, all warm | {:.1} MiB | <= 100 MiB: {} |",
+        mib(rss_warm),
+        met(mib(rss_warm) <= 100.0)
+    );
+    println!(
+        "| daemon RSS after the tasks (peak) | {:.1} MiB ({:.1} MiB) | <= 100 MiB: {} |",
+        mib(rss_after),
+        mib(hwm),
+        met(mib(hwm) <= 100.0)
+    );
+    println!(
+        "| idle daemon CPU over {:.0} s | {idle_cpu:.2}% of a core | <= 2%: {} |",
+        s.idle_secs,
+        met(idle_cpu <= 2.0)
+    );
+    println!(
+        "| tasks over HTTP, sequential across {} pools, {:.0} s | {} tasks, {errors} errors | 0 errors: {} |",
+        s.pools,
+        s.task_secs,
+        lat.len(),
+        met(errors == 0)
+    );
+    println!(
+        "| task p50 / p99 / max | {p50:.2} / {p99:.2} / {max:.1} ms (p99 = {:.1}x p50) | p99 <= 3x p50: {} |",
+        p99 / p50,
+        met(p99 <= 3.0 * p50)
+    );
+    println!(
+        "| containers live before SIGTERM | {live_after} | {}: {} |",
+        s.containers,
+        met(live_after as usize == s.containers)
+    );
+    match stopped {
+        Some(took) => println!(
+            "| shutdown (SIGTERM to exit) | {:.1} s | - |",
+            took.as_secs_f64()
+        ),
+        None => println!("| shutdown (SIGTERM to exit) | did not exit in 300 s | - |"),
+    }
+    println!(
+        "| containers left per the engine (inspect finds / listed) | {found_after} / {listed_after} | 0: {} |",
+        met(found_after == 0)
+    );
+    println!("\nThe daemon's last line: `{}`", last_line.trim());
+    Ok(())
+}
