@@ -57,8 +57,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use common::{
-    container_body, env_or, fmt_ms, machine_facts, median, met, percentile, run_container, BENCH_LABEL,
-    sequential, ContainerGuard, Daemon, IMAGE,
+    container_body, env_or, fmt_ms, machine_facts, median, met, percentile, run_container,
+    sequential, ContainerGuard, Daemon, BENCH_LABEL, IMAGE,
 };
 
 struct Settings {
