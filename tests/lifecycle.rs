@@ -807,6 +807,32 @@ max = 2
     let (status, v) = d.task("late", json!({"cmd": ["true"]})).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "starting", "{v}");
+    // So is every other request naming the pool: its status, a prewarm, a session.
+    let (status, v) = d.get("/v1/pools/late").await.unwrap();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("starting")),
+        "{v}"
+    );
+    let (status, v) = d
+        .post_raw(
+            "/v1/pools/late/prewarm",
+            br#"{"containers": 1, "for": "1m"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("starting")),
+        "{v}"
+    );
+    let (status, v) = d
+        .post_raw("/v1/sessions", br#"{"pool": "late"}"#.to_vec())
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("starting")),
+        "{v}"
+    );
     assert!(containers(&d.instance, None).is_empty());
 
     proxy.restore();

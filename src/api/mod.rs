@@ -504,6 +504,29 @@ where
     }
 }
 
+/// The pool named in a path. Before start-up is over (it waits for the engine) no pool
+/// exists yet: 503 `starting` with `Retry-After`, not a 404 for a pool the config has;
+/// after it, 404 `unknown_pool`.
+pub(super) fn find_pool(state: &AppState, name: &str) -> Result<Arc<crate::pool::Pool>, ApiError> {
+    if let Some(pool) = state.supervisor.pool(name) {
+        return Ok(pool);
+    }
+    if !state.supervisor.is_started() {
+        return Err(starting());
+    }
+    Err(SubmitError::UnknownPool(name.to_string()).into())
+}
+
+/// 503 `starting`: the daemon is still waiting for the engine or building its pools.
+pub(super) fn starting() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Starting,
+        "the daemon is still starting (waiting for the container engine or warming pools); retry shortly",
+    )
+    .retry_after(2)
+}
+
 /// An extractor's refusal in the envelope; a server-side one (a route wired wrong) stays a 500.
 fn rejected(status: StatusCode, message: String) -> ApiError {
     if status.is_client_error() {

@@ -187,6 +187,8 @@ pub(super) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> 
         (status = 400, description = "`invalid_request`: the path is not valid UTF-8", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`unknown_pool`", body = ErrorBody),
+        (status = 503, description = "`starting`: the daemon is still starting; its pools exist once it is done", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []), ()),
 )]
@@ -194,9 +196,6 @@ pub(super) async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PoolStatus>, ApiError> {
-    let pool = state
-        .supervisor
-        .pool(&name)
-        .ok_or_else(|| SubmitError::UnknownPool(name.clone()))?;
+    let pool = super::find_pool(&state, &name)?;
     Ok(Json(pool_status(&pool)))
 }

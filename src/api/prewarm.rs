@@ -44,6 +44,8 @@ pub(super) struct PrewarmBody {
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`unknown_pool`", body = ErrorBody),
         (status = 413, description = "`body_too_large`: over `server.max_request_body`", body = ErrorBody),
+        (status = 503, description = "`starting`: the daemon is still starting; its pools exist once it is done", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []), ()),
 )]
@@ -52,10 +54,7 @@ pub(super) async fn prewarm(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PoolStatus>, ApiError> {
-    let pool = state
-        .supervisor
-        .pool(&name)
-        .ok_or_else(|| SubmitError::UnknownPool(name.clone()))?;
+    let pool = super::find_pool(&state, &name)?;
     let body: PrewarmBody = parse_body(body, "prewarm request")?;
     let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, m);
     let duration = prewarm_duration(&body.duration).map_err(invalid)?;

@@ -207,6 +207,7 @@ pub(super) async fn create_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: SessionBody = parse_body(body, "session request")?;
+    super::find_pool(&state, &body.pool)?;
     let idle_timeout = body
         .idle_timeout
         .map(|t| {

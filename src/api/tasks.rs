@@ -325,18 +325,7 @@ pub(super) async fn submit_task(
     Query(query): Query<TaskQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.supervisor.pool(&pool).is_none() {
-        if !state.supervisor.is_started() {
-            // Pools appear once start-up is over (it waits for the engine): not a 404 yet.
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Starting,
-                "the daemon is still starting (waiting for the container engine or warming pools); retry shortly",
-            )
-            .retry_after(2));
-        }
-        return Err(SubmitError::UnknownPool(pool).into());
-    }
+    super::find_pool(&state, &pool)?;
     let (request, session) = parse_body::<TaskBody>(body, "task request")?.into_request()?;
     if let Some(id) = &session {
         let s = state
