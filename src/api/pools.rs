@@ -6,7 +6,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorBody, Path};
-use crate::supervisor::SubmitError;
 
 /// One pool as `GET /v1/pools` shows it: container counts, sizing from the configuration,
 /// utilization (0 to 1, three decimals), tasks waiting, and whether it is failed.

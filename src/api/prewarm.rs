@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 
 use super::pools::{pool_status, PoolStatus};
 use super::{parse_body, ApiError, AppState, ErrorBody, ErrorCode, Path};
-use crate::supervisor::SubmitError;
 
 /// The body: `{"containers": 6, "for": "10m"}`; unknown fields are refused.
 #[derive(Debug, Deserialize, ToSchema)]

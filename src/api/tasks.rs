@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{parse_body, ApiError, AppState, ErrorBody, ErrorCode, Path, Query};
 use crate::exec::TaskEvent;
 use crate::session::SessionError;
-use crate::supervisor::{SubmitError, TaskReport, TaskRequest};
+use crate::supervisor::{TaskReport, TaskRequest};
 
 /// The task request body: exactly one of `cmd` and `shell`, at most one of `stdin` and
 /// `stdin_base64`. Unknown fields are refused so a typo is not silently ignored.
