@@ -28,15 +28,12 @@ user_run=/run/warmpool-podman-$user
 # - after a kill -9 of the daemon, Podman (conmon) closes a shim container's stdin with the
 #   daemon's attach connection, so its idle containers and sessions end with the daemon and
 #   cannot be adopted by the next one; docker-exec pools are adopted.
-# - not yet done on Podman (issue 16 stays open for them): Podman 4.3 has no container-update
-#   endpoint in its Docker API (404), so a session's memory/cpus/pids cannot be applied live;
-#   Podman reports bind mounts in its own inspect format, which that test does not read yet;
+# - Podman reports bind mounts in its own inspect format, which that test does not read yet;
 #   it ignores HostConfig.Runtime, so warmpool refuses a pool's security.runtime there (the
 #   security test sets one).
 rootful_skip=(
   a_start_after_kill_9_adopts_idle_containers_and_removes_the_rest
   a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it
-  a_session_size_is_applied_live_to_a_warm_container
   a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect
   changed_security_settings_reach_the_engine
 )

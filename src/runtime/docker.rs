@@ -465,10 +465,27 @@ impl Runtime for DockerRuntime {
             pids_limit: limits.pids_limit,
             ..Default::default()
         };
-        self.client()?
-            .update_container(id, body)
-            .await
-            .map_err(map_err)
+        let answer = self.client()?.update_container(id, body).await;
+        match answer {
+            Ok(()) => Ok(()),
+            // Podman 4's Docker API has no update endpoint: a bare 404 "Not Found", where a
+            // missing container is a JSON "no such container".
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if !message.contains("no such container") && self.engine().await?.is_podman() => {
+                Err(RuntimeError::Refused(format!(
+                    "{} cannot change a running container's limits: its Docker-compatible API \
+                     has no container update (404 {message:?}), so a session's memory, cpus and \
+                     pids_limit cannot be applied to a warm container{}leave memory, cpus and \
+                     pids_limit out of the session on this engine, or size the pool itself \
+                     (memory, cpus, pids_limit in pools.toml)",
+                    self.engine().await?.describe(),
+                    super::WHAT_TO_DO,
+                )))
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
