@@ -88,8 +88,9 @@ async fn sigterm_lets_a_running_task_finish_then_leaves_nothing() {
     );
     assert!(
         networks(&d.instance).is_empty(),
-        "networks left after shutdown: {:?}",
-        networks(&d.instance)
+        "networks left after shutdown: {:?}\n{}",
+        networks(&d.instance),
+        d.log()
     );
     // Nor anything else this daemon made, whatever its other labels.
     let by_daemon = docker(&[

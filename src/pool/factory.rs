@@ -268,12 +268,31 @@ impl Factory {
         }
         let nets: Vec<String> = self.networks.lock().iter().cloned().collect();
         for net in nets {
-            if let Err(e) = self.runtime.remove_network(&net).await {
-                tracing::warn!(network = %net, error = %e, "could not remove network");
+            // The engine may still hold an endpoint of a container it no longer shows
+            // ("has active endpoints" just after a burst of removals): asked again on a
+            // back-off, for at most NETWORK_REMOVE_TIMEOUT.
+            let deadline = tokio::time::Instant::now() + NETWORK_REMOVE_TIMEOUT;
+            let mut pause = std::time::Duration::from_millis(100);
+            loop {
+                match self.runtime.remove_network(&net).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() + pause >= deadline => {
+                        tracing::warn!(network = %net, error = %e, "could not remove network");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(network = %net, error = %e, "network removal refused; asking again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
             }
         }
     }
 }
+
+/// How long shutdown keeps asking the engine to remove a network it still finds in use.
+const NETWORK_REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why a container start failed: a message for the tasks that wait and, when the engine
 /// refused the container for good ([`RuntimeError::is_permanent`]), the engine's words and
