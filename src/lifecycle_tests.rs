@@ -16,7 +16,8 @@ use crate::pool::{AcquireError, Counts};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL};
 use crate::supervisor::{
-    confirm_pause, Leftovers, SubmitError, Supervisor, TaskReport, TaskRequest, CONFIRM_TIMEOUT,
+    confirm_pause, confirm_wait_over, Leftovers, SubmitError, Supervisor, TaskReport, TaskRequest,
+    CONFIRM_MAX, CONFIRM_TIMEOUT,
 };
 
 fn pool_cfg(min: usize, warm: usize, max: usize) -> PoolConfig {
@@ -789,6 +790,53 @@ async fn shutdown_waits_for_removals_in_progress_and_does_not_count_ghosts() {
         "returned before the removal in progress ended: {took:?}"
     );
     assert!(took < CONFIRM_TIMEOUT, "waited for the ghost: {took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_slow_removals_while_they_progress() {
+    // 40 removals in progress, one done every 2 s: 80 s in all, well past the 30 s a
+    // stalled wait allows, yet each look finds fewer left, so the wait goes on (seen with
+    // 1,000 containers on a loaded 2-core engine: a fixed 30 s left 10 behind).
+    let (sup, fake) = setup(pool_cfg(1, 1, 1)).await;
+    settle(&sup, "1 idle", |c| c.idle == 1).await;
+    let removing: Vec<String> = (0..40)
+        .map(|i| {
+            fake.add_leftover(
+                &format!("warmpool-test-p-slow{i}"),
+                instance_labels("test"),
+                "removing",
+            )
+        })
+        .collect();
+    let f2 = fake.clone();
+    tokio::spawn(async move {
+        for id in removing {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            f2.finish_removal(&id);
+        }
+    });
+    let t0 = tokio::time::Instant::now();
+    let left = sup.shutdown(Duration::ZERO).await;
+    assert_eq!(left, Leftovers::None);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(80),
+        "returned before the last removal ended: {:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < CONFIRM_MAX, "{:?}", t0.elapsed());
+}
+
+#[test]
+fn the_confirmation_wait_ends_on_a_stall_or_at_the_cap() {
+    let start = tokio::time::Instant::now();
+    let s = Duration::from_secs;
+    let over = |progress: u64, now: u64| {
+        confirm_wait_over(start, start + s(progress), start + s(now), s(30), s(300))
+    };
+    assert!(!over(0, 29), "29 s without progress is not a stall");
+    assert!(over(0, 30), "30 s without progress is");
+    assert!(!over(100, 120), "progress 20 s ago: still waiting");
+    assert!(over(290, 300), "the cap holds whatever the progress");
 }
 
 #[tokio::test(start_paused = true)]

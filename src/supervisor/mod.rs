@@ -31,7 +31,7 @@ use crate::session::{Session, SessionError, SessionInfo, Sessions};
 
 pub use crate::pool::SHIM_IN_CONTAINER;
 pub use crate::task::{SubmitError, TaskReport, TaskRequest};
-pub use shutdown::{confirm_pause, Leftovers, CONFIRM_TIMEOUT};
+pub use shutdown::{confirm_pause, confirm_wait_over, Leftovers, CONFIRM_MAX, CONFIRM_TIMEOUT};
 
 /// Why a pool's reconcile ran: logged with what it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,26 @@ use crate::runtime::{ContainerSummary, RuntimeError, LABEL_DAEMON};
 /// How long shutdown waits for container starts and removals already in flight.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long shutdown waits, at most, for the engine to confirm that no container of this
-/// instance is left (removals it reports in progress).
+/// How long shutdown waits for the engine to confirm that no container of this instance is
+/// left (removals it reports in progress) without seeing progress: the wait goes on while
+/// fewer containers are left at each look, since 1,000 removals on a loaded 2-core engine
+/// outlast any fixed bound that is short enough for a stuck one.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest shutdown waits for that confirmation, progress or not.
+pub const CONFIRM_MAX: Duration = Duration::from_secs(300);
+
+/// Whether the confirmation wait is over at `now`: no fewer containers left since
+/// `last_progress` for `stall` or more, or `max` since the wait began at `start`. Pure.
+pub fn confirm_wait_over(
+    start: Instant,
+    last_progress: Instant,
+    now: Instant,
+    stall: Duration,
+    max: Duration,
+) -> bool {
+    now >= last_progress + stall || now >= start + max
+}
 
 /// Inspects in flight at once while confirming (1,000 at once would slow the engine down
 /// just when it is busiest).
@@ -50,8 +67,8 @@ pub fn confirm_pause(attempt: u32) -> Duration {
 impl Supervisor {
     /// Stops taking tasks, lets running ones finish up to `grace`, then removes every
     /// container and network this daemon made, and returns what the engine says is left of
-    /// this instance ([`Supervisor::confirm_none_left`], waiting at most
-    /// [`CONFIRM_TIMEOUT`] for removals in progress).
+    /// this instance ([`Supervisor::confirm_none_left`], waiting for removals in progress as
+    /// long as they progress, up to [`CONFIRM_TIMEOUT`] without progress).
     pub async fn shutdown(&self, grace: Duration) -> Leftovers {
         self.stop.cancel();
         for pool in self.pools() {
@@ -105,8 +122,8 @@ impl Supervisor {
         left
     }
 
-    /// Asks the engine what is left of this instance until it confirms none, at most
-    /// `limit`. Each round lists the instance's containers and inspects each: one inspect
+    /// Asks the engine what is left of this instance until it confirms none, or until
+    /// `limit` passes with no fewer left (at most [`CONFIRM_MAX`] in all). Each round lists the instance's containers and inspects each: one inspect
     /// does not find is gone, however the listing shows it (dockerd lists "Removal In
     /// Progress" ghosts for a while after a burst of removals); one in `removing` state, or
     /// whose removal a pool still has in flight, is waited for; any other is removed again. Rounds are [`confirm_pause`] apart.
@@ -114,7 +131,9 @@ impl Supervisor {
     /// Every container of the instance counts, not only this run's: start-up adopts or
     /// removes all of them, so they are all this daemon's to remove.
     pub async fn confirm_none_left(&self, limit: Duration) -> Leftovers {
-        let deadline = Instant::now() + limit;
+        let start = Instant::now();
+        let mut last_progress = start;
+        let mut fewest = usize::MAX;
         let mut attempt = 0;
         loop {
             let left = match self.inspect_ours().await {
@@ -124,7 +143,17 @@ impl Supervisor {
             if left.is_empty() {
                 return Leftovers::None;
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if left.len() < fewest {
+                if fewest != usize::MAX {
+                    // Progress: the removals are going through, only slowly; the back-off
+                    // starts again so the end is seen soon.
+                    attempt = 0;
+                }
+                fewest = left.len();
+                last_progress = now;
+            }
+            if confirm_wait_over(start, last_progress, now, limit, CONFIRM_MAX) {
                 let mut names: Vec<String> = left.into_iter().map(|(c, _)| c.name).collect();
                 names.sort();
                 return Leftovers::Remain(names);
@@ -140,6 +169,7 @@ impl Supervisor {
                     }
                 });
             futures_util::future::join_all(retry).await;
+            let deadline = (last_progress + limit).min(start + CONFIRM_MAX);
             let pause =
                 confirm_pause(attempt).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
