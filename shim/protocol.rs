@@ -16,7 +16,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 pub struct Shim {
     pub out: Output,
     pub reaper: Reaper,
-    /// Runs the per-task helpers (supervisor, output readers, stdin writer) and resets.
+    /// Runs the per-task helpers (supervisor, stdin writer) and resets.
     pub workers: Workers,
     /// What the shim is doing; Spawn and Reset are refused unless Idle.
     pub busy: Mutex<Busy>,
