@@ -40,17 +40,30 @@ pub struct Runner {
 /// (`Err` says what could not, and the container is then unfit for another task).
 pub type Ended = (Exit, Result<(), String>);
 
+/// A task [`Runner::launch`] started.
+pub struct Started {
+    /// Its pid, also its process group id.
+    pub pid: i32,
+    /// Its supervisor when launched `here`: to be run by the caller, on its own thread.
+    pub supervisor: Option<Box<dyn FnOnce() + Send>>,
+}
+
 impl Runner {
     /// Start the task and its helper threads; returns its pid, which is also its process
     /// group id. `start_dir` is where an empty or relative workdir starts from. `ended` runs
     /// once, when the task is over (never if this returns `Err`). The caller holds `busy`, so
     /// the supervisor cannot report Idle before the task is recorded as running.
+    ///
+    /// With `here`, the supervisor is not handed to a worker but returned, for the caller to
+    /// run on its own thread once it has recorded the task (a caller that is a worker already
+    /// saves a hand-off).
     pub fn launch(
         self,
         spawn: Spawn,
         start_dir: &Path,
+        here: bool,
         ended: impl FnOnce(Ended) + Send + 'static,
-    ) -> Result<i32, String> {
+    ) -> Result<Started, String> {
         let Spawn {
             id,
             argv,
@@ -133,13 +146,16 @@ impl Runner {
         // One thread per task waits for its exit and forwards both streams (poll on a pidfd
         // and the pipes): a thread per stream and a hand-off from the reaper cost a wake-up
         // each, which is most of what the shim adds to a short task on a small machine.
-        if let Err(e) = self.workers.run(move || {
-            ended(self.supervise(pid, pidfd, pipes, deadline, forward));
-        }) {
+        let supervisor = move || ended(self.supervise(pid, pidfd, pipes, deadline, forward));
+        let supervisor: Option<Box<dyn FnOnce() + Send>> = if here {
+            Some(Box::new(supervisor))
+        } else if let Err(e) = self.workers.run(supervisor) {
             sys::kill_group(pid);
             self.reaper.forget(pid);
             return Err(format!("cannot start a thread for the task: {e}"));
-        }
+        } else {
+            None
+        };
         if let (Some(mut pipe), false) = (child_in, stdin.is_empty()) {
             // From a thread: a task that does not read its stdin must not block this loop.
             let writer = move || {
@@ -150,7 +166,7 @@ impl Runner {
                 eprintln!("warmpool-shim: cannot start the stdin thread: {e}");
             }
         }
-        Ok(pid)
+        Ok(Started { pid, supervisor })
     }
 
     /// Forward the task's output until its main process, which alone decides when the task
