@@ -181,6 +181,11 @@ impl Runner {
         mut fwd: Forward,
     ) -> Ended {
         let mut timed_out = false;
+        // The reaper sleeps while the shim has no children, and a short task is reaped here
+        // (see `Reaper::take`): it is woken only once the task has run for REAPER_LAG, to reap
+        // the orphans a longer task leaves as it goes, and by the sweep.
+        let reaper_due = Instant::now() + REAPER_LAG;
+        let mut reaper_woken = false;
         let status = loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -188,10 +193,18 @@ impl Runner {
                 sys::kill_group(pid);
                 deadline = None;
             }
+            if !reaper_woken && (now >= reaper_due || pidfd.is_none()) {
+                self.reaper.wake();
+                reaper_woken = true;
+            }
             let mut wait = deadline.map(|d| d - now);
             if pidfd.is_none() {
                 // No pidfd (a kernel before 5.3): look at the reaper's news now and then.
                 wait = Some(wait.map_or(NO_PIDFD_SLICE, |w| w.min(NO_PIDFD_SLICE)));
+            }
+            if !reaper_woken {
+                let until_due = reaper_due.saturating_duration_since(now);
+                wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
             }
             let exited = fwd.pump(self.out, &mut pipes, pidfd.as_ref(), wait);
             if exited || pidfd.is_none() {
@@ -212,6 +225,7 @@ impl Runner {
         let swept = sweep::end_all(
             sweep::Scope::for_pid(sys::my_pid()),
             Instant::now() + sweep::DEADLINE,
+            &|| self.reaper.wake(),
         );
         // Up to GRACE to deliver what is already in the pipes; later output is dropped, so
         // that Exit is the last event of the task.
@@ -242,6 +256,9 @@ impl Runner {
         (exit, swept)
     }
 }
+
+/// How long a task runs before the reaper is woken to reap its orphans as they die.
+const REAPER_LAG: Duration = Duration::from_millis(10);
 
 /// How often the supervisor asks the reaper about the task when it has no pidfd to wait on.
 const NO_PIDFD_SLICE: Duration = Duration::from_millis(5);
@@ -341,7 +358,7 @@ pub struct Reaper {
 
 #[derive(Default)]
 struct Children {
-    /// Bumped by every spawn; wakes the reaper when it had no children.
+    /// Bumped by [`Reaper::wake`]; wakes the reaper when it had no children.
     spawned: u64,
     /// Pids whose status someone will ask for; other statuses (orphans) are dropped.
     watched: HashSet<i32>,
@@ -390,10 +407,14 @@ impl Reaper {
         let pid = pid_of(&child);
         let pidfd = sys::pidfd_open(pid);
         children.watched.insert(pid);
-        children.spawned += 1;
-        drop(children);
-        self.changed.notify_all();
+        // The reaper is not woken: the supervisor does it (see `Runner::supervise`).
         Ok((child, pidfd))
+    }
+
+    /// Have the reaper look for exited children again (it sleeps once it has none).
+    pub fn wake(&self) {
+        lock(&self.children).spawned += 1;
+        self.changed.notify_all();
     }
 
     /// The exit status of `pid` if it has exited: from the reaper if it got there first,
