@@ -176,10 +176,15 @@ impl Shim {
             workers: &self.workers,
             out: &self.out,
         };
-        runner.launch(spawn, &self.start_dir, here, move |(exit, swept)| match swept {
-            Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
-            Err(why) => self.give_up(&Event::Exit(exit), &why),
-        })
+        runner.launch(
+            spawn,
+            &self.start_dir,
+            here,
+            move |(exit, swept)| match swept {
+                Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
+                Err(why) => self.give_up(&Event::Exit(exit), &why),
+            },
+        )
     }
 
     fn start_task(&'static self, spawn: Spawn) {

@@ -534,7 +534,10 @@ mod tests {
         let mut pipes = [None, None];
         let mut fwd = forward(u64::MAX);
         let short = Some(Duration::from_millis(10));
-        assert!(!fwd.pump(out, &mut pipes, Some(&pidfd), short), "still running");
+        assert!(
+            !fwd.pump(out, &mut pipes, Some(&pidfd), short),
+            "still running"
+        );
         assert_eq!(sys::reap_pid(pid), None, "a running task is not reaped");
         assert!(fwd.pump(out, &mut pipes, Some(&pidfd), Some(Duration::from_secs(5))));
         assert_eq!(sys::reap_pid(pid).and_then(|s| s.code()), Some(3));
