@@ -21,9 +21,9 @@
 //!
 //! Threads: the main thread reads requests and never waits on a task; one reaper thread reaps
 //! every child (PID 1 inherits all orphans); one signal thread handles SIGTERM/SIGINT; and a
-//! small pool of reused workers runs, per task, a supervisor (waits for the main process,
-//! enforces the timeout, sends Exit), two output readers and, when there is stdin to give, a
-//! stdin writer.
+//! small pool of reused workers runs, per task, a supervisor (one thread polling a pidfd of
+//! the main process and both output pipes: it forwards the output, enforces the timeout, reaps
+//! the main process and sends Exit) and, when there is stdin to give, a stdin writer.
 //!
 //! Attached, end of stdin means the daemon is gone for good (it creates the container with
 //! `OpenStdin` and without `StdinOnce`, so detaching never closes it): the shim lets the

@@ -1,6 +1,6 @@
 //! The protocol stream to the daemon: where every event the shim sends goes, attached or
 //! direct. Its own file because both the request loop (`protocol.rs`) and the task's output
-//! readers (`task.rs`) write to it, and neither should need the other for that.
+//! supervisor (`task.rs`) write to it, and neither should need the other for that.
 
 use crate::shim_proto::{Event, PROTOCOL_VERSION};
 use crate::sys::{self, die};

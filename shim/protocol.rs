@@ -4,7 +4,7 @@
 use crate::output::{Output, CHUNK};
 use crate::shim_proto::{Event, Exit, Request, Spawn};
 use crate::sys::{self, die};
-use crate::task::{not_started, Reaper, Runner};
+use crate::task::{not_started, Reaper, Runner, Started};
 use crate::threads::{lock, wait, Workers};
 use crate::wipe;
 use std::fs::File;
@@ -16,7 +16,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 pub struct Shim {
     pub out: Output,
     pub reaper: Reaper,
-    /// Runs the per-task helpers (supervisor, output readers, stdin writer) and resets.
+    /// Runs the per-task helpers (supervisor, stdin writer) and resets.
     pub workers: Workers,
     /// What the shim is doing; Spawn and Reset are refused unless Idle.
     pub busy: Mutex<Busy>,
@@ -170,16 +170,21 @@ impl Shim {
 
     /// Start a task (see [`Runner::launch`]); its end is reported through [`Shim::finish`],
     /// or [`Shim::give_up`] when something it left could not be ended.
-    fn launch(&'static self, spawn: Spawn) -> Result<i32, String> {
+    fn launch(&'static self, spawn: Spawn, here: bool) -> Result<Started, String> {
         let runner = Runner {
             reaper: &self.reaper,
             workers: &self.workers,
             out: &self.out,
         };
-        runner.launch(spawn, &self.start_dir, move |(exit, swept)| match swept {
-            Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
-            Err(why) => self.give_up(&Event::Exit(exit), &why),
-        })
+        runner.launch(
+            spawn,
+            &self.start_dir,
+            here,
+            move |(exit, swept)| match swept {
+                Ok(()) => self.finish(lock(&self.busy), &Event::Exit(exit)),
+                Err(why) => self.give_up(&Event::Exit(exit), &why),
+            },
+        )
     }
 
     fn start_task(&'static self, spawn: Spawn) {
@@ -192,9 +197,12 @@ impl Shim {
             return;
         }
         if spawn.reset.is_empty() {
-            let exit = match self.launch(spawn) {
-                Ok(pgid) => {
-                    *busy = Busy::Task { id, pgid };
+            let exit = match self.launch(spawn, false) {
+                Ok(started) => {
+                    *busy = Busy::Task {
+                        id,
+                        pgid: started.pid,
+                    };
                     return;
                 }
                 Err(e) => not_started(id, e, None),
@@ -215,7 +223,8 @@ impl Shim {
         }
     }
 
-    /// The worker's half of a Spawn with `reset`: wipe, then start the task, or report why not.
+    /// The worker's half of a Spawn with `reset`: wipe, then start the task and supervise it
+    /// on this same worker (no hand-off to another), or report why not.
     fn reset_then_launch(&'static self, mut spawn: Spawn) {
         let id = spawn.id;
         let error = wipe::wipe(&std::mem::take(&mut spawn.reset));
@@ -226,9 +235,16 @@ impl Shim {
                 "not started: the workdir was not wiped".into(),
                 Some(error),
             ),
-            None => match self.launch(spawn) {
-                Ok(pgid) => {
-                    *busy = Busy::Task { id, pgid };
+            None => match self.launch(spawn, true) {
+                Ok(started) => {
+                    *busy = Busy::Task {
+                        id,
+                        pgid: started.pid,
+                    };
+                    drop(busy);
+                    if let Some(supervise) = started.supervisor {
+                        supervise();
+                    }
                     return;
                 }
                 Err(e) => not_started(id, e, None),

@@ -49,9 +49,11 @@ pub struct Proc {
 }
 
 /// SIGKILL every process in `scope` and wait until /proc lists none, up to `deadline`.
-/// Err describes those still there at the deadline (unkillable: another user's, stuck in the
-/// kernel), for the caller to give up on the container.
-pub fn end_all(scope: Scope, deadline: Instant) -> Result<(), String> {
+/// `wake_reaper` runs whenever some are left, before waiting: the reaper takes the dead out
+/// of /proc, and it may be asleep (see `task::Reaper`). Err describes those still there at
+/// the deadline (unkillable: another user's, stuck in the kernel), for the caller to give up
+/// on the container.
+pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Result<(), String> {
     let mut pause = Duration::from_micros(100);
     loop {
         let left = match processes(scope) {
@@ -81,6 +83,7 @@ pub fn end_all(scope: Scope, deadline: Instant) -> Result<(), String> {
                 Scope::Below(_) => left.iter().for_each(|p| sys::kill_pid(p.pid)),
             }
         }
+        wake_reaper();
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
@@ -216,8 +219,16 @@ mod tests {
             );
             thread::sleep(Duration::from_millis(10));
         }
-        end_all(Scope::Below(root), Instant::now() + DEADLINE).unwrap();
+        let wakes = std::sync::atomic::AtomicUsize::new(0);
+        let wake = || {
+            wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        end_all(Scope::Below(root), Instant::now() + DEADLINE, &wake).unwrap();
         assert_eq!(processes(Scope::Below(root)).unwrap(), []);
+        assert!(
+            wakes.into_inner() > 0,
+            "the reaper is woken to take the dead out of /proc"
+        );
         sh.wait().unwrap();
     }
 
@@ -244,6 +255,7 @@ mod tests {
         let err = end_all(
             Scope::Below(root),
             Instant::now() + Duration::from_millis(100),
+            &|| {},
         );
         parent.kill().unwrap();
         parent.wait().unwrap();

@@ -255,3 +255,53 @@ pub fn die(code: i32, msg: &str) -> ! {
 pub fn pid_of(child: &std::process::Child) -> i32 {
     child.id() as i32
 }
+
+/// One entry of `poll(2)`'s array.
+#[repr(C)]
+pub struct PollFd {
+    pub fd: i32,
+    pub events: i16,
+    pub revents: i16,
+}
+
+/// Readable (or, for a pidfd, the process has exited).
+pub const POLLIN: i16 = 0x1;
+
+extern "C" {
+    fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
+    fn syscall(number: i64, ...) -> i64;
+}
+
+const SYS_PIDFD_OPEN: i64 = 434;
+
+/// Wait until one of `fds` is ready or `timeout` passes (`None`: no limit). Returns how many
+/// are ready; `revents` says which. EINTR comes back as `Interrupted`.
+pub fn poll_fds(fds: &mut [PollFd], timeout: Option<std::time::Duration>) -> io::Result<usize> {
+    // Rounded up, so that a wait for a deadline does not spin through its last millisecond.
+    let ms = timeout.map_or(-1, |t| {
+        i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+    });
+    // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfd structs for the call.
+    let n = unsafe { poll(fds.as_mut_ptr(), fds.len() as u64, ms) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// A pidfd for `pid` (Linux 5.3+): it becomes readable when the process exits, which lets
+/// one thread wait for the task's exit and its output at once. `None` if the kernel has none.
+pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags (0: close-on-exec is implied) and returns a new
+    // descriptor that nothing else owns.
+    let fd = unsafe { syscall(SYS_PIDFD_OPEN, i64::from(pid), 0i64) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel and is ours alone.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reap `pid` if it has exited (a zombie); `None` if it is still running (or not our child).
+pub fn reap_pid(pid: i32) -> Option<ExitStatus> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid, writable int for the duration of the call.
+    let r = unsafe { waitpid(pid, &raw mut status, WNOHANG | WALL) };
+    (r == pid).then(|| ExitStatus::from_raw(status))
+}

@@ -4,7 +4,6 @@
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
 
 // With panic=abort a poisoned mutex cannot be observed, so these helpers just look through it.
 
@@ -16,16 +15,6 @@ pub fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> 
     cv.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
-pub fn wait_timeout<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    d: Duration,
-) -> MutexGuard<'a, T> {
-    cv.wait_timeout(guard, d)
-        .unwrap_or_else(PoisonError::into_inner)
-        .0
-}
-
 pub fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
     thread::Builder::new()
         .name(name.into())
@@ -34,7 +23,7 @@ pub fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result
         .map(drop)
 }
 
-/// Threads kept for reuse. Every task needs three or four helper threads, and starting them
+/// Threads kept for reuse. Every task needs a helper thread or two, and starting them
 /// costs about as much as all the rest of the shim's work for a short task; reused threads
 /// also cannot fail to start when the container is at its pids limit.
 #[derive(Default)]
