@@ -4,7 +4,9 @@
 # the warmpool modes both support, one compare run each, alternately (A B, B A, A B, ...), so
 # that a drift in the machine's load weighs on both alike. A gets no exec_transport key
 # (WARMPOOL_BENCH_LEGACY_CONFIG=1: a daemon older than the key has attach only); B gets
-# exec_transport = "attach" for pool-shim, so both shim rows are the attach transport.
+# exec_transport = "attach" for pool-shim, so both shim rows are the attach transport. With
+# A_LEGACY=0, A is a daemon that knows exec_transport too and gets the same config as B
+# (then pool-direct can be compared: WARMPOOL_BENCH_MODES=pool-direct,pool-shim).
 # Prints each mode's medians over the rounds for A and B, and the median of the per-round
 # ratios B/A. Run it under the engine lock on a shared engine:
 #
@@ -24,7 +26,7 @@ out=$(mktemp -d)
 for r in $(seq 1 "$rounds"); do
     if [ $((r % 2)) = 1 ]; then order="A B"; else order="B A"; fi
     for who in $order; do
-        if [ "$who" = A ]; then bin=$old legacy=1; else bin=$new legacy=0; fi
+        if [ "$who" = A ]; then bin=$old legacy=${A_LEGACY:-1}; else bin=$new legacy=0; fi
         echo "round $r/$rounds: $who ($bin)" >&2
         WARMPOOL_BENCH_BIN=$bin WARMPOOL_BENCH_LEGACY_CONFIG=$legacy "$bench" \
             >"$out/$who-$r.md" 2>"$out/$who-$r.err" || {

@@ -7,6 +7,13 @@
 //! atomic against forks), lets the reaper reap them, and looks again until none is left or
 //! the deadline passes. Outside a container's pid namespace (a shim started by hand), only
 //! its own descendants are ended: `kill(-1)` would reach every process of the user.
+//!
+//! Processes started into the container from outside (`docker exec`: their parent is not in
+//! the namespace, so /proc shows ppid 0) and their descendants are spared: a task cannot
+//! start one (whatever it forks has a parent inside, and orphans come to us), and one may be
+//! another task of the same session running beside this one (`max_concurrent_tasks` above 1
+//! runs the others through the engine's exec). With any such process present the others are
+//! killed one by one instead of by `kill(-1)`.
 
 use crate::sys;
 use std::collections::HashSet;
@@ -40,7 +47,7 @@ impl Scope {
 }
 
 /// One process as /proc shows it.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Proc {
     pub pid: i32,
     pub ppid: i32,
@@ -56,8 +63,8 @@ pub struct Proc {
 pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Result<(), String> {
     let mut pause = Duration::from_micros(100);
     loop {
-        let left = match processes(scope) {
-            Ok(left) => left,
+        let (left, spared) = match processes(scope) {
+            Ok(found) => found,
             Err(e) => {
                 // Without /proc nothing can be checked: kill what we can and say so.
                 if matches!(scope, Scope::Namespace) {
@@ -77,10 +84,10 @@ pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Resul
         // is killed) takes them out of /proc.
         if left.iter().any(|p| p.state != 'Z') {
             match scope {
-                Scope::Namespace => {
+                Scope::Namespace if !spared => {
                     sys::kill_namespace();
                 }
-                Scope::Below(_) => left.iter().for_each(|p| sys::kill_pid(p.pid)),
+                _ => left.iter().for_each(|p| sys::kill_pid(p.pid)),
             }
         }
         wake_reaper();
@@ -89,8 +96,9 @@ pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Resul
     }
 }
 
-/// The processes in `scope`, from /proc.
-fn processes(scope: Scope) -> io::Result<Vec<Proc>> {
+/// The processes in `scope` to end, from /proc, and whether any were spared as started
+/// from outside (see the module's comment).
+fn processes(scope: Scope) -> io::Result<(Vec<Proc>, bool)> {
     let me = sys::my_pid();
     let mut all = Vec::new();
     for entry in fs::read_dir("/proc")? {
@@ -114,9 +122,22 @@ fn processes(scope: Scope) -> io::Result<Vec<Proc>> {
         }
     }
     Ok(match scope {
-        Scope::Namespace => all,
-        Scope::Below(root) => descendants(root, all),
+        Scope::Namespace => {
+            let (outside, inside) = started_outside(all);
+            (inside, !outside.is_empty())
+        }
+        Scope::Below(root) => (descendants(root, all), false),
     })
+}
+
+/// Splits a namespace's processes into those started from outside it (ppid 0: `docker
+/// exec`) with all their descendants, and the rest.
+fn started_outside(all: Vec<Proc>) -> (Vec<Proc>, Vec<Proc>) {
+    let mut outside = descendants(0, all.clone());
+    let pids: HashSet<i32> = outside.iter().map(|p| p.pid).collect();
+    let inside: Vec<Proc> = all.into_iter().filter(|p| !pids.contains(&p.pid)).collect();
+    outside.sort_by_key(|p| p.pid);
+    (outside, inside)
 }
 
 /// `/proc/PID/stat`: `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so
@@ -187,6 +208,30 @@ mod tests {
     }
 
     #[test]
+    fn processes_started_from_outside_and_their_children_are_spared() {
+        let p = |pid, ppid| Proc {
+            pid,
+            ppid,
+            state: 'S',
+            comm: String::new(),
+        };
+        // 5 came in by `docker exec` (ppid 0) and forked 6, which forked 9; 7 was left by
+        // the task (reparented to us, pid 1), with a child 8.
+        let (outside, inside) =
+            started_outside(vec![p(5, 0), p(6, 5), p(7, 1), p(8, 7), p(9, 6)]);
+        let pids = |v: &[Proc]| {
+            let mut v: Vec<i32> = v.iter().map(|p| p.pid).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(pids(&outside), [5, 6, 9]);
+        assert_eq!(pids(&inside), [7, 8]);
+        let (outside, inside) = started_outside(vec![p(7, 1), p(8, 7)]);
+        assert!(outside.is_empty());
+        assert_eq!(pids(&inside), [7, 8]);
+    }
+
+    #[test]
     fn descendants_are_found_at_any_depth_and_nothing_else() {
         let p = |pid, ppid| Proc {
             pid,
@@ -212,7 +257,7 @@ mod tests {
             .unwrap();
         let root = i32::try_from(sh.id()).unwrap();
         let start = Instant::now();
-        while processes(Scope::Below(root)).unwrap().is_empty() {
+        while processes(Scope::Below(root)).unwrap().0.is_empty() {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "the loop never started"
@@ -224,7 +269,7 @@ mod tests {
             wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
         end_all(Scope::Below(root), Instant::now() + DEADLINE, &wake).unwrap();
-        assert_eq!(processes(Scope::Below(root)).unwrap(), []);
+        assert_eq!(processes(Scope::Below(root)).unwrap().0, []);
         assert!(
             wakes.into_inner() > 0,
             "the reaper is woken to take the dead out of /proc"
@@ -242,7 +287,7 @@ mod tests {
         let root = i32::try_from(parent.id()).unwrap();
         let start = Instant::now();
         let zombie = loop {
-            let below = processes(Scope::Below(root)).unwrap();
+            let below = processes(Scope::Below(root)).unwrap().0;
             if let Some(p) = below.into_iter().find(|p| p.state == 'Z') {
                 break p;
             }

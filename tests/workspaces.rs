@@ -340,30 +340,37 @@ async fn two_tasks_of_a_session_overlap_with_max_concurrent_tasks_2() {
         .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["max_concurrent_tasks"], 2, "{v}");
-    // Each waits (up to 20 s) for the other's file: both see it only if they overlap.
-    let wait_for_other = |me: &str, other: &str| {
+    // Each waits (up to 20 s) for the other's file: both see it only if they overlap. Then
+    // one ends at once and the other 1.5 s later, in both orders: the end of the task that
+    // holds the shim must not end the other, which runs through the engine's exec (a sweep
+    // that killed every process but the shim did, with exit 137).
+    let wait_for_other = |me: &str, other: &str, round: u32, linger: &str| {
         format!(
-            "touch /work/{me}; i=0; while [ ! -e /work/{other} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; [ -e /work/{other} ] && echo saw-{other}"
+            "touch /work/{me}{round}; i=0; while [ ! -e /work/{other}{round} ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; [ -e /work/{other}{round} ] && echo saw-{other} && sleep {linger}"
         )
     };
     let client = warmpool::client::Client::new(&d.addr, None);
-    let (a, b) = tokio::join!(
-        run_task(
-            &client,
-            "c",
-            json!({"session": id, "shell": wait_for_other("a", "b")})
-        ),
-        run_task(
-            &client,
-            "c",
-            json!({"session": id, "shell": wait_for_other("b", "a")})
-        ),
-    );
-    assert_eq!(a.0, 200, "{}", a.1);
-    assert_eq!(b.0, 200, "{}", b.1);
-    assert_eq!(a.1["stdout"], "saw-b\n", "{}", a.1);
-    assert_eq!(b.1["stdout"], "saw-a\n", "{}", b.1);
-    assert_eq!(a.1["container"], b.1["container"], "one container");
+    for (round, (linger_a, linger_b)) in [(1, ("0", "1.5")), (2, ("1.5", "0"))] {
+        let (a, b) = tokio::join!(
+            run_task(
+                &client,
+                "c",
+                json!({"session": id, "shell": wait_for_other("a", "b", round, linger_a)})
+            ),
+            run_task(
+                &client,
+                "c",
+                json!({"session": id, "shell": wait_for_other("b", "a", round, linger_b)})
+            ),
+        );
+        assert_eq!(a.0, 200, "{}", a.1);
+        assert_eq!(b.0, 200, "{}", b.1);
+        assert_eq!(a.1["stdout"], "saw-b\n", "round {round}: {}", a.1);
+        assert_eq!(b.1["stdout"], "saw-a\n", "round {round}: {}", b.1);
+        assert_eq!(a.1["exit_code"], 0, "round {round}: {}", a.1);
+        assert_eq!(b.1["exit_code"], 0, "round {round}: {}", b.1);
+        assert_eq!(a.1["container"], b.1["container"], "one container");
+    }
 }
 
 /// A session's state as `GET /v1/sessions/{id}` shows it.
