@@ -10,6 +10,10 @@
 //! the container go (idle, end), they are moved back. A container that dies leaves its slot
 //! on the host: the workspace's record still names it, and the next claim moves the entries
 //! from there. `<root>` is the pool's `workspace_root` plus the daemon's instance.
+//!
+//! A remote engine would mount directories of its own host, which the daemon never moves: a
+//! persistent pool's container start is refused there ([`remote_engine_refusal`]), which
+//! makes the pool failed rather than its workspaces silently not persistent.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +66,37 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Why a persistent workspace cannot work with the engine at `engine_host` (the address
+/// [`crate::exec::direct::engine_host`] gives), as `(words, fix)` for a refused start; `None`
+/// for a local (`unix://`) engine. Pure, so the rule is tested without an engine.
+///
+/// A workspace is a directory on the daemon's host that the daemon moves into a container's
+/// slot by rename, and the slot reaches the container by a bind mount, whose source the
+/// engine resolves on *its* host. A remote engine (`tcp://`, `ssh://`, `https://` ...) would
+/// mount a directory of its own host that the daemon's renames never touch: the files a
+/// session writes would stay behind in each container's slot there, so the workspace would
+/// look persistent and not be. The same rule as the direct transport's ([`crate::exec::direct::decide`]).
+pub fn remote_engine_refusal(engine_host: &str) -> Option<(String, String)> {
+    if engine_host.starts_with("unix://") {
+        return None;
+    }
+    let scheme = engine_host
+        .split_once("://")
+        .map_or(engine_host, |(scheme, _)| scheme);
+    Some((
+        format!(
+            "the engine is remote ({scheme}://) and session_workspace = \"persistent\" needs a local one: \
+             a persistent workspace is a directory on the daemon's host, moved between the pool's \
+             containers by the daemon, and a remote engine would bind-mount directories of its own \
+             host instead, which the daemon never moves (a session's files would silently stay behind)"
+        ),
+        "run warmpool on the engine's host with a unix:// engine ([docker] host = \
+         \"unix:///var/run/docker.sock\"), or set session_workspace = \"ephemeral\" for this pool, \
+         then reload"
+            .to_string(),
+    ))
 }
 
 /// The slot directory of a container.
@@ -353,6 +388,32 @@ pub fn validate_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_engine_is_refused_with_its_scheme_and_the_fix() {
+        assert_eq!(remote_engine_refusal("unix:///var/run/docker.sock"), None);
+        assert_eq!(
+            remote_engine_refusal("unix:///run/user/1000/podman/podman.sock"),
+            None
+        );
+        for (host, scheme) in [
+            ("tcp://10.0.0.1:2375", "tcp://"),
+            ("ssh://user@box", "ssh://"),
+            ("https://engine:2376", "https://"),
+            ("http://127.0.0.1:2375", "http://"),
+        ] {
+            let (words, fix) = remote_engine_refusal(host).expect(host);
+            assert!(words.contains(&format!("remote ({scheme})")), "{words}");
+            assert!(words.contains("persistent"), "{words}");
+            // The address itself (a user name, a host) is not repeated.
+            assert!(
+                !words.contains("user@box") && !words.contains("10.0.0.1"),
+                "{words}"
+            );
+            assert!(fix.contains("unix://"), "{fix}");
+            assert!(fix.contains("session_workspace = \"ephemeral\""), "{fix}");
+        }
+    }
 
     #[test]
     fn a_workspace_moves_between_slots_and_the_store() {

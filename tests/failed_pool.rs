@@ -3,6 +3,9 @@
 //! is failed, says so once, shows it in the API and `/readyz`, answers its tasks 503
 //! `pool_failed`, sends the engine no stream of retries, and leaves the other pool serving;
 //! a reload that fixes its config clears it.
+//!
+//! And a pool the daemon refuses itself: persistent workspaces on an engine that is not on the
+//! daemon's host (a `tcp://` front of the local engine stands in for a remote one).
 
 mod common;
 mod support;
@@ -247,6 +250,120 @@ async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() 
     assert_eq!(
         metric(&d, "warmpool_pool_failed", &[("pool", "bad")]).await,
         0.0
+    );
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+/// A `tcp://` front of the local engine on loopback: to the daemon the engine is remote (its
+/// address is not `unix://`), while the containers still run on this host, where the test
+/// can see them. A byte copy each way, so the engine's hijacked attach streams pass too.
+fn tcp_engine_proxy() -> String {
+    let upstream = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TCP proxy");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Its own thread and runtime, as `engine_proxy`: the daemon's shutdown goes through it
+    // while the harness blocks the test's thread.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut engine) = UnixStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                });
+            }
+        });
+    });
+    format!("tcp://{addr}")
+}
+
+#[tokio::test]
+async fn a_persistent_pool_on_a_remote_engine_is_failed_and_creates_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let host = tcp_engine_proxy();
+    let config = format!(
+        "[docker]\nhost = \"{host}\"\n\n\
+         [pools.good]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\n\
+         [pools.ws]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\
+         session_workspace = \"persistent\"\nworkspace_root = \"{}\"\n",
+        root.path().display()
+    );
+    let mut d = Daemon::start(&config).await;
+
+    // Failed, with why (the engine is remote, by its scheme) and the fix.
+    let ws = wait_pool(&d, "ws", "pool ws failed", LONG, |v| v["state"] == "failed").await;
+    let reason = ws["failure"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("remote (tcp://)"), "{ws}");
+    assert!(reason.contains("persistent"), "{ws}");
+    let hint = ws["failure"]["hint"].as_str().unwrap().to_string();
+    assert!(hint.contains("unix://"), "{ws}");
+    assert!(hint.contains("session_workspace = \"ephemeral\""), "{ws}");
+    assert_eq!(ws["live"], 0, "{ws}");
+
+    // The ephemeral pool on the same daemon and engine serves.
+    let good = wait_pool(&d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
+    assert_eq!(good["state"], "ok", "{good}");
+    let (status, r) = d.task("good", json!({"cmd": ["echo", "served"]})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["stdout"], "served\n", "{r}");
+
+    // The list shows both.
+    let (status, list) = d.get("/v1/pools").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(pool_in(&list, "ws")["state"], "failed", "{list}");
+    assert_eq!(
+        pool_in(&list, "ws")["failure"]["reason"],
+        reason.as_str(),
+        "{list}"
+    );
+    assert_eq!(
+        pool_in(&list, "ws")["failure"]["hint"],
+        hint.as_str(),
+        "{list}"
+    );
+    assert_eq!(pool_in(&list, "good")["state"], "ok", "{list}");
+    let (status, ready) = d.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{ready}");
+
+    // Its task answers at once, 503 pool_failed, with the words and the fix.
+    let (status, r) = d.task("ws", json!({"cmd": ["echo"]})).await;
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "pool_failed", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&reason) && message.contains(&hint),
+        "{message}"
+    );
+
+    // Nothing of it on the engine, and no slot on this host.
+    assert!(containers(&d.instance, Some("ws")).is_empty());
+    assert!(!containers(&d.instance, Some("good")).is_empty());
+    let slots = root.path().join(&d.instance).join("slots");
+    let made = std::fs::read_dir(&slots).map_or(0, |dir| dir.count());
+    assert_eq!(made, 0, "slots under {}", slots.display());
+
+    // Logged once, at error level.
+    let log = d.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refuses to start this pool's containers"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("remote (tcp://)"),
+        "{}",
+        lines[0]
     );
     assert!(d.stop().success(), "{}", d.log());
 }

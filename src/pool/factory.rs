@@ -339,6 +339,16 @@ pub(super) async fn create_and_connect(
     let with_slot;
     let spec = match &spec.workspace_root {
         Some(root) => {
+            // Before anything exists: a remote engine would mount a slot of its own host,
+            // which the daemon never moves, so the pool is failed instead (no retry helps).
+            if let Some((words, fix)) =
+                crate::workspace::remote_engine_refusal(&direct::engine_host())
+            {
+                return Err(StartError {
+                    message: format!("{words}{}{fix}", crate::runtime::WHAT_TO_DO),
+                    refusal: Some((words, fix)),
+                });
+            }
             let root = std::path::Path::new(root);
             let dir = crate::workspace::prepare_slot(root, name, &spec.user).map_err(|e| {
                 format!(

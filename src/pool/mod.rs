@@ -468,7 +468,8 @@ impl Pool {
                 reason = %reason,
                 what_to_do = %hint,
                 retry_every = %humantime::format_duration(retry_every),
-                "the container engine refuses to start this pool's containers; the pool is failed: \
+                "the container engine refuses to start this pool's containers (or the daemon, for a \
+                 pool it cannot run on this engine); the pool is failed: \
                  it does not retry in a loop but tries one start every retry_every, at a reload and \
                  when the engine comes back; its tasks answer 503 pool_failed"
             );

@@ -254,6 +254,13 @@ fn remedy(message: &str) -> Option<&'static str> {
              warmpool translates them for Docker and Podman 4+, so check the engine's version",
         ),
         (
+            // Docker, for a `mounts` bind whose source is missing. pools.toml checks it on a
+            // local engine; a remote engine's host only the engine sees.
+            &["bind source path does not exist"],
+            "a bind mount's source must exist on the engine's host (with a remote engine, that \
+             host, not the daemon's): create it there or fix the pool's mounts, then reload",
+        ),
+        (
             &["error setting rlimit"],
             "the engine cannot raise the containers' ulimits to its defaults (it lacks \
              CAP_SYS_RESOURCE, e.g. when it runs in a container): set `default_ulimits` in \
@@ -507,6 +514,15 @@ mod tests {
         assert!(e.is_permanent());
         assert!(e.to_string().contains("default_ulimits"), "{e}");
         assert!(classify(400, "invalid reference format".into()).is_permanent());
+        // A remote engine's answer to a bind source missing on its host.
+        let bind = classify(
+            400,
+            "invalid mount config for type \"bind\": bind source path does not exist: /srv/repo"
+                .into(),
+        );
+        let (words, fix) = bind.refusal().expect("a refusal");
+        assert!(words.contains("/srv/repo"), "{words}");
+        assert!(fix.contains("engine's host"), "{fix}");
         let shim = classify(
             409,
             "preparing container 68fc for attach: runc: runc create failed: unable to start \

@@ -73,6 +73,15 @@ impl Supervisor {
         if c.state != "running" || cfg.exec != ExecMode::Shim {
             return None;
         }
+        // A workspace slot mounted by a remote engine (a container an earlier build made):
+        // its /workspace is a directory of the engine's host the daemon never moves, so it
+        // is removed, and the pool is failed at its next start (workspace::remote_engine_refusal).
+        if c.labels.contains_key(crate::workspace::LABEL_SLOT)
+            && crate::workspace::remote_engine_refusal(&crate::exec::direct::engine_host())
+                .is_some()
+        {
+            return None;
+        }
         let current = c.labels.get(LABEL_SPEC).map(String::as_str) == Some(&*pool.spec_hash());
         let pool_member = crate::session::is_pool_name(pool_name, &c.name);
         if session.is_none() && !(current && pool_member) {
