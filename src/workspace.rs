@@ -79,7 +79,7 @@ fn now() -> u64 {
 /// session writes would stay behind in each container's slot there, so the workspace would
 /// look persistent and not be. The same rule as the direct transport's ([`crate::exec::direct::decide`]).
 pub fn remote_engine_refusal(engine_host: &str) -> Option<(String, String)> {
-    if engine_host.starts_with("unix://") {
+    if crate::config::is_local_engine(engine_host) {
         return None;
     }
     let scheme = engine_host

@@ -89,8 +89,8 @@ pub(super) fn document(cx: &mut Ctx<'_>, root: &dyn TableLike) -> Parts {
     }
 }
 
-/// Whether the engine runs on this host: `[docker] host`, else `DOCKER_HOST`, unset or a
-/// `unix://` socket. Only then do bind-mount sources name paths this process can check.
+/// Whether the engine runs on this host (`[docker] host`, else `DOCKER_HOST`, as
+/// [`super::server::engine_address`] resolves them, is a `unix://` socket). Only then do bind-mount sources name paths this process can check.
 fn local_engine(root: &dyn TableLike) -> bool {
     let written = root
         .get("docker")
@@ -98,10 +98,7 @@ fn local_engine(root: &dyn TableLike) -> bool {
         .and_then(|t| t.get("host"))
         .and_then(|h| h.as_str())
         .map(str::to_string);
-    match written.or_else(|| std::env::var("DOCKER_HOST").ok()) {
-        Some(host) => host.is_empty() || host.starts_with("unix://"),
-        None => true,
-    }
+    super::server::is_local_engine(&super::server::engine_address(written.as_deref()))
 }
 
 /// Each `[pools.NAME]` as written, with where its header is.

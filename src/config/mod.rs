@@ -56,7 +56,9 @@ use toml_edit::ImDocument;
 pub use error::{ConfigError, Problem};
 pub use mounts::{Mount, MountKind};
 pub use pool::{PoolConfig, SecurityConfig};
-pub use server::{DockerConfig, ServerConfig, DEFAULT_LISTEN};
+pub use server::{
+    engine_address, is_local_engine, DockerConfig, ServerConfig, DEFAULT_ENGINE, DEFAULT_LISTEN,
+};
 pub use values::{
     duration_problem, parse_size, ExecMode, ExecTransport, NetworkMode, OnExhausted, WorkspaceMode,
     DURATION_MAX, DURATION_STEP,

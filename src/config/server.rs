@@ -117,3 +117,25 @@ pub(super) fn docker(cx: &mut Ctx<'_>, table: &dyn TableLike) -> DockerConfig {
     let layer = DockerLayer::read(cx, table, "docker");
     DockerConfig::merge(&layer, &DockerLayer::default(), DockerConfig::default())
 }
+
+/// The engine's local socket, the address used when neither `[docker] host` nor
+/// `DOCKER_HOST` names one.
+pub const DEFAULT_ENGINE: &str = "unix:///var/run/docker.sock";
+
+/// The engine's address: `[docker] host` when set, else `DOCKER_HOST` when set and not empty,
+/// else [`DEFAULT_ENGINE`]. The one rule the engine client, the direct transport and the
+/// host-path checks (bind sources, persistent workspaces) all use, so they cannot disagree
+/// about which engine, or whether it is local ([`is_local_engine`]).
+pub fn engine_address(configured: Option<&str>) -> String {
+    configured
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ENGINE.to_string())
+}
+
+/// Whether an engine address (as [`engine_address`] gives it) is on this host: a `unix://`
+/// socket. Only then does the engine see this host's paths.
+pub fn is_local_engine(address: &str) -> bool {
+    address.starts_with("unix://")
+}

@@ -1280,3 +1280,22 @@ fn a_blank_or_overlong_description_is_refused_with_the_fix() {
         Some("Python and pytest")
     );
 }
+
+/// One rule for the engine's address: an empty `DOCKER_HOST` is unset (it was local to the
+/// config check but remote to the direct transport and the workspace refusal).
+#[test]
+fn the_engine_address_treats_an_empty_value_as_unset() {
+    use super::{engine_address, is_local_engine, DEFAULT_ENGINE};
+    assert_eq!(engine_address(Some("tcp://h:2375")), "tcp://h:2375");
+    assert_eq!(engine_address(Some("unix:///x.sock")), "unix:///x.sock");
+    // Configured but empty is unset too; DOCKER_HOST is this process's, so only assert
+    // what holds whatever it is: the result is never empty.
+    assert!(!engine_address(Some("")).is_empty());
+    if std::env::var("DOCKER_HOST").map_or(true, |h| h.is_empty()) {
+        assert_eq!(engine_address(None), DEFAULT_ENGINE);
+        assert_eq!(engine_address(Some("")), DEFAULT_ENGINE);
+    }
+    assert!(is_local_engine(DEFAULT_ENGINE));
+    assert!(!is_local_engine("ssh://me@h"));
+    assert!(!is_local_engine(""));
+}

@@ -37,18 +37,15 @@ static ENGINE_HOST: OnceLock<String> = OnceLock::new();
 
 /// Records the engine address the daemon uses (`[docker] host`); see [`engine_host`].
 pub fn set_engine_host(configured: Option<&str>) {
-    let host = configured
-        .map(str::to_string)
-        .or_else(|| std::env::var("DOCKER_HOST").ok())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
-    let _ = ENGINE_HOST.set(host);
+    let _ = ENGINE_HOST.set(crate::config::engine_address(configured));
 }
 
 /// The engine address, as [`set_engine_host`] recorded it (the local default when unset).
 pub fn engine_host() -> String {
-    ENGINE_HOST.get().cloned().unwrap_or_else(|| {
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
-    })
+    ENGINE_HOST
+        .get()
+        .cloned()
+        .unwrap_or_else(|| crate::config::engine_address(None))
 }
 
 /// The owner a container's socket directory gets: the container's user.
@@ -75,7 +72,7 @@ pub fn decide(
     if requested == ExecTransport::Attach {
         return Err("exec_transport = \"attach\"".into());
     }
-    if !engine_host.starts_with("unix://") {
+    if !crate::config::is_local_engine(engine_host) {
         let scheme = engine_host.split("://").next().unwrap_or(engine_host);
         return Err(format!(
             "the engine ({scheme}://) is not local: it cannot bind-mount this host's socket directory"

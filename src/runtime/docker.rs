@@ -32,10 +32,7 @@ impl DockerRuntime {
     /// For `host` (`unix://...`, `tcp://...`), or `DOCKER_HOST`, or the local socket. It
     /// speaks API 1.41, that of Docker 20.10, which every later engine still serves.
     pub fn new(host: Option<&str>) -> Self {
-        let host = host
-            .map(str::to_string)
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let host = crate::config::engine_address(host);
         DockerRuntime {
             host,
             docker: parking_lot::RwLock::new(None),
