@@ -137,7 +137,8 @@ impl Shim {
             Request::Kill { id } => {
                 if let Busy::Task { id: running, pgid } = *lock(&self.busy) {
                     if running == id {
-                        sys::kill_group(pgid);
+                        // The group is the task's main pid (`process_group(0)`).
+                        sys::kill_task(pgid);
                     }
                 }
             }

@@ -8,12 +8,16 @@
 //! the deadline passes. Outside a container's pid namespace (a shim started by hand), only
 //! its own descendants are ended: `kill(-1)` would reach every process of the user.
 //!
-//! Processes started into the container from outside (`docker exec`: their parent is not in
-//! the namespace, so /proc shows ppid 0) and their descendants are spared: a task cannot
-//! start one (whatever it forks has a parent inside, and orphans come to us), and one may be
+//! Processes started into the container from outside as the shim's own user (`docker exec`:
+//! their parent is not in the namespace, so /proc shows ppid 0), their descendants, and the
+//! members of their sessions (runc makes each exec'd process a session leader, so its orphans,
+//! which the kernel gives to us, keep its session id) are spared: a task cannot start one
+//! (whatever it forks has a parent inside, and cannot join another session), and one may be
 //! another task of the same session running beside this one (`max_concurrent_tasks` above 1
-//! runs the others through the engine's exec). With any such process present the others are
-//! killed one by one instead of by `kill(-1)`.
+//! runs the others through the engine's exec, as the container's user). One started as
+//! another user (an operator's `docker exec -u 0`) is not spared: the shim cannot end it, so
+//! the container is retired rather than handed to the next tenant with it inside. With any
+//! process spared the others are killed one by one instead of by `kill(-1)`.
 
 use crate::sys;
 use std::collections::HashSet;
@@ -51,6 +55,8 @@ impl Scope {
 pub struct Proc {
     pub pid: i32,
     pub ppid: i32,
+    /// Its session id.
+    pub sid: i32,
     pub state: char,
     pub comm: String,
 }
@@ -123,7 +129,7 @@ fn processes(scope: Scope) -> io::Result<(Vec<Proc>, bool)> {
     }
     Ok(match scope {
         Scope::Namespace => {
-            let (outside, inside) = started_outside(all);
+            let (outside, inside) = started_outside(all, &runs_as_us);
             (inside, !outside.is_empty())
         }
         Scope::Below(root) => (descendants(root, all), false),
@@ -132,12 +138,44 @@ fn processes(scope: Scope) -> io::Result<(Vec<Proc>, bool)> {
 
 /// Splits a namespace's processes into those started from outside it (ppid 0: `docker
 /// exec`) with all their descendants, and the rest.
-fn started_outside(all: Vec<Proc>) -> (Vec<Proc>, Vec<Proc>) {
-    let mut outside = descendants(0, all.clone());
-    let pids: HashSet<i32> = outside.iter().map(|p| p.pid).collect();
-    let inside: Vec<Proc> = all.into_iter().filter(|p| !pids.contains(&p.pid)).collect();
+///
+/// `ours(pid)` says whether a process runs as the shim's user; only those are spared.
+fn started_outside(all: Vec<Proc>, ours: &dyn Fn(i32) -> bool) -> (Vec<Proc>, Vec<Proc>) {
+    let roots: HashSet<i32> = all
+        .iter()
+        .filter(|p| p.ppid == 0 && ours(p.pid))
+        .map(|p| p.pid)
+        .collect();
+    if roots.is_empty() {
+        return (Vec::new(), all);
+    }
+    // The roots, the members of their sessions, and everything below either.
+    let mut family: HashSet<i32> = all
+        .iter()
+        .filter(|p| roots.contains(&p.pid) || roots.contains(&p.sid))
+        .map(|p| p.pid)
+        .collect();
+    loop {
+        let more: Vec<i32> = all
+            .iter()
+            .filter(|p| !family.contains(&p.pid) && family.contains(&p.ppid))
+            .map(|p| p.pid)
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        family.extend(more);
+    }
+    let (mut outside, inside): (Vec<Proc>, Vec<Proc>) =
+        all.into_iter().partition(|p| family.contains(&p.pid));
     outside.sort_by_key(|p| p.pid);
     (outside, inside)
+}
+
+/// Whether process `pid` runs as our effective user (the owner of its /proc directory).
+fn runs_as_us(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == sys::my_euid())
 }
 
 /// `/proc/PID/stat`: `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so
@@ -150,9 +188,12 @@ fn parse_stat(pid: i32, stat: &[u8]) -> Option<Proc> {
     let mut rest = text.get(close + 1..)?.split_whitespace();
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
+    let _pgrp = rest.next()?;
+    let sid = rest.next()?.parse().ok()?;
     Some(Proc {
         pid,
         ppid,
+        sid,
         state,
         comm,
     })
@@ -194,12 +235,13 @@ mod tests {
 
     #[test]
     fn stat_lines_are_parsed_even_with_odd_command_names() {
-        let p = parse_stat(42, b"42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0").unwrap();
+        let p = parse_stat(42, b"42 (a) b (c)) S 7 40 41 0 -1 4194560 1 0").unwrap();
         assert_eq!(
             p,
             Proc {
                 pid: 42,
                 ppid: 7,
+                sid: 41,
                 state: 'S',
                 comm: "a) b (c)".into()
             }
@@ -208,25 +250,43 @@ mod tests {
     }
 
     #[test]
-    fn processes_started_from_outside_and_their_children_are_spared() {
-        let p = |pid, ppid| Proc {
+    fn processes_started_from_outside_as_our_user_and_their_family_are_spared() {
+        let p = |pid, ppid, sid| Proc {
             pid,
             ppid,
+            sid,
             state: 'S',
             comm: String::new(),
         };
-        // 5 came in by `docker exec` (ppid 0) and forked 6, which forked 9; 7 was left by
-        // the task (reparented to us, pid 1), with a child 8.
-        let (outside, inside) =
-            started_outside(vec![p(5, 0), p(6, 5), p(7, 1), p(8, 7), p(9, 6)]);
         let pids = |v: &[Proc]| {
             let mut v: Vec<i32> = v.iter().map(|p| p.pid).collect();
             v.sort_unstable();
             v
         };
-        assert_eq!(pids(&outside), [5, 6, 9]);
+        // 5 came in by `docker exec` (ppid 0, its own session) and forked 6, which forked
+        // 9; 10 is an orphan of 5's session that the kernel gave to us (ppid 1), with a
+        // child 11; 7 was left by the task (ppid 1, the task's session 3), with a child 8.
+        let all = || {
+            vec![
+                p(5, 0, 5),
+                p(6, 5, 5),
+                p(7, 1, 3),
+                p(8, 7, 3),
+                p(9, 6, 5),
+                p(10, 1, 5),
+                p(11, 10, 11),
+            ]
+        };
+        let (outside, inside) = started_outside(all(), &|_| true);
+        assert_eq!(pids(&outside), [5, 6, 9, 10, 11]);
         assert_eq!(pids(&inside), [7, 8]);
-        let (outside, inside) = started_outside(vec![p(7, 1), p(8, 7)]);
+        // Started from outside as another user (root, when the shim is not): not spared,
+        // so the shim's failure to end it retires the container.
+        let (outside, inside) = started_outside(all(), &|pid| pid != 5);
+        assert!(outside.is_empty());
+        assert_eq!(pids(&inside), [5, 6, 7, 8, 9, 10, 11]);
+        // Nothing from outside: every process is the task's.
+        let (outside, inside) = started_outside(vec![p(7, 1, 3), p(8, 7, 3)], &|_| true);
         assert!(outside.is_empty());
         assert_eq!(pids(&inside), [7, 8]);
     }
@@ -236,6 +296,7 @@ mod tests {
         let p = |pid, ppid| Proc {
             pid,
             ppid,
+            sid: pid,
             state: 'S',
             comm: String::new(),
         };

@@ -49,6 +49,7 @@ extern "C" {
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
     fn __errno_location() -> *mut i32;
     fn getpid() -> i32;
+    fn geteuid() -> u32;
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     fn shutdown(fd: i32, how: i32) -> i32;
     fn getsockopt(fd: i32, level: i32, name: i32, value: *mut Ucred, len: *mut u32) -> i32;
@@ -95,6 +96,12 @@ pub fn shutdown_socket(fd: std::os::fd::BorrowedFd<'_>) {
     unsafe { shutdown(fd.as_raw_fd(), SHUT_RDWR) };
 }
 
+/// This process's effective uid.
+pub fn my_euid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { geteuid() }
+}
+
 /// This process's pid (in its own pid namespace: 1 when it is the container's init).
 pub fn my_pid() -> i32 {
     // SAFETY: getpid takes nothing and cannot fail.
@@ -132,6 +139,15 @@ pub fn kill_namespace() -> bool {
     // every process of this namespace (and those below it) except ourselves.
     unsafe { kill(-1, SIGKILL) };
     true
+}
+
+/// SIGKILL a task: its process group (everything it started that did not leave the group)
+/// and its main process `pid` itself, which may have left the group (`setpgid` into a
+/// child's group) to dodge a timeout or Kill. The pid cannot name another process: the task
+/// is not reaped until its supervisor takes its status, after this.
+pub fn kill_task(pid: i32) {
+    kill_group(pid);
+    kill_pid(pid);
 }
 
 /// SIGKILL a whole process group: the task and everything it started that did not leave
@@ -304,4 +320,22 @@ pub fn reap_pid(pid: i32) -> Option<ExitStatus> {
     // SAFETY: `status` is a valid, writable int for the duration of the call.
     let r = unsafe { waitpid(pid, &raw mut status, WNOHANG | WALL) };
     (r == pid).then(|| ExitStatus::from_raw(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// A task's main process that left its group (here: never in a group of its own pid)
+    /// is still killed: a timeout or Kill cannot be dodged by `setpgid`.
+    #[test]
+    fn kill_task_reaches_a_main_process_outside_its_group() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = pid_of(&child);
+        kill_task(pid);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(SIGKILL), "{status:?}");
+    }
 }
