@@ -10,7 +10,8 @@
 # It starts a daemon and containers: on a shared engine run it under the engine lock,
 #   flock /tmp/warmpool-engine.lock scripts/test-api-schema.sh
 # Env: SCHEMA_MAX_EXAMPLES (default 20) examples per operation and phase, SCHEMA_WORKERS (2),
-# SCHEMA_CHECKS (the comma-separated schemathesis checks; default below).
+# SCHEMA_CHECKS (the comma-separated schemathesis checks; default below), SCHEMA_SEED (replay
+# a failed run: schemathesis prints its seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -150,6 +151,10 @@ status=0
 # lines against TaskStreamEvent: schemathesis itself validates JSON bodies only) and keeps
 # session "demo" started for the files calls.
 # From $out, so schemathesis's cache (.schemathesis/) stays out of the work tree.
+# filter_too_much is a health check of the generator, not of the API: with some seeds the
+# catch-all path parameter of PUT /v1/sessions/{id}/archive/{dir} draws too many values a
+# URL path cannot carry, and the run failed with no request sent (seen once in a run of the
+# whole suite); the API checks themselves are all kept.
 root=$PWD
 (
   cd "$out"
@@ -161,6 +166,8 @@ root=$PWD
     --max-examples "$max_examples" \
     --workers "$workers" \
     --request-timeout 30 \
+    ${SCHEMA_SEED:+--seed "$SCHEMA_SEED"} \
+    --suppress-health-check=filter_too_much \
     --header "Authorization: Bearer $token" \
     --report junit,har --report-dir .
 ) \
