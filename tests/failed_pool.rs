@@ -124,6 +124,21 @@ fn pool_in<'a>(list: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no pool {name} in {list}"))
 }
 
+/// Pool `good` warms and serves a task beside the failed pool `failed`, and `GET /v1/pools`
+/// shows `failed` as failed and `good` as ok. Returns that list.
+async fn good_serves_beside(d: &Daemon, failed: &str) -> Value {
+    let good = wait_pool(d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
+    assert_eq!(good["state"], "ok", "{good}");
+    let (status, r) = d.task("good", json!({"cmd": ["echo", "served"]})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["stdout"], "served\n", "{r}");
+    let (status, list) = d.get("/v1/pools").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(pool_in(&list, failed)["state"], "failed", "{list}");
+    assert_eq!(pool_in(&list, "good")["state"], "ok", "{list}");
+    list
+}
+
 #[tokio::test]
 async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() {
     let scratch = tempfile::tempdir().unwrap();
@@ -148,18 +163,8 @@ async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() 
     // Nothing of it exists on the engine.
     assert!(containers(&d.instance, Some("bad")).is_empty());
 
-    // The other pool serves.
-    let good = wait_pool(&d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
-    assert_eq!(good["state"], "ok", "{good}");
-    let (status, r) = d.task("good", json!({"cmd": ["echo", "served"]})).await;
-    assert_eq!(status, 200, "{r}");
-    assert_eq!(r["stdout"], "served\n", "{r}");
-
-    // The list shows both.
-    let (status, list) = d.get("/v1/pools").await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(pool_in(&list, "bad")["state"], "failed", "{list}");
-    assert_eq!(pool_in(&list, "good")["state"], "ok", "{list}");
+    // The other pool serves, and the list shows both.
+    let list = good_serves_beside(&d, "bad").await;
     assert_eq!(pool_in(&list, "good")["failure"], Value::Null, "{list}");
 
     // /readyz names it.
@@ -311,17 +316,8 @@ async fn a_persistent_pool_on_a_remote_engine_is_failed_and_creates_nothing() {
     assert!(hint.contains("session_workspace = \"ephemeral\""), "{ws}");
     assert_eq!(ws["live"], 0, "{ws}");
 
-    // The ephemeral pool on the same daemon and engine serves.
-    let good = wait_pool(&d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
-    assert_eq!(good["state"], "ok", "{good}");
-    let (status, r) = d.task("good", json!({"cmd": ["echo", "served"]})).await;
-    assert_eq!(status, 200, "{r}");
-    assert_eq!(r["stdout"], "served\n", "{r}");
-
-    // The list shows both.
-    let (status, list) = d.get("/v1/pools").await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(pool_in(&list, "ws")["state"], "failed", "{list}");
+    // The ephemeral pool on the same daemon and engine serves, and the list shows both.
+    let list = good_serves_beside(&d, "ws").await;
     assert_eq!(
         pool_in(&list, "ws")["failure"]["reason"],
         reason.as_str(),
@@ -332,7 +328,6 @@ async fn a_persistent_pool_on_a_remote_engine_is_failed_and_creates_nothing() {
         hint.as_str(),
         "{list}"
     );
-    assert_eq!(pool_in(&list, "good")["state"], "ok", "{list}");
     let (status, ready) = d.get("/readyz").await.unwrap();
     assert_eq!(status, 503, "{ready}");
 
