@@ -111,10 +111,13 @@ run_tests() { # who env... -- libtest-args...
     echo 'exit $rc'
   } >"$script"
   local rc=0
+  # scripts/test.sh holds the lock already when it runs this script.
+  local hold=(flock -w 3600 "$lock")
+  [ -n "${WARMPOOL_ENGINE_LOCK_HELD:-}" ] && hold=()
   if [ "$who" = root ]; then
-    flock "$lock" bash "$script" >>"$log" 2>&1 || rc=1
+    "${hold[@]}" bash "$script" >>"$log" 2>&1 || rc=1
   else
-    flock "$lock" su -s /bin/bash "$who" -c "bash $script" >>"$log" 2>&1 || rc=1
+    "${hold[@]}" su -s /bin/bash "$who" -c "bash $script" >>"$log" 2>&1 || rc=1
   fi
   rm -f "$script"
   local passed failed
