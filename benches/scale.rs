@@ -9,7 +9,9 @@
 //!    of one core); health probes (every 30 s per container, spread over the interval) run
 //!    meanwhile, which is the point;
 //! 4. task latency over HTTP, `true` one task after another for a while, each to the next
-//!    pool in turn (target: p99 at most 3x p50), so tasks meet health probes;
+//!    pool in turn (target: p99 at most 3x p50), so tasks meet health probes; split into
+//!    the task's time in the container (the daemon's `run_ms`) and the rest, to say where a
+//!    tail comes from; and how busy the whole machine was while the daemon idled;
 //! 5. SIGTERM: how long the shutdown takes, and how many of the instance's containers the
 //!    engine still has after it (listed by label and found by inspect: a busy dockerd lists
 //!    "Removal In Progress" ghosts for a while) (target: 0), with the daemon's last line.
@@ -70,6 +72,31 @@ impl Settings {
     fn size(&self, i: usize) -> usize {
         self.containers / self.pools + usize::from(i < self.containers % self.pools)
     }
+}
+
+/// The machine's busy and total CPU time so far, in clock ticks, from the first line of
+/// `/proc/stat` (busy: every column but idle and iowait). Two readings give how busy the
+/// whole machine was between them: 1,000 containers' engine processes (containerd-shim,
+/// fuse-overlayfs) run beside the daemon, and a task's tail waits for them.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cols: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cols.iter().take(8).sum();
+    let idle = cols.get(3).copied().unwrap_or(0) + cols.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Percent of the machine's CPU (all cores) that was busy between two [`machine_ticks`].
+fn machine_busy(from: (u64, u64), to: (u64, u64)) -> f64 {
+    let total = to.1.saturating_sub(from.1).max(1);
+    to.0.saturating_sub(from.0) as f64 / total as f64 * 100.0
 }
 
 /// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
@@ -277,8 +304,9 @@ async fn live_containers(client: &warmpool::client::Client) -> anyhow::Result<u6
 
 const TASK_BODY: &[u8] = br#"{"cmd":["true"]}"#;
 
-/// One task through the HTTP API; returns its round trip in ms.
-async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Result<f64> {
+/// One task through the HTTP API; returns its round trip and the daemon's `run_ms` (the
+/// task's time in the container, from the shim's spawn to its exit report), in ms.
+async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Result<(f64, f64)> {
     let start = Instant::now();
     let resp = client
         .request(
@@ -297,7 +325,7 @@ async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Res
     if v["exit_code"] != 0 {
         anyhow::bail!("unexpected answer: {v}");
     }
-    Ok(took)
+    Ok((took, v["run_ms"].as_f64().unwrap_or(f64::NAN)))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -399,22 +427,31 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let tck = clock_ticks_per_second();
     let t0 = Instant::now();
     let c0 = daemon.cpu_ticks();
+    let m0 = machine_ticks();
     tokio::time::sleep(Duration::from_secs_f64(s.idle_secs)).await;
     let idle_cpu = (daemon.cpu_ticks() - c0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0;
+    let m1 = machine_ticks();
+    let idle_machine = machine_busy(m0, m1);
     eprintln!(
-        "idle CPU {idle_cpu:.2}% of a core over {:.0} s",
+        "idle CPU {idle_cpu:.2}% of a core over {:.0} s (machine {idle_machine:.1}% busy)",
         s.idle_secs
     );
 
     // 4. Tasks, one after another, each to the next pool.
     let mut lat = Vec::new();
+    // The same tasks split: time in the container (run_ms) and the rest (HTTP, daemon, socket).
+    let (mut run, mut rest) = (Vec::new(), Vec::new());
     let mut errors = 0usize;
     let start = Instant::now();
     let mut i = 0usize;
     while start.elapsed().as_secs_f64() < s.task_secs {
         let pool = format!("p{:02}", i % s.pools);
         match http_task(&client, &pool).await {
-            Ok(ms) => lat.push(ms),
+            Ok((ms, run_ms)) => {
+                lat.push(ms);
+                run.push(run_ms);
+                rest.push(ms - run_ms);
+            }
             Err(e) => {
                 errors += 1;
                 if errors <= 3 {
@@ -424,7 +461,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
         i += 1;
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
+    for v in [&mut lat, &mut run, &mut rest] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
     let (p50, p99, max) = (
         percentile(&lat, 50.0),
         percentile(&lat, 99.0),
@@ -477,6 +516,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         met(idle_cpu <= 2.0)
     );
     println!(
+        "| the whole machine over the same {:.0} s (engine, container and other processes) | {idle_machine:.1}% busy | - |",
+        s.idle_secs
+    );
+    println!(
         "| tasks over HTTP, sequential across {} pools, {:.0} s | {} tasks, {errors} errors | 0 errors: {} |",
         s.pools,
         s.task_secs,
@@ -487,6 +530,19 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         "| task p50 / p99 / max | {p50:.2} / {p99:.2} / {max:.1} ms (p99 = {:.1}x p50) | p99 <= 3x p50: {} |",
         p99 / p50,
         met(p99 <= 3.0 * p50)
+    );
+    let split = |v: &[f64]| {
+        format!(
+            "{:.2} / {:.2} / {:.1}",
+            percentile(v, 50.0),
+            percentile(v, 99.0),
+            v.last().copied().unwrap_or(f64::NAN)
+        )
+    };
+    println!(
+        "| of which in the container (`run_ms`) / the rest (HTTP, daemon, socket): p50 / p99 / max | {} / {} ms | - |",
+        split(&run),
+        split(&rest)
     );
     println!(
         "| containers live before SIGTERM | {live_after} | {}: {} |",
