@@ -93,6 +93,59 @@ fn machine_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Every process's own CPU so far (utime + stime, clock ticks; not its children's, which
+/// would count a reaped compile whole), by pid, with its command name.
+fn ticks_by_pid() -> HashMap<u32, (String, u64)> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let f: Vec<u64> = stat[close + 1..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        if f.len() > 12 {
+            out.insert(pid, (stat[open + 1..close].to_string(), f[11] + f[12]));
+        }
+    }
+    out
+}
+
+/// The command names that took the most CPU between two [`ticks_by_pid`], as
+/// `name xx.x% (n processes)` in percent of one core over `secs`, busiest first.
+fn busiest(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+    secs: f64,
+    top: usize,
+) -> String {
+    let mut by_comm: HashMap<&str, (u64, usize)> = HashMap::new();
+    for (pid, (comm, now)) in after {
+        let then = match before.get(pid) {
+            Some((c, then)) if c == comm && then <= now => *then,
+            _ => 0,
+        };
+        let e = by_comm.entry(comm.as_str()).or_default();
+        e.0 += now - then;
+        e.1 += 1;
+    }
+    let mut v: Vec<_> = by_comm.into_iter().filter(|(_, (t, _))| *t > 0).collect();
+    v.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    let tck = clock_ticks_per_second();
+    v.iter()
+        .take(top)
+        .map(|(comm, (t, n))| format!("{comm} {:.1}% ({n})", *t as f64 / tck / secs * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Percent of the machine's CPU (all cores) that was busy between two [`machine_ticks`].
 fn machine_busy(from: (u64, u64), to: (u64, u64)) -> f64 {
     let total = to.1.saturating_sub(from.1).max(1);
@@ -428,10 +481,12 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let c0 = daemon.cpu_ticks();
     let m0 = machine_ticks();
+    let p0 = ticks_by_pid();
     tokio::time::sleep(Duration::from_secs_f64(s.idle_secs)).await;
     let idle_cpu = (daemon.cpu_ticks() - c0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0;
     let m1 = machine_ticks();
     let idle_machine = machine_busy(m0, m1);
+    let idle_busiest = busiest(&p0, &ticks_by_pid(), t0.elapsed().as_secs_f64(), 6);
     eprintln!(
         "idle CPU {idle_cpu:.2}% of a core over {:.0} s (machine {idle_machine:.1}% busy)",
         s.idle_secs
@@ -518,6 +573,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     println!(
         "| the whole machine over the same {:.0} s (engine, container and other processes) | {idle_machine:.1}% busy | - |",
         s.idle_secs
+    );
+    println!(
+        "| its busiest processes then, by name (% of one core, how many) | {idle_busiest} | - |"
     );
     println!(
         "| tasks over HTTP, sequential across {} pools, {:.0} s | {} tasks, {errors} errors | 0 errors: {} |",

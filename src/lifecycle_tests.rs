@@ -1045,6 +1045,45 @@ async fn a_failed_pool_recovers_by_itself_when_its_periodic_retry_is_not_refused
     assert!(run(&sup, &["echo"]).await.is_ok());
 }
 
+/// warmpool never pulls: an image missing from the engine fails the pool at its first
+/// create, with the image and the fix, rather than backing off and retrying for ever; the
+/// pool comes back by its periodic retry once the image is there.
+#[tokio::test(start_paused = true)]
+async fn a_missing_image_fails_the_pool_with_the_fix_and_it_recovers_once_built() {
+    let fake = FakeRuntime::new();
+    let mut cfg = pool_cfg(1, 1, 2);
+    cfg.image = "team/agent:missing".into();
+    fake.missing_images.lock().insert(cfg.image.clone());
+    let sup = Supervisor::new(fake.clone(), Arc::new(Metrics::new()), None, "test", 100);
+    let config = Config {
+        server: Default::default(),
+        docker: Default::default(),
+        pools: BTreeMap::from([(cfg.name.clone(), cfg)]),
+    };
+    sup.start(&config).await.unwrap();
+    settle(&sup, "failed", |c| c.failed && c.starting == 0).await;
+    let failure = sup.pool("p").unwrap().failure().expect("failed");
+    assert!(
+        failure
+            .reason
+            .starts_with("image team/agent:missing is not on the engine (No such image"),
+        "{failure:?}"
+    );
+    assert!(failure.hint.contains("docker load"), "{failure:?}");
+    assert!(failure.hint.contains("pools.toml"), "{failure:?}");
+    assert_eq!(fake.create_attempts.load(Ordering::SeqCst), 1);
+    let err = run(&sup, &["echo"]).await.unwrap_err();
+    assert!(
+        matches!(err, SubmitError::Acquire(AcquireError::Failed { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("team/agent:missing"), "{err}");
+    // Someone builds it: the next retry (one health_check_interval on) starts the pool.
+    fake.missing_images.lock().clear();
+    settle(&sup, "recovered", |c| !c.failed && c.idle == 1).await;
+    assert!(run(&sup, &["echo"]).await.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_start_failure_that_is_not_a_refusal_backs_off_and_never_fails_the_pool() {
     let fake = FakeRuntime::new();

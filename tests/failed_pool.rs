@@ -259,6 +259,69 @@ async fn a_runtime_the_engine_lacks_fails_the_pool_once_without_a_retry_storm() 
     assert!(d.stop().success(), "{}", d.log());
 }
 
+/// Untags the test's stand-in image when the test ends, however it ends.
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = docker_try(&["rmi", &self.0]);
+    }
+}
+
+/// warmpool never pulls: a pool whose image the engine does not have is failed at its first
+/// create, naming the image and the fix, its tasks answer 503 `pool_failed` at once, nothing
+/// of it exists, the other pool serves; once the image is there, the pool's periodic retry
+/// (`health_check_interval`) starts it by itself.
+#[tokio::test]
+async fn a_missing_image_fails_the_pool_naming_it_and_it_starts_once_the_image_is_there() {
+    let image = format!("warmpool-test/missing-{}:latest", std::process::id());
+    let _untag = Untag(image.clone());
+    let config = format!(
+        "[pools.good]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\n\
+         [pools.bad]\nimage = \"{image}\"\nmin = 1\nwarm = 1\nmax = 2\n\
+         health_check_interval = \"2s\"\n"
+    );
+    let mut d = Daemon::start(&config).await;
+
+    let bad = wait_pool(&d, "bad", "pool bad failed", LONG, |v| {
+        v["state"] == "failed"
+    })
+    .await;
+    let reason = bad["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("image {image} is not on the engine (")),
+        "{bad}"
+    );
+    assert!(reason.contains("never pulls"), "{bad}");
+    let hint = bad["failure"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("docker load") && hint.contains("pools.toml"),
+        "{bad}"
+    );
+    assert_eq!(bad["failure"]["retry_every_seconds"], 2.0, "{bad}");
+    assert!(containers(&d.instance, Some("bad")).is_empty());
+    good_serves_beside(&d, "bad").await;
+
+    let (status, r) = d.task("bad", json!({"cmd": ["echo"]})).await;
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "pool_failed", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&image), "{message}");
+    assert!(message.contains("docker load"), "{message}");
+
+    // Built (here: tagged) on the engine: the next retry starts it, with no reload.
+    docker(&["tag", IMAGE, &image]);
+    let bad = wait_pool(&d, "bad", "pool bad serving", LONG, |v| {
+        v["state"] == "ok" && v["idle"] == 1
+    })
+    .await;
+    assert_eq!(bad["failure"], Value::Null, "{bad}");
+    let (status, r) = d.task("bad", json!({"cmd": ["echo", "built"]})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["stdout"], "built\n", "{r}");
+    assert!(d.stop().success(), "{}", d.log());
+}
+
 /// A `tcp://` front of the local engine on loopback: to the daemon the engine is remote (its
 /// address is not `unix://`), while the containers still run on this host, where the test
 /// can see them. A byte copy each way, so the engine's hijacked attach streams pass too.

@@ -227,7 +227,8 @@ impl Factory {
     }
 
     /// What a pool needs before its first container: its network, when it has its own, or
-    /// the named one it joins. A missing image is logged, not refused: it may be built later.
+    /// the named one it joins. A missing image is not checked here: the first create says
+    /// so, and makes the pool failed ([`describe_start_error`]) until the image is there.
     ///
     /// Errors: the isolated network cannot be created, or the named one does not exist.
     pub async fn prepare(&self, cfg: &PoolConfig) -> anyhow::Result<()> {
@@ -242,9 +243,6 @@ impl Factory {
                 }
             }
             NetworkMode::None => {}
-        }
-        if !self.runtime.image_exists(&cfg.image).await.unwrap_or(true) {
-            tracing::error!(pool = %cfg.name, image = %cfg.image, "image not found on the engine; tasks will fail until it is built or loaded (scripts/build-demo-image.sh builds warmpool/agent:latest)");
         }
         Ok(())
     }
@@ -303,6 +301,17 @@ pub(super) struct StartError {
     pub(super) message: String,
     /// `(engine's words, what to do)` when retrying the same start cannot help.
     pub(super) refusal: Option<(String, String)>,
+}
+
+impl StartError {
+    /// A start that no retry of the same request gets past: the engine's (or the daemon's)
+    /// `words` and the `fix`, which make the pool failed.
+    pub(super) fn refused(words: String, fix: String) -> Self {
+        StartError {
+            message: format!("{words}{}{fix}", crate::runtime::WHAT_TO_DO),
+            refusal: Some((words, fix)),
+        }
+    }
 }
 
 impl From<String> for StartError {
@@ -501,12 +510,22 @@ pub(super) fn container_name(pool: &str) -> String {
     format!("warmpool-{pool}-{:08x}", rand::random::<u32>())
 }
 
+/// A create's error as the pool sees it. The engine's 404 on a create is the image missing
+/// (warmpool never pulls, docs/configuration.md `image`): no retry of the same create gets
+/// past it, so it is a refusal that makes the pool failed, which retries once per
+/// `health_check_interval` (and at once on a reload) and so recovers when the image is
+/// built or loaded, while its tasks are answered at once with the fix.
 fn describe_start_error(image: &str, e: RuntimeError) -> StartError {
     match e {
-        RuntimeError::NotFound(m) if m.contains("image") || m.contains(image) => format!(
-            "image {image} is not on the engine and cannot be pulled here ({m}); build or load it (scripts/build-demo-image.sh builds warmpool/agent:latest)"
-        )
-        .into(),
+        RuntimeError::NotFound(m) if m.contains("image") || m.contains(image) => {
+            let words = format!("image {image} is not on the engine ({m}); warmpool never pulls");
+            let fix = format!(
+                "build or load it on the engine (docker build -t {image} ..., docker load, or \
+                 docker pull where a registry is reachable; scripts/build-demo-image.sh builds \
+                 warmpool/agent:latest), or fix the pool's image in pools.toml and reload"
+            );
+            StartError::refused(words, fix)
+        }
         other => other.into(),
     }
 }

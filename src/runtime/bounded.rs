@@ -43,9 +43,6 @@ impl Runtime for Bounded {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.inner.ping().await
     }
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        self.inner.image_exists(image).await
-    }
     async fn ensure_network(
         &self,
         name: &str,

@@ -243,16 +243,6 @@ impl Runtime for DockerRuntime {
         self.client()?.ping().await.map(|_| ()).map_err(map_err)
     }
 
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        match self.client()?.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) => match map_err(e) {
-                RuntimeError::NotFound(_) => Ok(false),
-                other => Err(other),
-            },
-        }
-    }
-
     async fn ensure_network(
         &self,
         name: &str,

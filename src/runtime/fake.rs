@@ -55,6 +55,9 @@ pub struct FakeRuntime {
     /// While set, every create is refused for good with this text ([`RuntimeError::Refused`],
     /// `is_permanent()`), as an engine refuses an option it does not take.
     pub refuse_creates: Mutex<Option<String>>,
+    /// Images the engine does not have: a create naming one answers 404 `No such image`,
+    /// as Docker does when nothing is pulled.
+    pub missing_images: Mutex<std::collections::HashSet<String>>,
     /// While set, every call fails as if the engine were unreachable.
     pub down: AtomicBool,
     /// Creates that succeeded.
@@ -162,11 +165,6 @@ impl Runtime for FakeRuntime {
         self.check_up()
     }
 
-    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
-        self.check_up()?;
-        Ok(true)
-    }
-
     async fn ensure_network(
         &self,
         name: &str,
@@ -198,6 +196,12 @@ impl Runtime for FakeRuntime {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(why) = self.refuse_creates.lock().clone() {
             return Err(RuntimeError::Refused(why));
+        }
+        if self.missing_images.lock().contains(&spec.image) {
+            return Err(RuntimeError::NotFound(format!(
+                "No such image: {}",
+                spec.image
+            )));
         }
         if self
             .fail_creates

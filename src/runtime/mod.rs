@@ -281,7 +281,6 @@ pub struct ExecStarted {
 pub trait Runtime: Send + Sync + 'static {
     /// Cheap liveness probe of the engine itself.
     async fn ping(&self) -> Result<(), RuntimeError>;
-    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
     /// Creates the bridge network unless it exists. `icc = false` keeps the pool's own
     /// containers from reaching each other as well as other pools.
     async fn ensure_network(

@@ -124,10 +124,6 @@ impl Runtime for SimEngine {
         Ok(())
     }
 
-    async fn image_exists(&self, _image: &str) -> Result<bool, RuntimeError> {
-        Ok(true)
-    }
-
     async fn ensure_network(
         &self,
         name: &str,
