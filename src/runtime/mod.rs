@@ -214,6 +214,13 @@ impl ContainerSpec {
     }
 }
 
+/// An engine named volume warmpool made (labelled `warmpool.managed=true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSummary {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Resource limits changed on a running container (the engine's live update): what a
 /// session asked for. `None` leaves that limit as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
@@ -314,4 +321,38 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
     /// `None` while the exec runs, its exit code once it ended.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
+    /// Waits for a started container's main process to end and returns its exit code.
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine cannot wait for container {id}"
+        )))
+    }
+    /// Creates the named volume with these labels unless it exists; true when it was
+    /// created now (it is empty).
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<bool, RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine has no named volumes (asked for {name})"
+        )))
+    }
+    /// Removes the named volume; one that is already gone is not an error. The engine
+    /// refuses one a container still mounts ([`RuntimeError::Conflict`]).
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine has no named volumes (asked to remove {name})"
+        )))
+    }
+    /// Every volume carrying `warmpool.managed=true`.
+    async fn list_volumes(&self) -> Result<Vec<VolumeSummary>, RuntimeError> {
+        Ok(vec![])
+    }
+    /// Bytes of the engine's volumes by name, as its disk usage answer (`GET /system/df`)
+    /// gives them: a volume whose size the engine does not know (a driver other than
+    /// `local`) is missing. Costly on the engine (it walks every volume): asked rarely.
+    async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
+        Ok(BTreeMap::new())
+    }
 }
