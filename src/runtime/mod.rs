@@ -164,9 +164,12 @@ pub struct ContainerSpec {
     pub open_stdin: bool,
     /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
     pub mounts: Vec<crate::config::Mount>,
-    /// Persistent workspaces: the host root (`<workspace_root>/<instance>`) under which each
-    /// container gets a slot of its own, bind-mounted at /workspace (see `crate::workspace`).
-    pub workspace_root: Option<String>,
+    /// Persistent workspaces: the record root (`<workspace_root>/<instance>`) and where the
+    /// workspaces live (see `crate::workspace`): with [`crate::workspace::Home::HostDir`]
+    /// every container gets a slot of its own under the root, bind-mounted at /workspace;
+    /// with [`crate::workspace::Home::Volume`] warm containers get nothing, and a session's
+    /// container is created with its volume mounted.
+    pub workspace: Option<crate::workspace::WorkspaceSpec>,
 }
 
 impl ContainerSpec {
@@ -205,12 +208,23 @@ impl ContainerSpec {
         } else {
             format!("{text}|{:?}", self.mounts)
         };
-        let text = match &self.workspace_root {
+        let text = match &self.workspace {
             None => text,
-            Some(root) => format!("{text}|workspace:{root}"),
+            Some(ws) if ws.home == crate::workspace::Home::HostDir => {
+                format!("{text}|workspace:{}", ws.root)
+            }
+            Some(ws) => format!("{text}|workspace-volume:{}", ws.root),
         };
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether each container of this spec gets a workspace slot (a host directory at
+    /// /workspace): persistent workspaces with a local engine.
+    pub fn has_slot(&self) -> bool {
+        self.workspace
+            .as_ref()
+            .is_some_and(|w| w.home == crate::workspace::Home::HostDir)
     }
 }
 
