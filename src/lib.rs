@@ -23,3 +23,5 @@ pub mod simulate;
 pub mod supervisor;
 pub mod task;
 pub mod workspace;
+#[cfg(test)]
+mod workspace_volume_tests;

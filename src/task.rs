@@ -251,7 +251,7 @@ async fn run_pooled(
         task.reset = vec![pool.config().workdir.clone(), "/tmp".to_string()];
         // A persistent pool's container has a /workspace of its own: a pool task's files
         // there go too, so the next task (or a session claiming it) never sees them.
-        if pool.spec().workspace_root.is_some() {
+        if pool.spec().has_slot() {
             task.reset
                 .push(crate::workspace::WORKSPACE_PATH.to_string());
         }

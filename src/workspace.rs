@@ -11,10 +11,14 @@
 //! on the host: the workspace's record still names it, and the next claim moves the entries
 //! from there. `<root>` is the pool's `workspace_root` plus the daemon's instance.
 //!
-//! A remote engine would mount directories of its own host, which the daemon never moves: a
-//! persistent pool's container start is refused there ([`remote_engine_refusal`]), which
-//! makes the pool failed rather than its workspaces silently not persistent.
+//! A remote engine would mount directories of its own host, which the daemon never moves, so
+//! there ([`home_for`], [`Home::Volume`]) a workspace is an engine named volume per session
+//! ([`volume_name`]) instead: warm containers get no slot, and a session's container is
+//! created for it with the volume mounted at [`WORKSPACE_PATH`] (a cold start, each time the
+//! session resumes; `crate::pool::Pool::start_for_session`). Its record stays under `<root>`
+//! on the daemon's host, naming the volume.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +38,9 @@ pub struct Record {
     pub slot: Option<String>,
     /// Unix seconds of its last use (claim, task, release).
     pub last_used: u64,
+    /// The engine volume holding its files ([`Home::Volume`]); `None` for a host directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// A workspace as `GET /v1/workspaces` shows it.
@@ -47,8 +54,10 @@ pub struct WorkspaceInfo {
     pub bytes: u64,
     /// Unix seconds of its last use.
     pub last_used: u64,
-    /// Whether a container holds it now.
+    /// Whether a container holds it now (host directories; a volume's is not recorded).
     pub attached: bool,
+    /// The engine volume holding its files, for a remote engine's workspace.
+    pub volume: Option<String>,
 }
 
 /// Workspace ids are session ids, which end up in paths: no `..`, no `/`.
@@ -68,35 +77,99 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Why a persistent workspace cannot work with the engine at `engine_host` (the address
-/// [`crate::exec::direct::engine_host`] gives), as `(words, fix)` for a refused start; `None`
-/// for a local (`unix://`) engine. Pure, so the rule is tested without an engine.
+/// Where a persistent pool's session workspaces live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// Host directories under the root, moved by rename into the slot (a bind mount) of the
+    /// warm container a session claims: a local engine.
+    HostDir,
+    /// One engine named volume per session ([`volume_name`]), mounted at [`WORKSPACE_PATH`]
+    /// of a container created for the session (a cold start per resume): a remote engine.
+    Volume {
+        /// The daemon's instance, which names and labels the volumes.
+        instance: String,
+    },
+}
+
+/// A persistent pool's workspaces, as its container spec carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceSpec {
+    /// `<workspace_root>/<instance>` on the daemon's host: the workspaces' records (and,
+    /// with [`Home::HostDir`], their files).
+    pub root: String,
+    pub home: Home,
+}
+
+/// Where the workspaces of a persistent pool live with the engine at `engine_host` (the
+/// address [`crate::config::engine_address`] gives). Pure, so the rule is tested without an
+/// engine.
 ///
-/// A workspace is a directory on the daemon's host that the daemon moves into a container's
-/// slot by rename, and the slot reaches the container by a bind mount, whose source the
-/// engine resolves on *its* host. A remote engine (`tcp://`, `ssh://`, `https://` ...) would
-/// mount a directory of its own host that the daemon's renames never touch: the files a
-/// session writes would stay behind in each container's slot there, so the workspace would
-/// look persistent and not be. The same rule as the direct transport's ([`crate::exec::direct::decide`]).
-pub fn remote_engine_refusal(engine_host: &str) -> Option<(String, String)> {
+/// A host directory reaches a container by a bind mount, whose source the engine resolves
+/// on *its* host: only a local (`unix://`) engine mounts the directories the daemon moves.
+/// A remote engine (`tcp://`, `ssh://`, `https://` ...) gets one named volume per session,
+/// which lives on the engine's host; since a running container cannot get a mount, each
+/// resume of such a session creates a container for it (a cold start).
+pub fn home_for(engine_host: &str, instance: &str) -> Home {
     if crate::config::is_local_engine(engine_host) {
-        return None;
+        Home::HostDir
+    } else {
+        Home::Volume {
+            instance: instance.to_string(),
+        }
     }
-    let scheme = engine_host
-        .split_once("://")
-        .map_or(engine_host, |(scheme, _)| scheme);
-    Some((
-        format!(
-            "the engine is remote ({scheme}://) and session_workspace = \"persistent\" needs a local one: \
-             a persistent workspace is a directory on the daemon's host, moved between the pool's \
-             containers by the daemon, and a remote engine would bind-mount directories of its own \
-             host instead, which the daemon never moves (a session's files would silently stay behind)"
-        ),
-        "run warmpool on the engine's host with a unix:// engine ([docker] host = \
-         \"unix:///var/run/docker.sock\"), or set session_workspace = \"ephemeral\" for this pool, \
-         then reload"
-            .to_string(),
-    ))
+}
+
+/// The engine volume of session `id`'s workspace: `warmpool-<instance>-ws-<id>` (a session
+/// id is within the engine's name alphabet).
+pub fn volume_name(instance: &str, id: &str) -> String {
+    format!("warmpool-{instance}-ws-{id}")
+}
+
+/// The labels of a workspace volume: managed, its instance, pool and session, so it is
+/// listed and owned as the containers are.
+pub fn volume_labels(instance: &str, pool: &str, id: &str) -> BTreeMap<String, String> {
+    use crate::runtime::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL, LABEL_SESSION};
+    BTreeMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
+        (LABEL_POOL.to_string(), pool.to_string()),
+        (LABEL_SESSION.to_string(), id.to_string()),
+    ])
+}
+
+/// The numeric owner `(uid, gid)` a workspace gets from `security.user` (`uid[:gid]`);
+/// `None` for a user name, whose ids only the image knows.
+pub fn numeric_owner(user: &str) -> Option<(u32, u32)> {
+    let mut ids = user.split(':');
+    let uid = ids.next()?.parse::<u32>().ok()?;
+    let gid = ids.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
+    Some((uid, gid))
+}
+
+/// A session's persistent workspace: its record store and where its files live.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub store: Store,
+    pub home: Home,
+}
+
+impl Workspace {
+    /// The engine volume of session `id`'s workspace, with [`Home::Volume`].
+    pub fn volume(&self, id: &str) -> Option<String> {
+        match &self.home {
+            Home::HostDir => None,
+            Home::Volume { instance } => Some(volume_name(instance, id)),
+        }
+    }
+
+    /// The session let its container go (idle, end): the files go back to the store (host
+    /// directory), or stay in the volume, whose record notes the use.
+    pub fn let_go(&self, id: &str) -> std::io::Result<()> {
+        match self.home {
+            Home::HostDir => self.store.detach(id),
+            Home::Volume { .. } => self.store.touch(id),
+        }
+    }
 }
 
 /// The slot directory of a container.
@@ -260,6 +333,23 @@ impl Store {
                 pool: pool.to_string(),
                 slot: Some(key.to_string()),
                 last_used: now(),
+                volume: None,
+            },
+        )
+    }
+
+    /// Records that workspace `id` of `pool` lives in engine volume `volume` (created when
+    /// new), and marks a use.
+    pub fn record_volume(&self, id: &str, pool: &str, volume: &str) -> std::io::Result<()> {
+        check_id(id).map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(self.root.join("store"))?;
+        self.write(
+            id,
+            &Record {
+                pool: pool.to_string(),
+                slot: None,
+                last_used: now(),
+                volume: Some(volume.to_string()),
             },
         )
     }
@@ -320,10 +410,15 @@ impl Store {
                 let id = name.strip_suffix(".json")?.to_string();
                 let record = self.record(&id)?;
                 Some(WorkspaceInfo {
-                    bytes: size_of(&self.files(&id)),
+                    // A volume's size is the engine's to tell (the caller asks it).
+                    bytes: match record.volume {
+                        Some(_) => 0,
+                        None => size_of(&self.files(&id)),
+                    },
                     pool: record.pool,
                     last_used: record.last_used,
                     attached: record.slot.is_some(),
+                    volume: record.volume,
                     id,
                 })
             })
@@ -390,29 +485,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_remote_engine_is_refused_with_its_scheme_and_the_fix() {
-        assert_eq!(remote_engine_refusal("unix:///var/run/docker.sock"), None);
+    fn a_remote_engine_keeps_workspaces_in_named_volumes() {
+        assert_eq!(home_for("unix:///var/run/docker.sock", "i"), Home::HostDir);
         assert_eq!(
-            remote_engine_refusal("unix:///run/user/1000/podman/podman.sock"),
-            None
+            home_for("unix:///run/user/1000/podman/podman.sock", "i"),
+            Home::HostDir
         );
-        for (host, scheme) in [
-            ("tcp://10.0.0.1:2375", "tcp://"),
-            ("ssh://user@box", "ssh://"),
-            ("https://engine:2376", "https://"),
-            ("http://127.0.0.1:2375", "http://"),
+        for host in [
+            "tcp://10.0.0.1:2375",
+            "ssh://user@box",
+            "https://engine:2376",
+            "http://127.0.0.1:2375",
         ] {
-            let (words, fix) = remote_engine_refusal(host).expect(host);
-            assert!(words.contains(&format!("remote ({scheme})")), "{words}");
-            assert!(words.contains("persistent"), "{words}");
-            // The address itself (a user name, a host) is not repeated.
-            assert!(
-                !words.contains("user@box") && !words.contains("10.0.0.1"),
-                "{words}"
+            assert_eq!(
+                home_for(host, "prod"),
+                Home::Volume {
+                    instance: "prod".into()
+                },
+                "{host}"
             );
-            assert!(fix.contains("unix://"), "{fix}");
-            assert!(fix.contains("session_workspace = \"ephemeral\""), "{fix}");
         }
+        let ws = Workspace {
+            store: Store::new("/nowhere"),
+            home: home_for("tcp://h:2375", "prod"),
+        };
+        assert_eq!(
+            ws.volume("acme-1").as_deref(),
+            Some("warmpool-prod-ws-acme-1")
+        );
+        let labels = volume_labels("prod", "coder", "acme-1");
+        assert_eq!(labels["warmpool.instance"], "prod");
+        assert_eq!(labels["warmpool.pool"], "coder");
+        assert_eq!(labels["warmpool.session"], "acme-1");
+        assert_eq!(labels["warmpool.managed"], "true");
+        assert_eq!(numeric_owner("1000:1001"), Some((1000, 1001)));
+        assert_eq!(numeric_owner("1000"), Some((1000, 1000)));
+        assert_eq!(numeric_owner("agent"), None);
+    }
+
+    #[test]
+    fn a_volume_workspace_is_recorded_on_the_daemons_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.record_volume("s1", "p", "warmpool-i-ws-s1").unwrap();
+        let list = store.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].volume.as_deref(), Some("warmpool-i-ws-s1"));
+        assert_eq!((list[0].bytes, list[0].attached), (0, false));
+        let ws = Workspace {
+            store: store.clone(),
+            home: Home::Volume {
+                instance: "i".into(),
+            },
+        };
+        ws.let_go("s1").unwrap();
+        assert_eq!(
+            store.record("s1").unwrap().volume.as_deref(),
+            Some("warmpool-i-ws-s1")
+        );
+        assert!(store.delete("s1"));
+        assert!(store.list().is_empty());
     }
 
     #[test]

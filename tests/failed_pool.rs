@@ -4,8 +4,9 @@
 //! `pool_failed`, sends the engine no stream of retries, and leaves the other pool serving;
 //! a reload that fixes its config clears it.
 //!
-//! And a pool the daemon refuses itself: persistent workspaces on an engine that is not on the
-//! daemon's host (a `tcp://` front of the local engine stands in for a remote one).
+//! And persistent workspaces on an engine that is not on the daemon's host (a `tcp://` front
+//! of the local engine stands in for a remote one): not a failed pool, but one engine volume
+//! per session, mounted at a cold start.
 
 mod common;
 mod support;
@@ -356,72 +357,178 @@ fn tcp_engine_proxy() -> String {
     format!("tcp://{addr}")
 }
 
+/// This instance's workspace volumes.
+fn volumes(instance: &str) -> Vec<String> {
+    let filter = format!("label=warmpool.instance={instance}");
+    docker(&["volume", "ls", "-q", "--filter", &filter])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes this instance's volumes when dropped (after the daemon, declared before it), so
+/// a failed test leaves none behind.
+struct VolumeSweep(String);
+
+impl Drop for VolumeSweep {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        for v in volumes(&self.0) {
+            let _ = docker_try(&["volume", "rm", "-f", &v]);
+        }
+    }
+}
+
+/// Runs `shell` in session `id` of pool `ws`; 200 expected.
+async fn in_session(d: &Daemon, id: &str, shell: &str) -> Value {
+    let (status, v) = d.task("ws", json!({"session": id, "shell": shell})).await;
+    assert_eq!(status, 200, "{v}\n{}", d.log());
+    v
+}
+
+/// The `/workspace` mount of a container, as `docker inspect` shows it.
+fn workspace_mount(container: &str) -> Option<Value> {
+    inspect(container)["Mounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["Destination"] == "/workspace")
+        .cloned()
+}
+
 #[tokio::test]
-async fn a_persistent_pool_on_a_remote_engine_is_failed_and_creates_nothing() {
+async fn a_persistent_pool_on_a_remote_engine_keeps_workspaces_in_named_volumes() {
     let root = tempfile::tempdir().unwrap();
     let host = tcp_engine_proxy();
     let config = format!(
         "[docker]\nhost = \"{host}\"\n\n\
          [pools.good]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\n\
-         [pools.ws]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 2\n\
-         session_workspace = \"persistent\"\nworkspace_root = \"{}\"\n",
+         [pools.ws]\nimage = \"{IMAGE}\"\nmin = 1\nwarm = 1\nmax = 4\n\
+         session_workspace = \"persistent\"\nworkspace_root = \"{}\"\n\
+         session_idle_timeout = \"1s\"\n",
         root.path().display()
     );
+    let mut sweep = VolumeSweep(String::new());
     let mut d = Daemon::start(&config).await;
+    sweep.0 = d.instance.clone();
 
-    // Failed, with why (the engine is remote, by its scheme) and the fix.
-    let ws = wait_pool(&d, "ws", "pool ws failed", LONG, |v| v["state"] == "failed").await;
-    let reason = ws["failure"]["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("remote (tcp://)"), "{ws}");
-    assert!(reason.contains("persistent"), "{ws}");
-    let hint = ws["failure"]["hint"].as_str().unwrap().to_string();
-    assert!(hint.contains("unix://"), "{ws}");
-    assert!(hint.contains("session_workspace = \"ephemeral\""), "{ws}");
-    assert_eq!(ws["live"], 0, "{ws}");
+    // Not failed: both pools warm, and the warm container of ws has no /workspace at all
+    // (no slot, no bind), nor is there a slot on this host.
+    let ws = wait_pool(&d, "ws", "pool ws warm", LONG, |v| v["idle"] == 1).await;
+    assert_eq!(ws["state"], "ok", "{ws}");
+    wait_pool(&d, "good", "pool good warm", LONG, |v| v["idle"] == 1).await;
+    let warm = containers(&d.instance, Some("ws"));
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    assert_eq!(workspace_mount(&warm[0]), None);
+    assert!(!root.path().join(&d.instance).join("slots").exists());
 
-    // The ephemeral pool on the same daemon and engine serves, and the list shows both.
-    let list = good_serves_beside(&d, "ws").await;
+    // A session's first task: a container made for it, its volume mounted at /workspace.
+    let id = format!("{}-rv", d.instance);
+    let volume = format!("warmpool-{}-ws-{id}", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "ws", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = in_session(
+        &d,
+        &id,
+        "echo kept > /workspace/f.txt && cat /workspace/f.txt",
+    )
+    .await;
+    assert_eq!(v["stdout"], "kept\n", "{v}");
+    assert_eq!(v["cold_start"], true, "{v}");
+    let first = full_id(&d.instance, v["container"].as_str().unwrap());
+    assert!(!warm.contains(&first), "not the warm container");
+    let mount = workspace_mount(&first).expect("a /workspace mount");
+    assert_eq!(mount["Type"], "volume", "{mount}");
+    assert_eq!(mount["Name"], volume.as_str(), "{mount}");
+    assert_eq!(mount["RW"], true, "{mount}");
+    let labels: Value = serde_json::from_str(&docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{json .Labels}}",
+        &volume,
+    ]))
+    .unwrap();
+    assert_eq!(labels["warmpool.session"], id.as_str(), "{labels}");
+    assert_eq!(labels["warmpool.pool"], "ws", "{labels}");
+    assert_eq!(labels["warmpool.instance"], d.instance.as_str(), "{labels}");
+
+    // Idle end: the container goes, the volume stays; the next task resumes with a new
+    // container on the same volume, the file in place.
+    wait_for("the session to go idle", LONG, || {
+        (!exists(&first)).then_some(())
+    })
+    .await;
+    let (_, s) = d.get(&format!("/v1/sessions/{id}")).await.unwrap();
+    assert_eq!(s["state"], "idle", "{s}");
+    assert_eq!(volumes(&d.instance), vec![volume.clone()]);
+    let v = in_session(&d, &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "{v}");
+    let second = full_id(&d.instance, v["container"].as_str().unwrap());
+    assert_ne!(second, first);
+    assert_eq!(workspace_mount(&second).unwrap()["Name"], volume.as_str());
+
+    // Another session does not see it.
+    let other = format!("{}-other", d.instance);
+    d.post_raw(
+        "/v1/sessions",
+        json!({"pool": "ws", "id": other}).to_string().into_bytes(),
+    )
+    .await;
+    let v = in_session(&d, &other, "ls -A /workspace; echo end").await;
+    assert_eq!(v["stdout"], "end\n", "{v}");
+
+    // A daemon killed and restarted: the session resumes with its volume.
+    d.kill9();
+    d.restart().await;
+    d.wait_ready(LONG).await;
+    let v = in_session(&d, &id, "cat /workspace/f.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "after kill -9 and a restart: {v}");
+
+    // Listed, with the engine's size of the volume (Docker's df; Podman may not say).
+    let (status, v) = d.get("/v1/workspaces").await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    let mine = v["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in {v}"))
+        .clone();
+    assert_eq!(mine["pool"], "ws", "{mine}");
+    if !engine_is_podman() {
+        assert_eq!(mine["bytes"], 5, "{mine}");
+    }
+
+    // Deleted with the session, and by the workspace endpoint: no volume left.
+    let (status, _, body) = d
+        .request(
+            "DELETE",
+            &format!("/v1/sessions/{id}?workspace=delete"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let name_filter = format!("name={volume}");
     assert_eq!(
-        pool_in(&list, "ws")["failure"]["reason"],
-        reason.as_str(),
-        "{list}"
+        docker(&["volume", "ls", "-q", "--filter", &name_filter]).trim(),
+        "",
+        "the session's volume"
     );
-    assert_eq!(
-        pool_in(&list, "ws")["failure"]["hint"],
-        hint.as_str(),
-        "{list}"
-    );
-    let (status, ready) = d.get("/readyz").await.unwrap();
-    assert_eq!(status, 503, "{ready}");
-
-    // Its task answers at once, 503 pool_failed, with the words and the fix.
-    let (status, r) = d.task("ws", json!({"cmd": ["echo"]})).await;
-    assert_eq!(status, 503, "{r}");
-    assert_eq!(r["error"]["code"], "pool_failed", "{r}");
-    let message = r["error"]["message"].as_str().unwrap();
+    let (status, _, body) = d
+        .request("DELETE", &format!("/v1/workspaces/{other}"), None)
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(
-        message.contains(&reason) && message.contains(&hint),
-        "{message}"
-    );
-
-    // Nothing of it on the engine, and no slot on this host.
-    assert!(containers(&d.instance, Some("ws")).is_empty());
-    assert!(!containers(&d.instance, Some("good")).is_empty());
-    let slots = root.path().join(&d.instance).join("slots");
-    let made = std::fs::read_dir(&slots).map_or(0, |dir| dir.count());
-    assert_eq!(made, 0, "slots under {}", slots.display());
-
-    // Logged once, at error level.
-    let log = d.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("refuses to start this pool's containers"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{log}");
-    assert!(
-        lines[0].contains("ERROR") && lines[0].contains("remote (tcp://)"),
-        "{}",
-        lines[0]
+        volumes(&d.instance).is_empty(),
+        "{:?}",
+        volumes(&d.instance)
     );
     assert!(d.stop().success(), "{}", d.log());
 }

@@ -126,7 +126,8 @@ pub(super) enum SessionStateName {
     /// Holds a container.
     Running,
     /// A persistent session that gave its container back when it went idle: its workspace
-    /// waits on the host, its next task resumes on a warm container.
+    /// waits on the host (or in its engine volume), its next task resumes on a warm
+    /// container (with a volume, on one created for it).
     Idle,
     /// Ended by this DELETE.
     Ended,

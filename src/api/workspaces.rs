@@ -1,4 +1,5 @@
-//! `/v1/workspaces`: the persistent session workspaces kept on the host.
+//! `/v1/workspaces`: the persistent session workspaces (host directories, or engine volumes
+//! with a remote engine).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,7 +18,8 @@ pub(super) struct WorkspaceView {
     id: String,
     /// Its pool.
     pool: String,
-    /// Bytes of its files.
+    /// Bytes of its files; for an engine volume (a remote engine) the engine's disk usage
+    /// answer, 0 when it does not say.
     bytes: u64,
     /// Its last use (RFC 3339, seconds).
     #[schema(format = DateTime)]
@@ -34,14 +36,14 @@ pub(super) enum LiveSession {
     NotStarted,
     /// Holds a container.
     Running,
-    /// Gave its container back; the workspace waits on the host.
+    /// Gave its container back; the workspace waits (on the host, or in its engine volume).
     Idle,
 }
 
 /// `GET /v1/workspaces`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct WorkspaceList {
-    /// Every persistent workspace on the host.
+    /// Every persistent workspace.
     workspaces: Vec<WorkspaceView>,
 }
 
@@ -73,29 +75,26 @@ fn workspace_view(w: &WorkspaceInfo, session: Option<LiveSession>) -> WorkspaceV
     tag = "workspaces",
     summary = "List the persistent workspaces",
     responses(
-        (status = 200, description = "Every persistent workspace on the host", body = WorkspaceList),
+        (status = 200, description = "Every persistent workspace", body = WorkspaceList),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
     ),
     security(("bearer" = []), ()),
 )]
 pub(super) async fn list_workspaces(State(state): State<AppState>) -> Json<WorkspaceList> {
-    let sessions = state.supervisor.sessions.clone();
-    let workspaces = tokio::task::spawn_blocking(move || {
-        sessions
-            .workspaces()
-            .iter()
-            .map(|w| {
-                let live = sessions.get(&w.id).map(|s| match s.info().state {
-                    SessionState::NotStarted => LiveSession::NotStarted,
-                    SessionState::Running => LiveSession::Running,
-                    SessionState::Idle => LiveSession::Idle,
-                });
-                workspace_view(w, live)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let sessions = &state.supervisor.sessions;
+    let workspaces = sessions
+        .workspaces()
+        .await
+        .iter()
+        .map(|w| {
+            let live = sessions.get(&w.id).map(|s| match s.info().state {
+                SessionState::NotStarted => LiveSession::NotStarted,
+                SessionState::Running => LiveSession::Running,
+                SessionState::Idle => LiveSession::Idle,
+            });
+            workspace_view(w, live)
+        })
+        .collect::<Vec<_>>();
     Json(WorkspaceList { workspaces })
 }
 

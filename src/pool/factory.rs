@@ -36,6 +36,9 @@ pub struct Factory {
     run_root_ready: Mutex<Option<Result<(), String>>>,
     /// Pools whose fallback to `attach` was logged, with why, so a reload does not repeat it.
     fallbacks_logged: Mutex<BTreeSet<(String, String)>>,
+    /// The engine's address, which decides where persistent workspaces live
+    /// ([`crate::workspace::home_for`]).
+    engine_host: Mutex<String>,
 }
 
 impl Factory {
@@ -56,7 +59,14 @@ impl Factory {
             networks: Mutex::default(),
             run_root_ready: Mutex::default(),
             fallbacks_logged: Mutex::default(),
+            engine_host: Mutex::new(direct::engine_host()),
         }
+    }
+
+    /// Overrides the engine address the workspaces' placement is decided by (the daemon's
+    /// `[docker] host` otherwise); before the pools start. Tests use it to play a remote engine.
+    pub fn set_engine_host(&self, host: &str) {
+        *self.engine_host.lock() = host.to_string();
     }
 
     /// Whether a shim pool's containers get the direct transport; logs, once per pool and
@@ -179,14 +189,16 @@ impl Factory {
             workdir: cfg.workdir.clone(),
             open_stdin: false,
             mounts: cfg.mounts.clone(),
-            workspace_root: (cfg.session_workspace == crate::config::WorkspaceMode::Persistent)
-                .then(|| {
-                    format!(
+            workspace: (cfg.session_workspace == crate::config::WorkspaceMode::Persistent).then(
+                || crate::workspace::WorkspaceSpec {
+                    root: format!(
                         "{}/{}",
                         cfg.workspace_root.trim_end_matches('/'),
                         self.instance
-                    )
-                }),
+                    ),
+                    home: crate::workspace::home_for(&self.engine_host.lock(), &self.instance),
+                },
+            ),
         };
         // The attach transport talks over the container's stdin.
         spec.open_stdin = cfg.exec == ExecMode::Shim && !is_direct(&spec);
@@ -344,21 +356,13 @@ pub(super) async fn create_and_connect(
     spec: &ContainerSpec,
     exec: ExecMode,
 ) -> Result<(String, Conn), StartError> {
-    // Persistent workspaces: a slot of its own, bind-mounted at /workspace, its key labelled.
+    // Persistent workspaces in host directories: a slot of its own, bind-mounted at
+    // /workspace, its key labelled. (In engine volumes: nothing here; a session's container
+    // gets its volume when made for it, `Pool::start_for_session`.)
     let with_slot;
-    let spec = match &spec.workspace_root {
-        Some(root) => {
-            // Before anything exists: a remote engine would mount a slot of its own host,
-            // which the daemon never moves, so the pool is failed instead (no retry helps).
-            if let Some((words, fix)) =
-                crate::workspace::remote_engine_refusal(&direct::engine_host())
-            {
-                return Err(StartError {
-                    message: format!("{words}{}{fix}", crate::runtime::WHAT_TO_DO),
-                    refusal: Some((words, fix)),
-                });
-            }
-            let root = std::path::Path::new(root);
+    let spec = match spec.workspace.as_ref().filter(|_| spec.has_slot()) {
+        Some(ws) => {
+            let root = std::path::Path::new(&ws.root);
             let dir = crate::workspace::prepare_slot(root, name, &spec.user).map_err(|e| {
                 format!(
                     "cannot create the workspace slot under {}: {e}; check workspace_root",
@@ -455,6 +459,105 @@ pub(super) async fn create_and_connect(
             }
             Err(e)
         }
+    }
+}
+
+/// Docker's default capabilities but CHOWN: what the volume's owner helper drops.
+const ALL_BUT_CHOWN: &[&str] = &[
+    "AUDIT_WRITE",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// How long the volume's owner helper may take.
+const OWNER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Gives a fresh (empty, root-owned) workspace volume to the pool's numeric task user, as a
+/// workspace slot is on a local engine: a one-off container `name` of the pool's image runs
+/// `chown uid:gid /workspace` as root with only CHOWN, no network, and is removed whatever
+/// happens. A user name (ids only the image knows) is left alone.
+///
+/// Errors: the helper could not run or `chown` failed (the image needs a `chown`), with the fix.
+pub(super) async fn give_volume_to_user(
+    runtime: &Arc<dyn Runtime>,
+    name: &str,
+    pool_spec: &ContainerSpec,
+    volume: &str,
+) -> Result<(), String> {
+    let Some((uid, gid)) = crate::workspace::numeric_owner(&pool_spec.user).filter(|o| o.0 != 0)
+    else {
+        return Ok(());
+    };
+    let mut labels = pool_spec.labels.clone();
+    labels.remove(LABEL_SPEC);
+    let spec = ContainerSpec {
+        image: pool_spec.image.clone(),
+        entrypoint: vec![
+            "chown".to_string(),
+            format!("{uid}:{gid}"),
+            crate::workspace::WORKSPACE_PATH.to_string(),
+        ],
+        labels,
+        memory_bytes: pool_spec.memory_bytes,
+        nano_cpus: pool_spec.nano_cpus,
+        pids_limit: pool_spec.pids_limit,
+        user: "0:0".to_string(),
+        read_only_rootfs: true,
+        cap_drop: ALL_BUT_CHOWN.iter().map(|c| c.to_string()).collect(),
+        no_new_privileges: true,
+        runtime: pool_spec.runtime.clone(),
+        network: "none".to_string(),
+        workdir: "/".to_string(),
+        mounts: vec![volume_mount(volume)],
+        ..Default::default()
+    };
+    let id = runtime
+        .create(name, &spec)
+        .await
+        .map_err(|e| describe_start_error(&spec.image, e).message)?;
+    let ran = async {
+        runtime.start(&id).await?;
+        tokio::time::timeout(OWNER_TIMEOUT, runtime.wait(&id))
+            .await
+            .map_err(|_| RuntimeError::Other(format!("no exit within {OWNER_TIMEOUT:?}")))?
+    }
+    .await;
+    let _ = runtime.remove(&id).await;
+    match ran {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(format!(
+            "`chown {uid}:{gid} {}` exited {code} in a helper container of image {}: the \
+             image needs a chown (coreutils or busybox) for a remote engine's workspace volume \
+             to belong to security.user {:?}; add one to the image, or use a local engine",
+            crate::workspace::WORKSPACE_PATH,
+            spec.image,
+            pool_spec.user
+        )),
+        Err(e) => Err(format!(
+            "could not run the helper that gives the workspace volume to security.user {:?}: {e}",
+            pool_spec.user
+        )),
+    }
+}
+
+/// A session's workspace volume, mounted read-write at /workspace.
+pub(super) fn volume_mount(volume: &str) -> crate::config::Mount {
+    crate::config::Mount {
+        kind: crate::config::MountKind::Volume,
+        source: Some(volume.to_string()),
+        target: crate::workspace::WORKSPACE_PATH.to_string(),
+        read_only: false,
+        size: None,
     }
 }
 

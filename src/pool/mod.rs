@@ -452,6 +452,52 @@ impl Pool {
         });
     }
 
+    /// A container of this pool made for one session whose workspace is an engine volume
+    /// (a remote engine, [`crate::workspace::Home::Volume`]): create → start → greeting of
+    /// the pool's spec with `volume` mounted at /workspace and the session's `limits`, named
+    /// `name` (a session container's name, which the caller has already made the session's
+    /// so the reaper leaves it alone). A warm container cannot get a mount, so this is a cold
+    /// start every time the session resumes. When `fresh` (the volume was just created,
+    /// empty and root-owned), a helper of the same name first gives it to the task user.
+    /// The container is not a member: the session owns it from here.
+    ///
+    /// Errors: the pool is closed, or the start failed; nothing is left behind (a failed
+    /// create or start removes what was made, as a warm start does).
+    pub async fn start_for_session(
+        &self,
+        name: &str,
+        volume: &str,
+        fresh: bool,
+        limits: &crate::runtime::Limits,
+    ) -> Result<(String, Conn), String> {
+        if self.is_closed() {
+            return Err(AcquireError::Closed(self.name.clone()).to_string());
+        }
+        let pool_spec = self.spec();
+        if fresh {
+            factory::give_volume_to_user(&self.runtime, name, &pool_spec, volume).await?;
+        }
+        let mut spec = (*pool_spec).clone();
+        spec.mounts.push(factory::volume_mount(volume));
+        spec.memory_bytes = limits.memory_bytes.or(spec.memory_bytes);
+        spec.nano_cpus = limits.nano_cpus.or(spec.nano_cpus);
+        spec.pids_limit = limits.pids_limit.unwrap_or(spec.pids_limit);
+        let begun = Instant::now();
+        let (container, conn) = factory::create_and_connect(
+            &self.runtime,
+            &self.metrics,
+            &self.name,
+            name,
+            &spec,
+            self.config().exec,
+        )
+        .await
+        .map_err(|e| e.message)?;
+        self.metrics
+            .started(&self.name, begun.elapsed().as_secs_f64());
+        Ok((container, conn))
+    }
+
     /// The engine refused a start for good: the pool is failed. Said once, at error level,
     /// when it becomes failed or the engine's words change; a periodic retry refused the
     /// same way is only a debug line. It tries one start again every

@@ -91,4 +91,23 @@ impl Runtime for Bounded {
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
         self.inner.exec_exit_code(exec_id).await
     }
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        self.inner.wait(id).await
+    }
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, RuntimeError> {
+        self.inner.ensure_volume(name, labels).await
+    }
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_volume(name).await
+    }
+    async fn list_volumes(&self) -> Result<Vec<super::VolumeSummary>, RuntimeError> {
+        self.inner.list_volumes().await
+    }
+    async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
+        self.inner.volume_sizes().await
+    }
 }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use super::engine::{classify, Engine, PodmanHost, ACCEPT_UNENFORCED_LIMITS_ENV};
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Limits, Runtime,
-    RuntimeError, LABEL_MANAGED,
+    RuntimeError, VolumeSummary, LABEL_MANAGED,
 };
 
 /// The Docker engine. The client is made on first use, so a daemon started before the
@@ -641,6 +641,88 @@ impl Runtime for DockerRuntime {
                 "engine started the exec detached".into(),
             )),
         }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        let mut waits = self
+            .client()?
+            .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
+        match waits.next().await {
+            Some(Ok(answer)) => Ok(answer.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(map_err(e)),
+            None => Err(RuntimeError::Other(format!(
+                "the engine ended the wait for container {id} without an exit code"
+            ))),
+        }
+    }
+
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, RuntimeError> {
+        match self.client()?.inspect_volume(name).await {
+            Ok(_) => return Ok(false),
+            Err(e) => match map_err(e) {
+                RuntimeError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.client()?
+            .create_volume(request)
+            .await
+            .map(|_| true)
+            .map_err(map_err)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .client()?
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err(e) {
+                RuntimeError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeSummary>, RuntimeError> {
+        let list = self
+            .client()?
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(managed_filter()),
+            }))
+            .await
+            .map_err(map_err)?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeSummary {
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
+        // Outside bollard's types, which read only the 1.52 answer: the engine's own API
+        // version (unversioned path), so one that knows `type` walks only the volumes.
+        let df = self
+            .get_json("/system/df?type=volume")
+            .await
+            .map_err(RuntimeError::Other)?;
+        Ok(super::engine::volume_sizes(&df))
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {

@@ -243,6 +243,25 @@ impl Engine {
     }
 }
 
+/// The volumes' sizes in an engine's disk usage answer (`GET /system/df`), by name. API
+/// before 1.52 lists them under `Volumes`, 1.52 on under `VolumeUsage.Items`; each has
+/// `UsageData.Size`, -1 when the engine does not know it (a driver other than `local`),
+/// which leaves the volume out.
+pub fn volume_sizes(df: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    let items = df["Volumes"]
+        .as_array()
+        .or_else(|| df["VolumeUsage"]["Items"].as_array());
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let name = v["Name"].as_str()?;
+            let size = v["UsageData"]["Size"].as_i64().filter(|s| *s >= 0)?;
+            Some((name.to_string(), size as u64))
+        })
+        .collect()
+}
+
 /// What the engine's error text says the operator must do, when it says so clearly. `None`
 /// is not "retry": the status code decides that (see [`classify`]).
 fn remedy(message: &str) -> Option<&'static str> {
@@ -477,6 +496,23 @@ mod tests {
         assert_eq!(e.read_only_masks(true, &["/tmp", "/run"]).len(), 1);
         assert!(e.read_only_masks(false, &[]).is_empty());
         assert!(Engine::default().read_only_masks(true, &[]).is_empty());
+    }
+
+    #[test]
+    fn volume_sizes_are_read_from_either_df_format() {
+        let old = serde_json::json!({"Volumes": [
+            {"Name": "a", "UsageData": {"Size": 12, "RefCount": 1}},
+            {"Name": "b", "UsageData": {"Size": -1, "RefCount": -1}},
+            {"Name": "c"}
+        ]});
+        let sizes = volume_sizes(&old);
+        assert_eq!(sizes.get("a"), Some(&12));
+        assert_eq!(sizes.len(), 1, "unknown sizes are left out: {sizes:?}");
+        let new = serde_json::json!({"VolumeUsage": {"Items": [
+            {"Name": "d", "UsageData": {"Size": 0, "RefCount": 0}}
+        ]}});
+        assert_eq!(volume_sizes(&new).get("d"), Some(&0));
+        assert!(volume_sizes(&serde_json::json!({})).is_empty());
     }
 
     #[test]

@@ -22,10 +22,12 @@ use tokio::sync::Notify;
 
 use super::{
     Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
-    RuntimeError,
+    RuntimeError, VolumeSummary,
 };
 use crate::shim_proto::{Event, Exit, Request};
 use futures_util::StreamExt;
+
+type Labels = BTreeMap<String, String>;
 
 #[derive(Default)]
 struct FakeContainer {
@@ -45,6 +47,10 @@ struct FakeContainer {
 pub struct FakeRuntime {
     containers: Mutex<HashMap<String, FakeContainer>>,
     networks: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Named volumes: their labels, and the bytes `volume_sizes` reports.
+    volumes: Mutex<BTreeMap<String, (Labels, u64)>>,
+    /// Exit code of a container's main process as `wait` reports it (default 0).
+    pub wait_code: Mutex<i64>,
     next: AtomicUsize,
     /// How long each create takes.
     pub create_delay: Mutex<Duration>,
@@ -156,6 +162,22 @@ impl FakeRuntime {
 
     pub fn networks(&self) -> Vec<String> {
         self.networks.lock().keys().cloned().collect()
+    }
+
+    /// The named volumes and their labels.
+    pub fn volumes(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.volumes
+            .lock()
+            .iter()
+            .map(|(n, (l, _))| (n.clone(), l.clone()))
+            .collect()
+    }
+
+    /// Sets the bytes the engine reports for a volume.
+    pub fn set_volume_size(&self, name: &str, bytes: u64) {
+        if let Some(v) = self.volumes.lock().get_mut(name) {
+            v.1 = bytes;
+        }
     }
 }
 
@@ -392,6 +414,73 @@ impl Runtime for FakeRuntime {
             Some(code) => Ok(Some(*code)),
             None => Err(RuntimeError::NotFound(format!("no exec {exec_id}"))),
         }
+    }
+
+    /// The main process ends at once, with [`FakeRuntime::wait_code`].
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        self.check_up()?;
+        let mut c = self.containers.lock();
+        let c = c
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        c.state = "exited".into();
+        Ok(*self.wait_code.lock())
+    }
+
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, RuntimeError> {
+        self.check_up()?;
+        let mut v = self.volumes.lock();
+        if v.contains_key(name) {
+            return Ok(false);
+        }
+        v.insert(name.to_string(), (labels.clone(), 0));
+        Ok(true)
+    }
+
+    /// Refused, as Docker does, while a container not removed mounts it.
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.check_up()?;
+        let in_use = self.containers.lock().values().any(|c| {
+            c.state != "removed"
+                && c.spec
+                    .mounts
+                    .iter()
+                    .any(|m| m.source.as_deref() == Some(name))
+        });
+        if in_use {
+            return Err(RuntimeError::Conflict(format!(
+                "remove {name}: volume is in use"
+            )));
+        }
+        self.volumes.lock().remove(name);
+        Ok(())
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeSummary>, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .volumes
+            .lock()
+            .iter()
+            .map(|(name, (labels, _))| VolumeSummary {
+                name: name.clone(),
+                labels: labels.clone(),
+            })
+            .collect())
+    }
+
+    async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .volumes
+            .lock()
+            .iter()
+            .map(|(n, (_, b))| (n.clone(), *b))
+            .collect())
     }
 }
 

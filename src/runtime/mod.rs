@@ -164,9 +164,12 @@ pub struct ContainerSpec {
     pub open_stdin: bool,
     /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
     pub mounts: Vec<crate::config::Mount>,
-    /// Persistent workspaces: the host root (`<workspace_root>/<instance>`) under which each
-    /// container gets a slot of its own, bind-mounted at /workspace (see `crate::workspace`).
-    pub workspace_root: Option<String>,
+    /// Persistent workspaces: the record root (`<workspace_root>/<instance>`) and where the
+    /// workspaces live (see `crate::workspace`): with [`crate::workspace::Home::HostDir`]
+    /// every container gets a slot of its own under the root, bind-mounted at /workspace;
+    /// with [`crate::workspace::Home::Volume`] warm containers get nothing, and a session's
+    /// container is created with its volume mounted.
+    pub workspace: Option<crate::workspace::WorkspaceSpec>,
 }
 
 impl ContainerSpec {
@@ -205,13 +208,31 @@ impl ContainerSpec {
         } else {
             format!("{text}|{:?}", self.mounts)
         };
-        let text = match &self.workspace_root {
+        let text = match &self.workspace {
             None => text,
-            Some(root) => format!("{text}|workspace:{root}"),
+            Some(ws) if ws.home == crate::workspace::Home::HostDir => {
+                format!("{text}|workspace:{}", ws.root)
+            }
+            Some(ws) => format!("{text}|workspace-volume:{}", ws.root),
         };
         let digest = Sha256::digest(text.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// Whether each container of this spec gets a workspace slot (a host directory at
+    /// /workspace): persistent workspaces with a local engine.
+    pub fn has_slot(&self) -> bool {
+        self.workspace
+            .as_ref()
+            .is_some_and(|w| w.home == crate::workspace::Home::HostDir)
+    }
+}
+
+/// An engine named volume warmpool made (labelled `warmpool.managed=true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSummary {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Resource limits changed on a running container (the engine's live update): what a
@@ -313,4 +334,38 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
     /// `None` while the exec runs, its exit code once it ended.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
+    /// Waits for a started container's main process to end and returns its exit code.
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine cannot wait for container {id}"
+        )))
+    }
+    /// Creates the named volume with these labels unless it exists; true when it was
+    /// created now (it is empty).
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<bool, RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine has no named volumes (asked for {name})"
+        )))
+    }
+    /// Removes the named volume; one that is already gone is not an error. The engine
+    /// refuses one a container still mounts ([`RuntimeError::Conflict`]).
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine has no named volumes (asked to remove {name})"
+        )))
+    }
+    /// Every volume carrying `warmpool.managed=true`.
+    async fn list_volumes(&self) -> Result<Vec<VolumeSummary>, RuntimeError> {
+        Ok(vec![])
+    }
+    /// Bytes of the engine's volumes by name, as its disk usage answer (`GET /system/df`)
+    /// gives them: a volume whose size the engine does not know (a driver other than
+    /// `local`) is missing. Costly on the engine (it walks every volume): asked rarely.
+    async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
+        Ok(BTreeMap::new())
+    }
 }

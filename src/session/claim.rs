@@ -45,6 +45,13 @@ impl Sessions {
         let cfg = pool.config();
         let mut cold = false;
         if slot.is_none() {
+            if let Some((ws, volume)) = session
+                .workspace
+                .as_ref()
+                .and_then(|ws| Some((ws, ws.volume(id)?)))
+            {
+                return self.claim_cold(session, pool, ws, &volume, slot).await;
+            }
             let lease = match pool.acquire().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -101,9 +108,9 @@ impl Sessions {
                 }
             }
             // A persistent workspace moves into the container's slot.
-            if let Some(store) = &session.workspace {
+            if let Some(ws) = &session.workspace {
                 if let Err(e) = self
-                    .attach_workspace(store, id, &pool.name, &container)
+                    .attach_workspace(&ws.store, id, &pool.name, &container)
                     .await
                 {
                     session.meta.lock().container = None;
@@ -118,6 +125,95 @@ impl Sessions {
             self.publish();
         }
         Ok(cold)
+    }
+
+    /// [`Sessions::claim`] for a workspace in an engine volume (a remote engine): the volume
+    /// is created on the session's first claim (labelled with its instance, pool and session),
+    /// and a container of the pool's spec is created for the session with it mounted at
+    /// /workspace (`Pool::start_for_session`): a cold start, since a warm container cannot
+    /// get a mount. A failed start leaves no container, and no volume it created.
+    async fn claim_cold(
+        &self,
+        session: &Arc<Session>,
+        pool: &Arc<crate::pool::Pool>,
+        ws: &crate::workspace::Workspace,
+        volume: &str,
+        slot: &mut Option<(String, Conn)>,
+    ) -> Result<bool, SessionError> {
+        let id = session.id.as_str();
+        let crate::workspace::Home::Volume { instance } = &ws.home else {
+            unreachable!("only a volume workspace has a volume name");
+        };
+        let labels = crate::workspace::volume_labels(instance, &pool.name, id);
+        // The record first (on the daemon's host), so no volume exists that it does not name.
+        let recorded = ws.store.record(id).is_some();
+        ws.store
+            .record_volume(id, &pool.name, volume)
+            .map_err(|e| {
+                SessionError::Invalid(format!(
+                    "could not write the record of session {id}'s workspace under {}: {e}; check pool {}'s workspace_root",
+                    ws.store.root().display(),
+                    pool.name
+                ))
+            })?;
+        let forget = || {
+            if !recorded {
+                ws.store.delete(id);
+            }
+        };
+        let fresh = match self.0.runtime.ensure_volume(volume, &labels).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                forget();
+                self.0.metrics.task_rejected(&pool.name);
+                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                    "could not create or find session {id}'s workspace volume {volume} on the engine ({e}); no task ran, and the session's next task tries again"
+                )))
+                .into());
+            }
+        };
+        // The session's before it exists, by name, so the reaper leaves it alone.
+        let name = container_name(&pool.name, id);
+        {
+            let mut m = session.meta.lock();
+            m.container = Some(name.clone());
+            m.lost = None;
+        }
+        let started = pool
+            .start_for_session(&name, volume, fresh, &session.limits)
+            .await;
+        let (container, conn) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                session.meta.lock().container = None;
+                // A volume made for this claim holds nothing yet: it goes with the failure.
+                if fresh {
+                    match self.0.runtime.remove_volume(volume).await {
+                        Ok(()) => forget(),
+                        Err(e) => {
+                            tracing::warn!(session = %id, volume, error = %e, "could not remove the workspace volume of a failed first start; DELETE /v1/workspaces/{id} retries")
+                        }
+                    }
+                }
+                self.0.metrics.task_rejected(&pool.name);
+                tracing::warn!(session = %id, error = %e, "could not start the session's container with its workspace volume");
+                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                    "could not start a container of pool {} for session {id} with its workspace volume {volume} \
+                     (a remote engine's persistent workspace needs a cold start per resume): {e}; no task ran, \
+                     nothing was left behind, and the session's next task tries again",
+                    pool.name
+                )))
+                .into());
+            }
+        };
+        {
+            let mut m = session.meta.lock();
+            m.container = Some(container.clone());
+            m.released = false;
+        }
+        *slot = Some((container, conn));
+        self.publish();
+        Ok(true)
     }
 
     /// Moves workspace `id` into the slot of `container` (found by its `warmpool.slot` label).

@@ -66,7 +66,7 @@ impl Sessions {
             .await;
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
-            self.keep_or_delete_workspace(session);
+            self.keep_or_delete_workspace(session).await;
             return;
         };
         let cfg = self.0.pools.get(&session.pool).map(|p| p.config());
@@ -96,24 +96,46 @@ impl Sessions {
         self.0
             .metrics
             .removed(&session.pool, RemoveReason::SessionEnd);
-        self.keep_or_delete_workspace(session);
+        self.keep_or_delete_workspace(session).await;
         tracing::info!(session = %session.id, "session ended");
     }
 
-    /// At a session's end: its persistent workspace goes back to the store, or is removed.
-    fn keep_or_delete_workspace(&self, session: &Session) {
-        let Some(store) = &session.workspace else {
+    /// At a session's end (its container removed): its persistent workspace goes back to
+    /// the store (a volume stays as it is), or is removed.
+    async fn keep_or_delete_workspace(&self, session: &Session) {
+        let Some(ws) = &session.workspace else {
             return;
         };
         if session.meta.lock().delete_workspace {
-            store.delete(&session.id);
-        } else if let Err(e) = store.detach(&session.id) {
+            self.remove_workspace(ws, &session.id).await;
+        } else if let Err(e) = ws.let_go(&session.id) {
             tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
         }
     }
 
+    /// Removes workspace `id`: its volume (if it has one) first, then its record and files;
+    /// false when there was none. A volume the engine would not remove keeps its record, so
+    /// it stays listed and the next delete or `workspace_ttl` sweep tries again.
+    pub(super) async fn remove_workspace(
+        &self,
+        ws: &crate::workspace::Workspace,
+        id: &str,
+    ) -> bool {
+        let Some(record) = ws.store.record(id) else {
+            return false;
+        };
+        if let Some(volume) = record.volume {
+            if let Err(e) = self.0.runtime.remove_volume(&volume).await {
+                tracing::warn!(workspace = %id, volume = %volume, error = %e, "could not remove the workspace's volume; it stays listed and is tried again");
+                return true;
+            }
+        }
+        ws.store.delete(id)
+    }
+
     /// A persistent session gone idle gives its container back (removed) and keeps its
-    /// workspace on the host; its next task resumes on a warm container.
+    /// workspace (on the host, or in its engine volume); its next task resumes on a warm
+    /// container (or, with a volume, a container created for it).
     pub(super) async fn release(&self, session: Arc<Session>) {
         let _all = session
             .permits
@@ -133,8 +155,8 @@ impl Sessions {
         self.0
             .metrics
             .removed(&session.pool, RemoveReason::SessionEnd);
-        if let Some(store) = &session.workspace {
-            if let Err(e) = store.detach(&session.id) {
+        if let Some(ws) = &session.workspace {
+            if let Err(e) = ws.let_go(&session.id) {
                 tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
             }
         }

@@ -15,7 +15,8 @@ pub enum SessionState {
     /// Holds a container.
     Running,
     /// A persistent session that gave its container back when it went idle: its workspace
-    /// waits on the host, its next task resumes on a warm container.
+    /// waits on the host (or in its engine volume), its next task resumes on a warm
+    /// container (with a volume, on one created for it).
     Idle,
 }
 
@@ -93,8 +94,9 @@ pub struct Session {
     /// The container's own connection (its shim) is running a task: another task running
     /// at the same time gets a `docker exec` of its own in the same container.
     pub(super) conn_busy: std::sync::atomic::AtomicBool,
-    /// The persistent workspace's store, for a `session_workspace = "persistent"` pool.
-    pub workspace: Option<crate::workspace::Store>,
+    /// The persistent workspace (its store and where its files live), for a
+    /// `session_workspace = "persistent"` pool.
+    pub workspace: Option<crate::workspace::Workspace>,
     /// The container and its connection; locked while a container is claimed, briefly
     /// otherwise.
     pub(super) slot: tokio::sync::Mutex<Option<(String, Conn)>>,

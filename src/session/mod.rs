@@ -40,12 +40,16 @@ pub use entry::{
 };
 pub use size::{limits_for, SessionOptions};
 
-/// The workspace store of a persistent pool's sessions.
-fn workspace_store(pool: &crate::pool::Pool) -> Option<crate::workspace::Store> {
+/// The workspace of a persistent pool's sessions: its record store and where the files
+/// live (host directories, or engine volumes with a remote engine).
+fn workspace_of(pool: &crate::pool::Pool) -> Option<crate::workspace::Workspace> {
     pool.spec()
-        .workspace_root
+        .workspace
         .as_ref()
-        .map(crate::workspace::Store::new)
+        .map(|ws| crate::workspace::Workspace {
+            store: crate::workspace::Store::new(&ws.root),
+            home: ws.home.clone(),
+        })
 }
 
 /// Why a session call failed.
@@ -270,7 +274,7 @@ impl Sessions {
             let mut session = Session::new(id.clone(), pool.to_string(), idle_timeout)
                 .with_concurrency(concurrency);
             session.limits = limits;
-            session.workspace = workspace_store(&p);
+            session.workspace = workspace_of(&p);
             let session = Arc::new(session);
             map.insert(id, session.clone());
             (session, evict)
@@ -347,9 +351,11 @@ impl Sessions {
         let (conn, _conn_guard) = self.conn_for(&session, &container, conn);
         let queued = queued_at.elapsed();
         // A bounded persistent workspace is watched while the task runs: a task that takes
-        // it over the bound is killed, so a runaway writer cannot fill the host's disk.
+        // it over the bound is killed, so a runaway writer cannot fill the host's disk. (An
+        // engine volume is not: it is measured after each task, below.)
         let watch = match (&session.workspace, cfg.workspace_max_size) {
-            (Some(store), Some(max)) => {
+            (Some(ws), Some(max)) if ws.home == crate::workspace::Home::HostDir => {
+                let store = &ws.store;
                 let stop = tokio_util::sync::CancellationToken::new();
                 spec.stop = Some(stop.clone());
                 Some((
@@ -384,12 +390,24 @@ impl Sessions {
             m.tasks += 1;
             m.last_used = Instant::now();
         }
-        // A bounded persistent workspace is measured after each task.
-        if let (Some(store), Some(_)) = (&session.workspace, cfg.workspace_max_size) {
-            let files = store.files(&session.id);
-            let bytes = tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
-                .await
-                .unwrap_or(0);
+        // A bounded persistent workspace is measured after each task: a host directory by
+        // a walk, an engine volume by the engine's disk usage answer (unknown: 0).
+        if let (Some(ws), Some(_)) = (&session.workspace, cfg.workspace_max_size) {
+            let bytes = match ws.volume(&session.id) {
+                None => {
+                    let files = ws.store.files(&session.id);
+                    tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
+                        .await
+                        .unwrap_or(0)
+                }
+                Some(volume) => match self.0.runtime.volume_sizes().await {
+                    Ok(sizes) => sizes.get(&volume).copied().unwrap_or(0),
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "could not ask the engine for the workspace volume's size");
+                        0
+                    }
+                },
+            };
             session.meta.lock().workspace_bytes = bytes;
         }
         match ran.result {
@@ -624,7 +642,7 @@ impl Sessions {
             .map_or(1, |p| p.config().max_concurrent_tasks);
         let mut session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
             .with_concurrency(concurrency);
-        session.workspace = self.0.pools.get(pool).and_then(|p| workspace_store(&p));
+        session.workspace = self.0.pools.get(pool).and_then(|p| workspace_of(&p));
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
         {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{workspace_store, Session, Sessions};
+use super::{workspace_of, Session, Sessions};
 
 /// How often idle sessions are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
@@ -73,29 +73,38 @@ impl Sessions {
         }
     }
 
-    /// The workspace stores of the persistent pools, with their pools' names and TTLs.
-    fn stores(&self) -> Vec<(String, crate::workspace::Store, Duration)> {
+    /// The workspaces of the persistent pools, with their pools' names and TTLs.
+    fn stores(&self) -> Vec<(String, crate::workspace::Workspace, Duration)> {
         self.0
             .pools
             .list()
             .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone(),
-                    workspace_store(p)?,
-                    p.config().workspace_ttl,
-                ))
-            })
+            .filter_map(|p| Some((p.name.clone(), workspace_of(p)?, p.config().workspace_ttl)))
             .collect()
     }
 
-    /// Every persistent workspace of every pool.
-    pub fn workspaces(&self) -> Vec<crate::workspace::WorkspaceInfo> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for (_, store, _) in self.stores() {
-            if seen.insert(store.root().to_path_buf()) {
-                out.extend(store.list());
+    /// Every persistent workspace of every pool. Host directories are measured by a walk;
+    /// engine volumes by the engine's disk usage answer, 0 when it does not say.
+    pub async fn workspaces(&self) -> Vec<crate::workspace::WorkspaceInfo> {
+        let me = self.clone();
+        let mut out = tokio::task::spawn_blocking(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for (_, ws, _) in me.stores() {
+                if seen.insert(ws.store.root().to_path_buf()) {
+                    out.extend(ws.store.list());
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        if out.iter().any(|w| w.volume.is_some()) {
+            let sizes = self.0.runtime.volume_sizes().await.unwrap_or_default();
+            for w in &mut out {
+                if let Some(v) = &w.volume {
+                    w.bytes = sizes.get(v).copied().unwrap_or(0);
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -109,9 +118,9 @@ impl Sessions {
             return self.end_with(id, true).await.is_ok();
         }
         let mut found = false;
-        for (pool, store, _) in self.stores() {
-            if store.record(id).is_some_and(|r| r.pool == pool) {
-                found |= store.delete(id);
+        for (pool, ws, _) in self.stores() {
+            if ws.store.record(id).is_some_and(|r| r.pool == pool) {
+                found |= self.remove_workspace(&ws, id).await;
             }
         }
         found
@@ -130,29 +139,101 @@ impl Sessions {
                 .into_iter()
                 .filter_map(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
                 .collect();
-            let _ = tokio::task::spawn_blocking(move || me.sweep_stores(&live)).await;
+            let sweeper = me.clone();
+            let Ok(expired) =
+                tokio::task::spawn_blocking(move || sweeper.sweep_stores(&live)).await
+            else {
+                return;
+            };
+            // Volumes are the engine's to remove, which the blocking sweep cannot ask.
+            for (ws, id) in expired {
+                tracing::info!(workspace = %id, "workspace unused past workspace_ttl: removed");
+                me.remove_workspace(&ws, &id).await;
+            }
         });
     }
 
-    fn sweep_stores(&self, live: &std::collections::HashSet<String>) {
-        let me = self;
-        {
-            for (pool, store, ttl) in me.stores() {
-                for w in store.expired(ttl) {
-                    if w.pool == pool && me.get(&w.id).is_none() {
+    /// Removes the expired host-directory workspaces no live session holds, sweeps slots and
+    /// sets the metrics; returns the expired volume workspaces, for the caller to remove.
+    /// (A volume's bytes are not counted here: asking the engine walks every volume.)
+    fn sweep_stores(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Vec<(crate::workspace::Workspace, String)> {
+        let mut volumes = Vec::new();
+        for (pool, ws, ttl) in self.stores() {
+            let store = &ws.store;
+            for w in store.expired(ttl) {
+                if w.pool == pool && self.get(&w.id).is_none() {
+                    if w.volume.is_some() {
+                        volumes.push((ws.clone(), w.id.clone()));
+                    } else {
                         tracing::info!(workspace = %w.id, "workspace unused past workspace_ttl: removed");
                         store.delete(&w.id);
                     }
                 }
-                store.sweep_slots(live);
-                let mine: Vec<_> = store
-                    .list()
-                    .into_iter()
-                    .filter(|w| w.pool == pool)
-                    .collect();
-                let bytes: u64 = mine.iter().map(|w| w.bytes).sum();
-                me.0.metrics
-                    .set_workspaces(&pool, mine.len() as i64, bytes as i64);
+            }
+            store.sweep_slots(live);
+            let mine: Vec<_> = store
+                .list()
+                .into_iter()
+                .filter(|w| w.pool == pool)
+                .collect();
+            let bytes: u64 = mine.iter().map(|w| w.bytes).sum();
+            self.0
+                .metrics
+                .set_workspaces(&pool, mine.len() as i64, bytes as i64);
+        }
+        volumes
+    }
+
+    /// Writes a record for each workspace volume of this instance's volume pools that has
+    /// none (the daemon moved hosts, `workspace_root` was wiped): the engine's labels name
+    /// its pool and session, so [`Sessions::restore_workspaces`] brings it back like any
+    /// other, listed and swept by `workspace_ttl` (counted from now). Nothing without a
+    /// label of a current volume pool is touched.
+    pub async fn record_unrecorded_volumes(&self) {
+        use crate::runtime::{LABEL_INSTANCE, LABEL_POOL, LABEL_SESSION};
+        let volume_pools: Vec<_> = self
+            .stores()
+            .into_iter()
+            .filter_map(|(pool, ws, _)| match &ws.home {
+                crate::workspace::Home::Volume { instance } => {
+                    Some((pool, ws.clone(), instance.clone()))
+                }
+                crate::workspace::Home::HostDir => None,
+            })
+            .collect();
+        if volume_pools.is_empty() {
+            return;
+        }
+        let volumes = match self.0.runtime.list_volumes().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the engine's workspace volumes");
+                return;
+            }
+        };
+        for v in volumes {
+            let label = |k: &str| v.labels.get(k).map(String::as_str);
+            let Some((pool, ws, _)) = volume_pools.iter().find(|(pool, _, instance)| {
+                label(LABEL_INSTANCE) == Some(instance) && label(LABEL_POOL) == Some(pool)
+            }) else {
+                continue;
+            };
+            let Some(id) = label(LABEL_SESSION) else {
+                continue;
+            };
+            if ws.volume(id).as_deref() != Some(v.name.as_str()) || ws.store.record(id).is_some() {
+                continue;
+            }
+            match ws.store.record_volume(id, pool, &v.name) {
+                Ok(()) => {
+                    tracing::info!(session = %id, volume = %v.name, "recorded a workspace volume the daemon had no record of")
+                }
+                Err(e) => {
+                    tracing::warn!(session = %id, volume = %v.name, error = %e, "could not record a workspace volume")
+                }
             }
         }
     }
@@ -160,8 +241,8 @@ impl Sessions {
     /// Re-creates, idle, the sessions of the persistent workspaces a previous run left
     /// (those whose container was not adopted).
     pub fn restore_workspaces(&self) {
-        for (pool, store, _) in self.stores() {
-            for w in store.list() {
+        for (pool, ws, _) in self.stores() {
+            for w in ws.store.list() {
                 if w.pool != pool || self.get(&w.id).is_some() {
                     continue;
                 }
@@ -170,7 +251,7 @@ impl Sessions {
                 let mut session =
                     Session::new(w.id.clone(), pool.clone(), cfg.session_idle_timeout)
                         .with_concurrency(cfg.max_concurrent_tasks);
-                session.workspace = Some(store.clone());
+                session.workspace = Some(ws.clone());
                 session.meta.lock().released = true;
                 tracing::info!(session = %w.id, "restored an idle session around its workspace");
                 self.0.map.lock().insert(w.id.clone(), Arc::new(session));

@@ -73,13 +73,10 @@ impl Supervisor {
         if c.state != "running" || cfg.exec != ExecMode::Shim {
             return None;
         }
-        // A workspace slot mounted by a remote engine (a container an earlier build made):
-        // its /workspace is a directory of the engine's host the daemon never moves, so it
-        // is removed, and the pool is failed at its next start (workspace::remote_engine_refusal).
-        if c.labels.contains_key(crate::workspace::LABEL_SLOT)
-            && crate::workspace::remote_engine_refusal(&crate::exec::direct::engine_host())
-                .is_some()
-        {
+        // A workspace slot in a pool whose workspaces are engine volumes (a remote engine; a
+        // container an earlier build made): its /workspace is a directory of the engine's
+        // host the daemon never moves, so it is removed, not adopted.
+        if c.labels.contains_key(crate::workspace::LABEL_SLOT) && !pool.spec().has_slot() {
             return None;
         }
         let current = c.labels.get(LABEL_SPEC).map(String::as_str) == Some(&*pool.spec_hash());

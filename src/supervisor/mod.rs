@@ -223,6 +223,14 @@ impl Supervisor {
         self.factory.container_spec(cfg)
     }
 
+    /// Overrides the engine address that decides where persistent workspaces live (host
+    /// directories for a local engine, engine volumes for a remote one); before
+    /// [`Supervisor::start`]. The daemon's `[docker] host` otherwise; tests play a remote
+    /// engine with it.
+    pub fn set_engine_host(&self, host: &str) {
+        self.factory.set_engine_host(host);
+    }
+
     /// The bridge network of an `isolated` pool.
     pub fn isolated_network(&self, pool: &str) -> String {
         self.factory.isolated_network(pool)
@@ -240,6 +248,7 @@ impl Supervisor {
             self.create_pool(cfg.clone()).await?;
         }
         self.adopt_or_remove(leftovers).await;
+        self.sessions.record_unrecorded_volumes().await;
         self.sessions.restore_workspaces();
         for pool in self.pools() {
             self.spawn_pool_loop(pool);
