@@ -137,7 +137,7 @@ fn busiest(
         e.1 += 1;
     }
     let mut v: Vec<_> = by_comm.into_iter().filter(|(_, (t, _))| *t > 0).collect();
-    v.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
     let tck = clock_ticks_per_second();
     v.iter()
         .take(top)
