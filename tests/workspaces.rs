@@ -572,6 +572,76 @@ async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
     );
 }
 
+/// An upload counts toward `workspace_max_size` as a task's writes do: measured once it is
+/// written, and refused (507, nothing written) while the workspace is over the bound; the
+/// files can still be read.
+#[tokio::test]
+async fn an_upload_over_workspace_max_size_is_the_last_one_written() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1KiB\"\n",
+        root.path().display()
+    );
+    let d = Daemon::start(&config).await;
+    d.wait_ready(LONG).await;
+    let id = format!("{}-upload", d.instance);
+    let (status, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "w", "id": id}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = d.task("w", json!({"session": id, "cmd": ["true"]})).await;
+    assert_eq!(status, 200, "{v}");
+    // Within the bound before it: written, then measured over it.
+    let (status, _, body) = d
+        .request(
+            "PUT",
+            &format!("/v1/sessions/{id}/files/workspace/big"),
+            Some(vec![b'x'; 2048]),
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Over it now: the next upload is refused and writes nothing.
+    let (status, _, body) = d
+        .request(
+            "PUT",
+            &format!("/v1/sessions/{id}/files/workspace/more"),
+            Some(b"more".to_vec()),
+        )
+        .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 507, "{v}");
+    assert_eq!(v["error"]["code"], "workspace_full", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("2048 bytes") && message.contains("workspace_max_size (1024 bytes)"),
+        "{message}"
+    );
+    let (status, _, _) = d
+        .request(
+            "GET",
+            &format!("/v1/sessions/{id}/files/workspace/more"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "the refused upload wrote a file");
+    // So is a task; reading still works.
+    let (status, v) = d.task("w", json!({"session": id, "cmd": ["true"]})).await;
+    assert_eq!(status, 507, "{v}");
+    let (status, _, body) = d
+        .request(
+            "GET",
+            &format!("/v1/sessions/{id}/files/workspace/big"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 2048);
+}
+
 /// Bytes of the files under `dir`, walked on the host.
 fn bytes_under(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)

@@ -194,11 +194,17 @@ async fn upload(
         drain(&mut body).await;
         return Err(e);
     }
+    if let Err(e) = state.supervisor.sessions.upload_room(id) {
+        drain(&mut body).await;
+        return Err(e.into());
+    }
     let hold = hold(state, id).await?;
     let result = transfer::upload(&state.supervisor.runtime, hold, argv, &mut body, max).await;
     if matches!(result, Err(TransferError::TooLarge(_))) {
         drain(&mut body).await;
     }
+    // Whatever was written counts, a failed upload's part too.
+    state.supervisor.sessions.after_upload(id).await;
     result.map_err(failure)
 }
 
@@ -257,7 +263,7 @@ async fn download(
         (status = 413, description = "`body_too_large`: a body over `server.max_request_body`", body = ErrorBody),
         (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
         (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
-        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left", body = ErrorBody),
+        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left. `workspace_full`: the session's persistent workspace is over its pool's `workspace_max_size` (nothing written)", body = ErrorBody),
         (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
@@ -333,7 +339,7 @@ pub(super) async fn get_file(
         (status = 413, description = "`body_too_large`: a body over `server.max_request_body`", body = ErrorBody),
         (status = 500, description = "`file_transfer_failed`: a file command that ended in a way the daemon does not know (the message has its exit and output)", body = ErrorBody),
         (status = 502, description = "`container_failed`: the container died during the transfer; it is being replaced", body = ErrorBody),
-        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left", body = ErrorBody),
+        (status = 507, description = "`no_space`: no space left in the container (a full tmpfs workdir); nothing partial is left. `workspace_full`: the session's persistent workspace is over its pool's `workspace_max_size` (nothing written)", body = ErrorBody),
         (status = 503, description = "`engine_unavailable`: the engine is down", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),

@@ -1,11 +1,78 @@
-//! A persistent workspace's bound while a task runs: the task that takes it over
-//! `workspace_max_size` is killed (docs/configuration.md, `workspace_max_size`).
+//! A persistent workspace's bound (docs/configuration.md, `workspace_max_size`): a task or
+//! upload is refused while the workspace is over it, the task that takes it over is killed,
+//! and the workspace is measured after each task and upload.
 
 use super::{Session, SessionError, Sessions};
+use crate::config::PoolConfig;
 use crate::exec::Conn;
 use crate::metrics::RemoveReason;
 
+/// 507 `workspace_full` when the session's workspace, as last measured, is over its pool's
+/// `workspace_max_size`; `None` when it is within it or unbounded.
+pub(super) fn over_bound(session: &Session, cfg: &PoolConfig) -> Option<SessionError> {
+    let held = session.meta.lock().workspace_bytes;
+    let max = cfg.workspace_max_size.filter(|m| held > *m)?;
+    let id = &session.id;
+    Some(SessionError::WorkspaceFull(format!(
+        "the workspace of session {id:?} holds {held} bytes, over pool {}'s workspace_max_size ({max} bytes): \
+         delete files (DELETE /v1/workspaces/{id} removes it all) or raise workspace_max_size in pools.toml \
+         (a reload applies it); files can still be read",
+        cfg.name
+    )))
+}
+
 impl Sessions {
+    /// Before an upload into session `id`'s container: 507 `workspace_full` while its
+    /// persistent workspace is over `workspace_max_size`, as for a task. Other errors are
+    /// left to the transfer itself (unknown session: it says so).
+    pub fn upload_room(&self, id: &str) -> Result<(), SessionError> {
+        let Some(session) = self.get(id) else {
+            return Ok(());
+        };
+        let Some(pool) = self.0.pools.get(&session.pool) else {
+            return Ok(());
+        };
+        over_bound(&session, &pool.config()).map_or(Ok(()), Err)
+    }
+
+    /// After an upload into session `id`'s container: measures its bounded workspace again,
+    /// so an upload takes it over by at most one request body (`max_request_body`) before
+    /// the next task or upload is refused.
+    pub async fn after_upload(&self, id: &str) {
+        let Some(session) = self.get(id) else {
+            return;
+        };
+        let Some(pool) = self.0.pools.get(&session.pool) else {
+            return;
+        };
+        self.measure_workspace(&session, &pool.config()).await;
+    }
+
+    /// Measures a bounded persistent workspace into the session's `workspace_bytes`: a host
+    /// directory by a walk, an engine volume by the engine's disk usage answer (unknown: 0).
+    /// Nothing for an unbounded or ephemeral one.
+    pub(super) async fn measure_workspace(&self, session: &Session, cfg: &PoolConfig) {
+        let (Some(ws), Some(_)) = (&session.workspace, cfg.workspace_max_size) else {
+            return;
+        };
+        let bytes = match ws.volume(&session.id) {
+            None => {
+                let files = ws.store.files(&session.id);
+                tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
+                    .await
+                    .unwrap_or(0)
+            }
+            Some(volume) => match self.0.runtime.volume_sizes().await {
+                Ok(sizes) => sizes.get(&volume).copied().unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(session = %session.id, error = %e, "could not ask the engine for the workspace volume's size");
+                    0
+                }
+            },
+        };
+        session.meta.lock().workspace_bytes = bytes;
+    }
+
     /// Ends a task that took its session's workspace over `workspace_max_size` (already
     /// killed through its stop, or, for a `docker-exec` task the engine cannot kill, by
     /// removing the container: the workspace stays on the host) and says so.

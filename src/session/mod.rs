@@ -331,13 +331,8 @@ impl Sessions {
             .acquire()
             .await
             .map_err(|_| SessionError::NotFound(id.to_string()))?;
-        let held = session.meta.lock().workspace_bytes;
-        if let Some(max) = cfg.workspace_max_size.filter(|m| held > *m) {
-            return Err(SessionError::WorkspaceFull(format!(
-                "the workspace of session {id:?} holds {held} bytes, over pool {}'s workspace_max_size ({max} bytes): \
-                 delete it (DELETE /v1/workspaces/{id}) or raise workspace_max_size in pools.toml (a reload applies it)",
-                pool.name
-            )));
+        if let Some(full) = bound::over_bound(&session, &cfg) {
+            return Err(full);
         }
         let (container, conn, cold) = {
             let mut slot = session.slot.lock().await;
@@ -390,26 +385,7 @@ impl Sessions {
             m.tasks += 1;
             m.last_used = Instant::now();
         }
-        // A bounded persistent workspace is measured after each task: a host directory by
-        // a walk, an engine volume by the engine's disk usage answer (unknown: 0).
-        if let (Some(ws), Some(_)) = (&session.workspace, cfg.workspace_max_size) {
-            let bytes = match ws.volume(&session.id) {
-                None => {
-                    let files = ws.store.files(&session.id);
-                    tokio::task::spawn_blocking(move || crate::workspace::size_of(&files))
-                        .await
-                        .unwrap_or(0)
-                }
-                Some(volume) => match self.0.runtime.volume_sizes().await {
-                    Ok(sizes) => sizes.get(&volume).copied().unwrap_or(0),
-                    Err(e) => {
-                        tracing::warn!(session = %id, error = %e, "could not ask the engine for the workspace volume's size");
-                        0
-                    }
-                },
-            };
-            session.meta.lock().workspace_bytes = bytes;
-        }
+        self.measure_workspace(&session, &cfg).await;
         match ran.result {
             Ok(exit) => Ok(TaskReport {
                 task_id,
