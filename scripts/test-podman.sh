@@ -143,7 +143,7 @@ if [ "$mode" != rootless ]; then
     nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
     # Podman lowers its own nproc limit at start; take the one it runs with.
     probe_sock="$run_dir/probe.sock"
-    CONTAINERS_CONF=$conf podman system service --time=0 "unix://$probe_sock" >/dev/null 2>&1 &
+    CONTAINERS_CONF=$conf podman system service --time=0 "unix://$probe_sock" >/dev/null 2>&1 9>&- &
     probe=$!
     wait_socket "$probe_sock"
     nproc=$(awk '/^Max processes/ {print $4}' "/proc/$probe/limits")
@@ -155,7 +155,8 @@ if [ "$mode" != rootless ]; then
   fi
   # From its run directory: conmon writes an `oom` file into its working directory when a
   # container's process is OOM-killed, which must not land in the checkout.
-  (cd "$run_dir" && CONTAINERS_CONF=$conf exec podman system service --time=0 "$sock") >"$run_dir/service.log" 2>&1 &
+  # 9>&-: not the engine lock scripts/test.sh holds on fd 9, which would outlive the run.
+  (cd "$run_dir" && CONTAINERS_CONF=$conf exec podman system service --time=0 "$sock") >"$run_dir/service.log" 2>&1 9>&- &
   service_pids+=($!)
   wait_socket "$run_dir/podman.sock"
   podman load -q -i "$tar" >/dev/null
@@ -184,7 +185,7 @@ if [ "$mode" != rootful ]; then
     chmod 0666 /dev/net/tun
   fi
   user_sock="unix://$user_run/podman.sock"
-  su -s /bin/bash "$user" -c "cd $user_run && XDG_RUNTIME_DIR=$user_run podman system service --time=0 $user_sock >$user_run/service.log 2>&1 & echo \$! >$user_run/service.pid"
+  su -s /bin/bash "$user" -c "cd $user_run && XDG_RUNTIME_DIR=$user_run podman system service --time=0 $user_sock >$user_run/service.log 2>&1 & echo \$! >$user_run/service.pid" 9>&-
   wait_socket "$user_run/podman.sock"
   service_pids+=("$(cat "$user_run/service.pid")")
   # Built in the user's store rather than loaded: rootless Podman's vfs storage keeps the

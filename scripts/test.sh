@@ -20,11 +20,13 @@ cargo test --locked --lib --bins
 # Everything from here drives the engine: hold the engine lock that every engine test run and
 # benchmark on a shared engine takes (docs/benchmarks.md), so none of them overlaps this run.
 # Compile first, outside the lock. The scripts below see WARMPOOL_ENGINE_LOCK_HELD and do not
-# take it again (a second flock on the same file would wait for this one forever).
+# take it again (a second flock on the same file would wait for this one forever). The lock
+# is held on fd 9, which every child inherits: a service that outlives the run (Podman's)
+# must be started with `9>&-`, or it holds the lock after the run and the next one waits.
 cargo test --locked --test '*' --no-run
 cargo build --locked
-exec {engine_lock}>/tmp/warmpool-engine.lock
-flock -w 3600 "$engine_lock" || { echo "test.sh: the engine lock stayed taken for an hour"; exit 1; }
+exec 9>/tmp/warmpool-engine.lock
+flock -w 3600 9 || { echo "test.sh: the engine lock stayed taken for an hour"; exit 1; }
 export WARMPOOL_ENGINE_LOCK_HELD=1
 cargo test --locked --test '*' -- --test-threads=1
 # The daemon against its own OpenAPI document (/openapi.json), fuzzed by schemathesis.
