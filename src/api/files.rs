@@ -194,7 +194,7 @@ async fn upload(
         drain(&mut body).await;
         return Err(e);
     }
-    if let Err(e) = state.supervisor.sessions.upload_room(id) {
+    if let Err(e) = state.supervisor.sessions.upload_room(id).await {
         drain(&mut body).await;
         return Err(e.into());
     }

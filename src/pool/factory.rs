@@ -544,7 +544,11 @@ pub(super) async fn give_volume_to_user(
             pool_spec.user
         )),
         Err(e) => Err(format!(
-            "could not run the helper that gives the workspace volume to security.user {:?}: {e}",
+            "could not run `chown {uid}:{gid} {}` in a helper container of image {}, which gives \
+             a remote engine's workspace volume to security.user {:?}: {e}; the image needs a \
+             chown (coreutils or busybox): add one, or use a local engine",
+            crate::workspace::WORKSPACE_PATH,
+            spec.image,
             pool_spec.user
         )),
     }

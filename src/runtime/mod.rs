@@ -364,7 +364,8 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Bytes of the engine's volumes by name, as its disk usage answer (`GET /system/df`)
     /// gives them: a volume whose size the engine does not know (a driver other than
-    /// `local`) is missing. Costly on the engine (it walks every volume): asked rarely.
+    /// `local`) is missing. Costly on the engine (it walks every volume): asked per listing
+    /// of workspaces and after each task of a session whose remote workspace is bounded.
     async fn volume_sizes(&self) -> Result<BTreeMap<String, u64>, RuntimeError> {
         Ok(BTreeMap::new())
     }

@@ -15,24 +15,42 @@ pub(super) fn over_bound(session: &Session, cfg: &PoolConfig) -> Option<SessionE
     let id = &session.id;
     Some(SessionError::WorkspaceFull(format!(
         "the workspace of session {id:?} holds {held} bytes, over pool {}'s workspace_max_size ({max} bytes): \
-         delete files (DELETE /v1/workspaces/{id} removes it all) or raise workspace_max_size in pools.toml \
-         (a reload applies it); files can still be read",
+         tasks and uploads are refused until it is under it (it is measured again at each one); \
+         free space in it from the host (with a local engine it is a directory under workspace_root), \
+         delete it (DELETE /v1/workspaces/{id}), or raise workspace_max_size in pools.toml (a reload \
+         applies it); its files can still be read",
         cfg.name
     )))
 }
 
 impl Sessions {
-    /// Before an upload into session `id`'s container: 507 `workspace_full` while its
-    /// persistent workspace is over `workspace_max_size`, as for a task. Other errors are
-    /// left to the transfer itself (unknown session: it says so).
-    pub fn upload_room(&self, id: &str) -> Result<(), SessionError> {
+    /// Before a task or upload: 507 `workspace_full` while the session's persistent
+    /// workspace is over `workspace_max_size`. Over it as last measured, it is measured
+    /// again first, so space freed meanwhile (from the host) lets the session go on.
+    pub(super) async fn refuse_if_over(
+        &self,
+        session: &Session,
+        cfg: &PoolConfig,
+    ) -> Result<(), SessionError> {
+        if over_bound(session, cfg).is_none() {
+            return Ok(());
+        }
+        self.measure_workspace(session, cfg).await;
+        over_bound(session, cfg).map_or(Ok(()), Err)
+    }
+
+    /// Before an upload into session `id`'s container: [`Sessions::refuse_if_over`], as for
+    /// a task. Other errors are left to the transfer itself (unknown session: it says so).
+    /// Uploads that run at once are each checked before any is measured, so each can take
+    /// the workspace over by up to one request body.
+    pub async fn upload_room(&self, id: &str) -> Result<(), SessionError> {
         let Some(session) = self.get(id) else {
             return Ok(());
         };
         let Some(pool) = self.0.pools.get(&session.pool) else {
             return Ok(());
         };
-        over_bound(&session, &pool.config()).map_or(Ok(()), Err)
+        self.refuse_if_over(&session, &pool.config()).await
     }
 
     /// After an upload into session `id`'s container: measures its bounded workspace again,
@@ -49,8 +67,9 @@ impl Sessions {
     }
 
     /// Measures a bounded persistent workspace into the session's `workspace_bytes`: a host
-    /// directory by a walk, an engine volume by the engine's disk usage answer (unknown: 0).
-    /// Nothing for an unbounded or ephemeral one.
+    /// directory by a walk, an engine volume by the engine's disk usage answer (a volume it
+    /// does not report: 0; no answer: the last measure stays, so an engine busy with another
+    /// disk-usage call does not lift the bound). Nothing for an unbounded or ephemeral one.
     pub(super) async fn measure_workspace(&self, session: &Session, cfg: &PoolConfig) {
         let (Some(ws), Some(_)) = (&session.workspace, cfg.workspace_max_size) else {
             return;
@@ -65,8 +84,8 @@ impl Sessions {
             Some(volume) => match self.0.runtime.volume_sizes().await {
                 Ok(sizes) => sizes.get(&volume).copied().unwrap_or(0),
                 Err(e) => {
-                    tracing::warn!(session = %session.id, error = %e, "could not ask the engine for the workspace volume's size");
-                    0
+                    tracing::warn!(session = %session.id, error = %e, "could not ask the engine for the workspace volume's size; keeping the last measure");
+                    return;
                 }
             },
         };

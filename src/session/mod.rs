@@ -331,9 +331,7 @@ impl Sessions {
             .acquire()
             .await
             .map_err(|_| SessionError::NotFound(id.to_string()))?;
-        if let Some(full) = bound::over_bound(&session, &cfg) {
-            return Err(full);
-        }
+        self.refuse_if_over(&session, &cfg).await?;
         let (container, conn, cold) = {
             let mut slot = session.slot.lock().await;
             if session.meta.lock().ended {
