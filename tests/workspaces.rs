@@ -393,26 +393,19 @@ async fn in_session(d: &Daemon, pool: &str, id: &str, shell: &str) -> Value {
     panic!("two 502s in a row for {shell:?}:\n{}", d.log());
 }
 
-#[tokio::test]
-async fn a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted() {
+/// A daemon with one persistent pool `w` (`keys` added to it, one per line) whose
+/// workspace_root is a fresh host directory the task user can enter, ready, and a session
+/// `<instance>-<suffix>` created on it. Keep the directory for as long as the daemon.
+async fn persistent_pool(keys: &str, suffix: &str) -> (tempfile::TempDir, Daemon, String) {
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
-        r#"
-[pools.w]
-image = "warmpool/agent:latest"
-min = 1
-warm = 2
-max = 4
-session_workspace = "persistent"
-workspace_root = "{}"
-session_idle_timeout = "1s"
-"#,
+        "[pools.w]\nimage = \"warmpool/agent:latest\"\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\n{keys}\n",
         root.path().display()
     );
-    let mut d = Daemon::start(&config).await;
+    let d = Daemon::start(&config).await;
     d.wait_ready(LONG).await;
-    let id = format!("{}-ws", d.instance);
+    let id = format!("{}-{suffix}", d.instance);
     let (status, v) = d
         .post_raw(
             "/v1/sessions",
@@ -420,6 +413,16 @@ session_idle_timeout = "1s"
         )
         .await;
     assert_eq!(status, 201, "{v}");
+    (root, d, id)
+}
+
+#[tokio::test]
+async fn a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted() {
+    let (root, mut d, id) = persistent_pool(
+        "min = 1\nwarm = 2\nmax = 4\nsession_idle_timeout = \"1s\"",
+        "ws",
+    )
+    .await;
     let v = in_session(
         &d,
         "w",
@@ -535,20 +538,8 @@ session_idle_timeout = "1s"
 
 #[tokio::test]
 async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1KiB\"\n",
-        root.path().display()
-    );
-    let d = Daemon::start(&config).await;
-    d.wait_ready(LONG).await;
-    let id = format!("{}-full", d.instance);
-    d.post_raw(
-        "/v1/sessions",
-        json!({"pool": "w", "id": id}).to_string().into_bytes(),
-    )
-    .await;
+    let (_root, d, id) =
+        persistent_pool("min = 1\nwarm = 1\nworkspace_max_size = \"1KiB\"", "full").await;
     // Over the bound: killed while it runs (507) when the twice-a-second watch sees it first
     // (a loaded machine), else measured once it is done; either way the next task is refused.
     let (status, v) = d
@@ -577,22 +568,8 @@ async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
 /// files can still be read.
 #[tokio::test]
 async fn an_upload_over_workspace_max_size_is_the_last_one_written() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1KiB\"\n",
-        root.path().display()
-    );
-    let d = Daemon::start(&config).await;
-    d.wait_ready(LONG).await;
-    let id = format!("{}-upload", d.instance);
-    let (status, v) = d
-        .post_raw(
-            "/v1/sessions",
-            json!({"pool": "w", "id": id}).to_string().into_bytes(),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
+    let (root, d, id) =
+        persistent_pool("min = 1\nwarm = 1\nworkspace_max_size = \"1KiB\"", "upload").await;
     let (status, v) = d.task("w", json!({"session": id, "cmd": ["true"]})).await;
     assert_eq!(status, 200, "{v}");
     // Within the bound before it: written, then measured over it.
@@ -683,18 +660,11 @@ fn bytes_under(dir: &std::path::Path) -> u64 {
 /// it), answered 507 `workspace_full`, and the host holds little more than the bound. With the
 /// watch ignored, the task would write its 64 MiB and answer 200 after about 13 s.
 async fn a_runaway_writer_is_stopped_at_workspace_max_size(exec: &str) {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "[pools.w]\nimage = \"warmpool/agent:latest\"\nexec = \"{exec}\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nworkspace_max_size = \"1MiB\"\ntask_timeout = \"120s\"\n",
-        root.path().display()
-    );
-    let d = Daemon::start(&config).await;
-    d.wait_ready(LONG).await;
-    let id = format!("{}-runaway", d.instance);
-    d.post_raw(
-        "/v1/sessions",
-        json!({"pool": "w", "id": id}).to_string().into_bytes(),
+    let (root, d, id) = persistent_pool(
+        &format!(
+            "exec = \"{exec}\"\nmin = 1\nwarm = 1\nworkspace_max_size = \"1MiB\"\ntask_timeout = \"120s\""
+        ),
+        "runaway",
     )
     .await;
     let first = in_session(&d, "w", &id, "echo started > /workspace/a").await;
@@ -749,22 +719,11 @@ async fn a_runaway_writer_is_stopped_at_workspace_max_size_docker_exec() {
 /// list and from the host. With the key ignored (the 7-day default) it would stay.
 #[tokio::test]
 async fn a_workspace_unused_past_workspace_ttl_is_removed() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = format!(
-        "[pools.w]\nimage = \"warmpool/agent:latest\"\nmin = 1\nwarm = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\nsession_idle_timeout = \"1s\"\nworkspace_ttl = \"3s\"\n",
-        root.path().display()
-    );
-    let d = Daemon::start(&config).await;
-    d.wait_ready(LONG).await;
-    let id = format!("{}-ttl", d.instance);
-    let (status, v) = d
-        .post_raw(
-            "/v1/sessions",
-            json!({"pool": "w", "id": id}).to_string().into_bytes(),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
+    let (_root, d, id) = persistent_pool(
+        "min = 1\nwarm = 1\nsession_idle_timeout = \"1s\"\nworkspace_ttl = \"3s\"",
+        "ttl",
+    )
+    .await;
     let v = in_session(&d, "w", &id, "echo kept > /workspace/f.txt").await;
     assert_eq!(v["exit_code"], 0, "{v}");
     let listed = |v: &Value| {
