@@ -25,24 +25,12 @@ user=${WARMPOOL_ROOTLESS_USER:-warmpool-test}
 user_run=/run/warmpool-podman-$user
 
 # Tests Podman cannot pass, and why (docs/operations.md, "Podman"):
-# - after a kill -9 of the daemon, Podman (conmon) closes a shim container's stdin with the
-#   daemon's attach connection, so its idle containers and sessions end with the daemon and
-#   cannot be adopted by the next one; docker-exec pools are adopted.
 # - Podman reports bind mounts in its own inspect format, which that test does not read yet;
 #   it ignores HostConfig.Runtime, so warmpool refuses a pool's security.runtime there (the
 #   security test sets one).
-# - an adopted container's max_age counts from the adoption on Podman 4.3, not from the
-#   engine's creation as on Docker: retired at 13.0 s against about 8 s, twice in a row (a
-#   known bug, not yet explained; docs/operations.md, "Podman").
-# - a remote engine's workspace volume stays after DELETE /v1/sessions/{id}?workspace=delete
-#   on Podman 4.3 (found at this test's first Podman run; not yet explained).
 rootful_skip=(
-  a_start_after_kill_9_adopts_idle_containers_and_removes_the_rest
-  a_session_survives_kill_9_and_a_restart_and_a_graceful_stop_ends_it
   a_bind_mount_is_read_only_unless_asked_and_shows_in_docker_inspect
   changed_security_settings_reach_the_engine
-  an_adopted_container_ages_from_its_engine_creation
-  a_persistent_pool_on_a_remote_engine_keeps_workspaces_in_named_volumes
 )
 # The rootless smoke subset (test names, matched exactly).
 rootless_tests=(

@@ -2,6 +2,7 @@
 //! bollard, so engine quirks stay here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
@@ -29,6 +30,44 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// The containers labelled managed by warmpool, through bollard's typed listing.
+    async fn list_managed_typed(&self) -> Result<Vec<ContainerSummary>, ListError> {
+        let list = self
+            .client()
+            .map_err(ListError::Engine)?
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(managed_filter()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::JsonDataError { message, .. }
+                    if message.contains("unknown variant") =>
+                {
+                    ListError::UnreadableState(message)
+                }
+                e => ListError::Engine(map_err(e)),
+            })?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                state: c
+                    .state
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                created: c.created,
+            })
+            .collect())
+    }
+
     /// For `host` (`unix://...`, `tcp://...`), or `DOCKER_HOST`, or the local socket. It
     /// speaks API 1.41, that of Docker 20.10, which every later engine still serves.
     pub fn new(host: Option<&str>) -> Self {
@@ -134,12 +173,9 @@ impl DockerRuntime {
                 send(io, path).await
             }
         };
-        let body = tokio::time::timeout(
-            std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS),
-            request,
-        )
-        .await
-        .map_err(|_| "request timed out".to_string())??;
+        let body = tokio::time::timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS), request)
+            .await
+            .map_err(|_| "request timed out".to_string())??;
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 
@@ -190,6 +226,48 @@ fn map_err(e: bollard::errors::Error) -> RuntimeError {
             }
         }
     }
+}
+
+/// Containers from the engine's `/containers/json` read as plain JSON (an array of Docker's
+/// container summaries), taking any `State` string as it is.
+///
+/// Errors: the body is not an array of objects with an `Id`.
+fn summaries_from_json(v: &serde_json::Value) -> Result<Vec<ContainerSummary>, String> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| format!("not a JSON array: {v:.200}"))?;
+    list.iter()
+        .map(|c| {
+            let id = c["Id"]
+                .as_str()
+                .ok_or_else(|| format!("a container without an Id: {c:.200}"))?;
+            Ok(ContainerSummary {
+                id: id.to_string(),
+                name: c["Names"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                labels: c["Labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                state: c["State"].as_str().unwrap_or("unknown").to_string(),
+                created: c["Created"].as_i64(),
+            })
+        })
+        .collect()
+}
+
+/// Why a container listing failed.
+enum ListError {
+    /// A container's state is one bollard cannot read (Podman's `stopped`): bollard's words.
+    UnreadableState(String),
+    Engine(RuntimeError),
 }
 
 /// Podman's report of an exec it could not start, in Docker's words.
@@ -504,32 +582,33 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        let list = self
-            .client()?
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(managed_filter()),
-                ..Default::default()
-            }))
-            .await
-            .map_err(map_err)?;
-        Ok(list
-            .into_iter()
-            .map(|c| ContainerSummary {
-                id: c.id.unwrap_or_default(),
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
-                labels: c.labels.unwrap_or_default().into_iter().collect(),
-                state: c
-                    .state
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                created: c.created,
-            })
-            .collect())
+        match self.list_managed_typed().await {
+            Ok(list) => Ok(list),
+            Err(ListError::Engine(e)) => Err(e),
+            // Podman before 5 lists a container whose process has ended but whose cleanup
+            // has not run yet as `stopped`, a state Docker's API does not have, so bollard
+            // cannot read the list at all (containers/podman#28359). A kill -9'd daemon's
+            // attached containers all pass through it at once, when the next start lists
+            // them to adopt or remove. The same listing, read as plain JSON, has them all.
+            Err(ListError::UnreadableState(why)) => {
+                tracing::debug!(error = %why, "the engine lists a container in a state the Docker API does not have; reading the list as plain JSON");
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("all", "true")
+                    .append_pair(
+                        "filters",
+                        &serde_json::to_string(&managed_filter()).unwrap_or_default(),
+                    )
+                    .finish();
+                self.get_json(&format!("/containers/json?{query}"))
+                    .await
+                    .and_then(|v| summaries_from_json(&v))
+                    .map_err(|e| {
+                        RuntimeError::Other(format!(
+                            "the engine's container list names a state the Docker API does not have ({why}), and reading it as plain JSON failed too: {e}"
+                        ))
+                    })
+            }
+        }
     }
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
@@ -769,6 +848,31 @@ const SIGNAL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Podman 4.3's list of a container whose process just ended (state `stopped`, which
+    /// bollard's typed listing rejects): read as plain JSON, it is there with its state.
+    #[test]
+    fn a_listing_with_podmans_stopped_state_is_read_as_plain_json() {
+        let body = serde_json::json!([{
+            "Id": "98bb0a82d853",
+            "Names": ["/warmpool-ws-s-rv"],
+            "Labels": {"warmpool.managed": "true", "warmpool.pool": "ws"},
+            "State": "stopped",
+            "Created": 1796006594,
+            "Mounts": [{"Type": "volume", "Name": "warmpool-i-ws-rv"}]
+        }]);
+        let list = summaries_from_json(&body).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].id, "98bb0a82d853");
+        assert_eq!(list[0].name, "warmpool-ws-s-rv");
+        assert_eq!(list[0].state, "stopped");
+        assert_eq!(list[0].created, Some(1796006594));
+        assert_eq!(list[0].labels["warmpool.pool"], "ws");
+        let err = summaries_from_json(&serde_json::json!({"message": "no"})).unwrap_err();
+        assert!(err.contains("not a JSON array"), "{err}");
+        let err = summaries_from_json(&serde_json::json!([{"Names": []}])).unwrap_err();
+        assert!(err.contains("without an Id"), "{err}");
+    }
 
     #[test]
     fn podmans_exec_start_failure_reads_as_dockers() {

@@ -243,7 +243,10 @@ impl Supervisor {
     /// Errors: a pool's network cannot be set up.
     pub async fn start(self: &Arc<Self>, config: &Config) -> anyhow::Result<()> {
         self.wait_for_engine().await;
-        let leftovers = self.list_ours().await.unwrap_or_default();
+        let leftovers = self.list_ours().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not list the containers a previous run left; none is adopted now, and the reaper removes them within health_check_interval");
+            Vec::new()
+        });
         for cfg in config.pools.values() {
             self.create_pool(cfg.clone()).await?;
         }
