@@ -41,6 +41,11 @@ pub struct Record {
     /// The engine volume holding its files ([`Home::Volume`]); `None` for a host directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// The volume was given to the pool's task user (`chown`, on its first claim): until
+    /// then every claim gives it again, so a crash between the volume's creation and the
+    /// `chown` does not leave a workspace its user cannot write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume_owned: bool,
 }
 
 /// A workspace as `GET /v1/workspaces` shows it.
@@ -334,6 +339,7 @@ impl Store {
                 slot: Some(key.to_string()),
                 last_used: now(),
                 volume: None,
+                volume_owned: false,
             },
         )
     }
@@ -343,6 +349,9 @@ impl Store {
     pub fn record_volume(&self, id: &str, pool: &str, volume: &str) -> std::io::Result<()> {
         check_id(id).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(self.root.join("store"))?;
+        let volume_owned = self
+            .record(id)
+            .is_some_and(|r| r.volume_owned && r.volume.as_deref() == Some(volume));
         self.write(
             id,
             &Record {
@@ -350,8 +359,18 @@ impl Store {
                 slot: None,
                 last_used: now(),
                 volume: Some(volume.to_string()),
+                volume_owned,
             },
         )
+    }
+
+    /// Records that workspace `id`'s volume was given to its pool's task user.
+    pub fn mark_volume_owned(&self, id: &str) -> std::io::Result<()> {
+        let Some(mut record) = self.record(id) else {
+            return Ok(());
+        };
+        record.volume_owned = true;
+        self.write(id, &record)
     }
 
     /// Moves the workspace's entries back from its slot into the store and removes the slot:

@@ -203,10 +203,10 @@ async fn deletes_remove_the_volume() {
 
     // `DELETE /v1/workspaces/s2` of an idle session.
     until("s2 idle", || container_of(&sup, "s2").is_none()).await;
-    assert!(sup.sessions.delete_workspace("s2").await);
+    assert!(sup.sessions.delete_workspace("s2").await.unwrap());
     assert!(fake.volumes().is_empty());
     assert!(sup.sessions.workspaces().await.is_empty());
-    assert!(!sup.sessions.delete_workspace("s2").await);
+    assert!(!sup.sessions.delete_workspace("s2").await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -348,4 +348,98 @@ async fn a_labelled_volume_without_a_record_is_restored_at_start() {
     assert!(sup.sessions.get("s9").is_none());
     let container = run(&sup, "s1", &["echo"]).await.unwrap();
     assert!(mounts_volume(&fake, &container, VOLUME));
+}
+
+/// The volume's `chown` helper runs on each claim until one succeeded: a daemon that died
+/// between creating the volume and giving it to the task user (the volume exists, its record
+/// says it was not given) gives it on the next claim, and only once.
+#[tokio::test(start_paused = true)]
+async fn a_volume_never_given_to_the_task_user_is_given_on_its_next_claim() {
+    let root = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    let sup = setup_on(fake.clone(), cfg(root.path())).await;
+    // What the crash left: the record (written first) and the volume, no chown.
+    let store = crate::workspace::Store::new(root.path().join("test"));
+    store.record_volume("s1", "p", VOLUME).unwrap();
+    let labels = crate::workspace::volume_labels("test", "p", "s1");
+    crate::runtime::Runtime::ensure_volume(&*fake, VOLUME, &labels)
+        .await
+        .unwrap();
+    assert!(!store.record("s1").unwrap().volume_owned);
+
+    let creates = fake.creates.load(Ordering::SeqCst);
+    sup.create_session("p", Some("s1".into()), None).unwrap();
+    run(&sup, "s1", &["echo"]).await.unwrap();
+    assert_eq!(
+        fake.creates.load(Ordering::SeqCst),
+        creates + 2,
+        "the helper, then the session's container"
+    );
+    assert!(store.record("s1").unwrap().volume_owned);
+
+    // Resumed after an idle end: no helper any more.
+    until("the idle session let its container go", || {
+        container_of(&sup, "s1").is_none()
+    })
+    .await;
+    let creates = fake.creates.load(Ordering::SeqCst);
+    run(&sup, "s1", &["echo"]).await.unwrap();
+    assert_eq!(fake.creates.load(Ordering::SeqCst), creates + 1);
+    assert!(
+        store.record("s1").unwrap().volume_owned,
+        "kept by the claim's record"
+    );
+}
+
+/// A volume the engine will not remove is not reported removed: the delete is an error that
+/// says the workspace stays listed, its record stays, and a later delete removes it.
+#[tokio::test(start_paused = true)]
+async fn a_volume_the_engine_keeps_is_not_answered_deleted() {
+    let root = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    let sup = setup_on(fake.clone(), cfg(root.path())).await;
+    for id in ["s1", "s2"] {
+        sup.create_session("p", Some(id.into()), None).unwrap();
+        run(&sup, id, &["echo"]).await.unwrap();
+    }
+    sup.end_session("s1").await.unwrap();
+    let store = crate::workspace::Store::new(root.path().join("test"));
+
+    // A workspace without a session.
+    fake.down.store(true, Ordering::SeqCst);
+    let err = sup.sessions.delete_workspace("s1").await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(VOLUME) && text.contains("stays"), "{text}");
+    assert!(
+        matches!(
+            err,
+            crate::session::SessionError::Submit(crate::task::SubmitError::Exec(
+                crate::exec::ExecError::Engine(_)
+            ))
+        ),
+        "503 engine_unavailable: {err:?}"
+    );
+    assert!(store.record("s1").is_some(), "still listed");
+
+    // A live session's, by `?workspace=delete`: the session ends, the error says the
+    // workspace did not go.
+    let err = sup.sessions.end_with("s2", true).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ended, but its workspace was not deleted"),
+        "{err}"
+    );
+    assert!(sup.sessions.get("s2").is_none());
+    assert!(store.record("s2").is_some());
+
+    // The engine back: the next deletes remove them.
+    fake.down.store(false, Ordering::SeqCst);
+    until("the session's container removed by the reaper", || {
+        fake.live().len() == 1
+    })
+    .await;
+    assert!(sup.sessions.delete_workspace("s1").await.unwrap());
+    assert!(sup.sessions.delete_workspace("s2").await.unwrap());
+    assert!(fake.volumes().is_empty(), "{:?}", fake.volumes());
+    assert!(store.record("s1").is_none() && store.record("s2").is_none());
 }

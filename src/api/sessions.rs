@@ -294,7 +294,8 @@ pub(super) async fn get_session(
 }
 
 /// `DELETE /v1/sessions/{id}`: ends it once its running task is done; answers the session
-/// as it ended (`"state": "ended"`), or 404 `unknown_session`.
+/// as it ended (`"state": "ended"`), or 404 `unknown_session`, or 503 `engine_unavailable`
+/// when a workspace to delete was kept.
 #[utoipa::path(
     delete,
     path = "/v1/sessions/{id}",
@@ -311,6 +312,8 @@ pub(super) async fn get_session(
         (status = 400, description = "`invalid_request`: the path is not valid UTF-8, or an unknown query", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`unknown_session`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: with `workspace=delete`, the session ended but the engine would not remove its workspace's volume, which stays listed", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []), ()),
 )]

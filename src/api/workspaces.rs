@@ -112,6 +112,8 @@ pub(super) async fn list_workspaces(State(state): State<AppState>) -> Json<Works
         (status = 400, description = "`invalid_path`: not a session id, or it contains `..`; `invalid_request`: the path is not valid UTF-8", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "`not_found`: no workspace of that id", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the engine would not remove the workspace's volume (a remote engine's workspace); it stays listed", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []), ()),
 )]
@@ -121,7 +123,7 @@ pub(super) async fn delete_workspace(
 ) -> Result<Json<WorkspaceDeleted>, ApiError> {
     crate::workspace::check_id(&id)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPath, m))?;
-    if state.supervisor.sessions.delete_workspace(&id).await {
+    if state.supervisor.sessions.delete_workspace(&id).await? {
         Ok(Json(WorkspaceDeleted { id, deleted: true }))
     } else {
         Err(ApiError::new(

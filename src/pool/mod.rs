@@ -457,8 +457,9 @@ impl Pool {
     /// the pool's spec with `volume` mounted at /workspace and the session's `limits`, named
     /// `name` (a session container's name, which the caller has already made the session's
     /// so the reaper leaves it alone). A warm container cannot get a mount, so this is a cold
-    /// start every time the session resumes. When `fresh` (the volume was just created,
-    /// empty and root-owned), a helper of the same name first gives it to the task user.
+    /// start every time the session resumes. When `give_to_user` (the volume is new, empty
+    /// and root-owned, or an earlier claim did not get that far), a helper of the same name
+    /// first gives it to the task user.
     /// The container is not a member: the session owns it from here.
     ///
     /// Errors: the pool is closed, or the start failed; nothing is left behind (a failed
@@ -467,14 +468,14 @@ impl Pool {
         &self,
         name: &str,
         volume: &str,
-        fresh: bool,
+        give_to_user: bool,
         limits: &crate::runtime::Limits,
     ) -> Result<(String, Conn), String> {
         if self.is_closed() {
             return Err(AcquireError::Closed(self.name.clone()).to_string());
         }
         let pool_spec = self.spec();
-        if fresh {
+        if give_to_user {
             factory::give_volume_to_user(&self.runtime, name, &pool_spec, volume).await?;
         }
         let mut spec = (*pool_spec).clone();

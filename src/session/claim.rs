@@ -179,8 +179,11 @@ impl Sessions {
             m.container = Some(name.clone());
             m.lost = None;
         }
+        // Given to the task user on the first claim, and again on any claim before one
+        // succeeded (a crash between the volume's creation and its `chown`).
+        let give = fresh || !ws.store.record(id).is_some_and(|r| r.volume_owned);
         let started = pool
-            .start_for_session(&name, volume, fresh, &session.limits)
+            .start_for_session(&name, volume, give, &session.limits)
             .await;
         let (container, conn) = match started {
             Ok(started) => started,
@@ -206,6 +209,11 @@ impl Sessions {
                 .into());
             }
         };
+        if give {
+            if let Err(e) = ws.store.mark_volume_owned(id) {
+                tracing::warn!(session = %id, error = %e, "could not record that the workspace volume was given to the task user; the next claim gives it again");
+            }
+        }
         {
             let mut m = session.meta.lock();
             m.container = Some(container.clone());

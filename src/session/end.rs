@@ -11,6 +11,8 @@ use crate::exec::TaskSpec;
 use crate::metrics::RemoveReason;
 
 use super::{Session, SessionError, SessionInfo, Sessions};
+use crate::exec::ExecError;
+use crate::task::SubmitError;
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,7 +28,9 @@ impl Sessions {
     /// [`Sessions::end`]; `delete_workspace` removes a persistent workspace too (else it is
     /// kept for a later session of the same id).
     ///
-    /// Errors: [`SessionError::NotFound`] when it is not live.
+    /// Errors: [`SessionError::NotFound`] when it is not live; when the engine would not
+    /// remove the workspace's volume, the session has ended but the workspace stays (listed,
+    /// tried again by the next delete or `workspace_ttl`): 503 `engine_unavailable` saying so.
     pub async fn end_with(
         &self,
         id: &str,
@@ -43,20 +47,27 @@ impl Sessions {
         }
         .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         let info = session.info();
-        self.finish(session).await;
-        Ok(info)
+        match self.finish(session).await {
+            Some(kept) => Err(SubmitError::Exec(ExecError::Engine(format!(
+                "session {id:?} ended, but its workspace was not deleted: {kept}"
+            )))
+            .into()),
+            None => Ok(info),
+        }
     }
 
     /// The end of a session already out of the map (in `ending`): waits for its running
-    /// task, runs the end command, removes the container.
-    pub(super) async fn finish(&self, session: Arc<Session>) {
-        self.finish_container(&session).await;
+    /// task, runs the end command, removes the container. Returns why its workspace, to be
+    /// deleted, was kept ([`Sessions::remove_workspace`]).
+    pub(super) async fn finish(&self, session: Arc<Session>) -> Option<String> {
+        let kept = self.finish_container(&session).await;
         // Only now is the container no longer the session's.
         session.meta.lock().container = None;
         self.0.ending.lock().retain(|s| !Arc::ptr_eq(s, &session));
+        kept
     }
 
-    async fn finish_container(&self, session: &Arc<Session>) {
+    async fn finish_container(&self, session: &Arc<Session>) -> Option<String> {
         session.meta.lock().ended = true;
         self.publish();
         // Every permit: the tasks that run (or came before) are done.
@@ -66,8 +77,7 @@ impl Sessions {
             .await;
         let mut slot = session.slot.lock().await;
         let Some((container, conn)) = slot.take() else {
-            self.keep_or_delete_workspace(session).await;
-            return;
+            return self.keep_or_delete_workspace(session).await;
         };
         let cfg = self.0.pools.get(&session.pool).map(|p| p.config());
         if let Some((cfg, cmd)) = cfg.and_then(|c| c.session_end_command.clone().map(|m| (c, m))) {
@@ -96,41 +106,50 @@ impl Sessions {
         self.0
             .metrics
             .removed(&session.pool, RemoveReason::SessionEnd);
-        self.keep_or_delete_workspace(session).await;
+        let kept = self.keep_or_delete_workspace(session).await;
         tracing::info!(session = %session.id, "session ended");
+        kept
     }
 
     /// At a session's end (its container removed): its persistent workspace goes back to
-    /// the store (a volume stays as it is), or is removed.
-    async fn keep_or_delete_workspace(&self, session: &Session) {
-        let Some(ws) = &session.workspace else {
-            return;
-        };
+    /// the store (a volume stays as it is), or is removed. Returns why a workspace to be
+    /// removed was kept.
+    async fn keep_or_delete_workspace(&self, session: &Session) -> Option<String> {
+        let ws = session.workspace.as_ref()?;
         if session.meta.lock().delete_workspace {
-            self.remove_workspace(ws, &session.id).await;
-        } else if let Err(e) = ws.let_go(&session.id) {
+            return self.remove_workspace(ws, &session.id).await.err();
+        }
+        if let Err(e) = ws.let_go(&session.id) {
             tracing::warn!(session = %session.id, error = %e, "could not put the workspace back in its store");
         }
+        None
     }
 
     /// Removes workspace `id`: its volume (if it has one) first, then its record and files;
-    /// false when there was none. A volume the engine would not remove keeps its record, so
-    /// it stays listed and the next delete or `workspace_ttl` sweep tries again.
+    /// `Ok(false)` when there was none.
+    ///
+    /// Errors: the engine would not remove the volume (in use by a container, unreachable):
+    /// the record stays, so the workspace stays listed and the next delete or `workspace_ttl`
+    /// sweep tries again; the message says so.
     pub(super) async fn remove_workspace(
         &self,
         ws: &crate::workspace::Workspace,
         id: &str,
-    ) -> bool {
+    ) -> Result<bool, String> {
         let Some(record) = ws.store.record(id) else {
-            return false;
+            return Ok(false);
         };
         if let Some(volume) = record.volume {
             if let Err(e) = self.0.runtime.remove_volume(&volume).await {
                 tracing::warn!(workspace = %id, volume = %volume, error = %e, "could not remove the workspace's volume; it stays listed and is tried again");
-                return true;
+                return Err(format!(
+                    "the engine did not remove its volume {volume} ({e}); workspace {id:?} stays \
+                     listed in GET /v1/workspaces: DELETE /v1/workspaces/{id} again (after \
+                     removing what uses the volume), or workspace_ttl tries again"
+                ));
             }
         }
-        ws.store.delete(id)
+        Ok(ws.store.delete(id))
     }
 
     /// A persistent session gone idle gives its container back (removed) and keeps its

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{workspace_of, Session, Sessions};
+use super::{workspace_of, Session, SessionError, Sessions};
+use crate::exec::ExecError;
+use crate::task::SubmitError;
 
 /// How often idle sessions are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
@@ -111,19 +113,28 @@ impl Sessions {
         out
     }
 
-    /// Removes workspace `id`: ends its live session if it has one. False when there is no
-    /// such workspace.
-    pub async fn delete_workspace(&self, id: &str) -> bool {
+    /// Removes workspace `id`: ends its live session if it has one. `Ok(false)` when there
+    /// is no such workspace.
+    ///
+    /// Errors: the engine would not remove the workspace's volume (it stays listed; the
+    /// message says what to do), as 503 `engine_unavailable`.
+    pub async fn delete_workspace(&self, id: &str) -> Result<bool, SessionError> {
         if self.get(id).is_some_and(|s| s.workspace.is_some()) {
-            return self.end_with(id, true).await.is_ok();
+            return match self.end_with(id, true).await {
+                Ok(_) => Ok(true),
+                Err(SessionError::NotFound(_)) => Ok(false),
+                Err(e) => Err(e),
+            };
         }
         let mut found = false;
         for (pool, ws, _) in self.stores() {
             if ws.store.record(id).is_some_and(|r| r.pool == pool) {
-                found |= self.remove_workspace(&ws, id).await;
+                found |= self.remove_workspace(&ws, id).await.map_err(|kept| {
+                    SessionError::from(SubmitError::Exec(ExecError::Engine(kept)))
+                })?;
             }
         }
-        found
+        Ok(found)
     }
 
     /// Measures workspaces for the metrics and removes those unused past their pool's
@@ -147,8 +158,10 @@ impl Sessions {
             };
             // Volumes are the engine's to remove, which the blocking sweep cannot ask.
             for (ws, id) in expired {
-                tracing::info!(workspace = %id, "workspace unused past workspace_ttl: removed");
-                me.remove_workspace(&ws, &id).await;
+                // A volume the engine keeps is logged there, and tried again next sweep.
+                if let Ok(true) = me.remove_workspace(&ws, &id).await {
+                    tracing::info!(workspace = %id, "workspace unused past workspace_ttl: removed");
+                }
             }
         });
     }
