@@ -443,3 +443,34 @@ async fn a_volume_the_engine_keeps_is_not_answered_deleted() {
     assert!(fake.volumes().is_empty(), "{:?}", fake.volumes());
     assert!(store.record("s1").is_none() && store.record("s2").is_none());
 }
+
+/// A failed pool (the engine refuses its containers) answers a remote session's claim as it
+/// answers a pool task, `pool_failed` with the engine's words, and creates nothing for it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_pool_refuses_a_remote_sessions_claim_without_a_create() {
+    let root = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    let sup = setup_on(fake.clone(), cfg(root.path())).await;
+    let pool = sup.pool("p").unwrap();
+    // The image is gone from the engine; the warm container dies, its replacement is refused.
+    fake.missing_images.lock().insert("img".to_string());
+    fake.kill(&fake.live()[0]);
+    until("the pool failed", || pool.failure().is_some()).await;
+
+    let attempts = fake.create_attempts.load(Ordering::SeqCst);
+    sup.create_session("p", Some("s1".into()), None).unwrap();
+    let err = run(&sup, "s1", &["echo"]).await.unwrap_err();
+    assert!(
+        err.contains("pool p is failed") && err.contains("img"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.create_attempts.load(Ordering::SeqCst),
+        attempts,
+        "no create tried"
+    );
+    assert!(
+        fake.volumes().is_empty(),
+        "the volume made for the claim went with it"
+    );
+}

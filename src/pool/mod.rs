@@ -78,6 +78,18 @@ pub enum AcquireError {
     Failed { pool: String, failure: Failure },
 }
 
+/// Why a session's own container ([`Pool::start_for_session`]) was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStartError {
+    /// The pool starts nothing now: it is closed, or failed (the engine refuses its
+    /// containers), answered as a pool task would be.
+    #[error(transparent)]
+    Pool(#[from] AcquireError),
+    /// The engine did not create, start or connect it: its words and what to do.
+    #[error("{0}")]
+    Engine(String),
+}
+
 /// The pools of a daemon by name, shared by the supervisor and the sessions.
 #[derive(Default)]
 pub struct Pools(RwLock<BTreeMap<String, Arc<Pool>>>);
@@ -462,21 +474,31 @@ impl Pool {
     /// first gives it to the task user.
     /// The container is not a member: the session owns it from here.
     ///
-    /// Errors: the pool is closed, or the start failed; nothing is left behind (a failed
-    /// create or start removes what was made, as a warm start does).
+    /// Errors: [`SessionStartError::Pool`] when the pool is closed or failed (nothing is
+    /// tried); [`SessionStartError::Engine`] when the start failed, and nothing is left
+    /// behind (a failed create or start removes what was made, as a warm start does).
     pub async fn start_for_session(
         &self,
         name: &str,
         volume: &str,
         give_to_user: bool,
         limits: &crate::runtime::Limits,
-    ) -> Result<(String, Conn), String> {
+    ) -> Result<(String, Conn), SessionStartError> {
         if self.is_closed() {
-            return Err(AcquireError::Closed(self.name.clone()).to_string());
+            return Err(AcquireError::Closed(self.name.clone()).into());
+        }
+        if let Some(failure) = self.failure() {
+            return Err(AcquireError::Failed {
+                pool: self.name.clone(),
+                failure,
+            }
+            .into());
         }
         let pool_spec = self.spec();
         if give_to_user {
-            factory::give_volume_to_user(&self.runtime, name, &pool_spec, volume).await?;
+            factory::give_volume_to_user(&self.runtime, name, &pool_spec, volume)
+                .await
+                .map_err(SessionStartError::Engine)?;
         }
         let mut spec = (*pool_spec).clone();
         spec.mounts.push(factory::volume_mount(volume));
@@ -493,7 +515,7 @@ impl Pool {
             self.config().exec,
         )
         .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| SessionStartError::Engine(e.message))?;
         self.metrics
             .started(&self.name, begun.elapsed().as_secs_f64());
         Ok((container, conn))

@@ -199,6 +199,10 @@ impl Sessions {
                     }
                 }
                 self.0.metrics.task_rejected(&pool.name);
+                let e = match e {
+                    crate::pool::SessionStartError::Pool(refused) => return Err(refused.into()),
+                    crate::pool::SessionStartError::Engine(e) => e,
+                };
                 tracing::warn!(session = %id, error = %e, "could not start the session's container with its workspace volume");
                 return Err(SubmitError::Exec(ExecError::Engine(format!(
                     "could not start a container of pool {} for session {id} with its workspace volume {volume} \
