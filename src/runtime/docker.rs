@@ -644,6 +644,29 @@ impl Runtime for DockerRuntime {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "unknown".into()),
             )),
+            // Podman's states Docker lacks (`stopped`, ...) are unreadable to bollard; the
+            // same inspect read as plain JSON names them (containers/podman#28359).
+            Err(bollard::errors::Error::JsonDataError { message, .. })
+                if message.contains("unknown variant") =>
+            {
+                let info = match self.get_json(&format!("/containers/{id}/json")).await {
+                    // Removed in between.
+                    Err(e) if e.starts_with("404") => return Ok(None),
+                    other => other,
+                }
+                .map_err(|e| {
+                    RuntimeError::Other(format!(
+                        "container {id}'s state is one the Docker API does not have \
+                             ({message}), and reading it as plain JSON failed too: {e}"
+                    ))
+                })?;
+                Ok(Some(
+                    info["State"]["Status"]
+                        .as_str()
+                        .unwrap_or("unknown")
+                        .to_string(),
+                ))
+            }
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(None),
                 other => Err(other),
