@@ -67,8 +67,15 @@ for line in sys.stdin:
 
 tar=$(mktemp /tmp/warmpool-agent.XXXXXX.tar)
 service_pids=()
+# A service asked to stop can linger (the rootless one outlived a run once, with its child in
+# the user namespace): it gets 5 s, then it and its children are killed.
 cleanup() {
-  for p in "${service_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${service_pids[@]}"; do
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    pkill -KILL -P "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  done
   rm -f "$tar"
 }
 trap cleanup EXIT
