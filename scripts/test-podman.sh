@@ -67,15 +67,19 @@ for line in sys.stdin:
 
 tar=$(mktemp /tmp/warmpool-agent.XXXXXX.tar)
 service_pids=()
-# A service asked to stop can linger (the rootless one outlived a run once, with its child in
-# the user namespace): it gets 5 s, then it and its children are killed.
+# The rootless service re-executes itself into its user namespace, so the pid `su` saw is not
+# the service's, which outlived every run reparented to init: the test user's services are
+# stopped by owner. Each service gets 5 s after its TERM, then is killed.
+stop_pid() { # pid
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  for p in "${service_pids[@]}"; do
-    kill "$p" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    pkill -KILL -P "$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-  done
+  for p in "${service_pids[@]}"; do stop_pid "$p"; done
+  if id "$user" >/dev/null 2>&1; then
+    for p in $(pgrep -u "$user" -f 'podman system service' || true); do stop_pid "$p"; done
+  fi
   rm -f "$tar"
 }
 trap cleanup EXIT
