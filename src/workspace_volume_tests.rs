@@ -180,8 +180,9 @@ async fn idle_removes_the_container_keeps_the_volume_and_a_resume_mounts_it_agai
     assert!(mounts_volume(&fake, &third, VOLUME));
 }
 
-#[tokio::test(start_paused = true)]
-async fn deletes_remove_the_volume() {
+/// A started remote-engine pool with sessions s1 and s2 that each ran a task (each holds a
+/// container and its volume).
+async fn two_sessions() -> (tempfile::TempDir, Arc<FakeRuntime>, Arc<Supervisor>) {
     let root = tempfile::tempdir().unwrap();
     let fake = FakeRuntime::new();
     let sup = setup_on(fake.clone(), cfg(root.path())).await;
@@ -189,6 +190,12 @@ async fn deletes_remove_the_volume() {
         sup.create_session("p", Some(id.into()), None).unwrap();
         run(&sup, id, &["echo"]).await.unwrap();
     }
+    (root, fake, sup)
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletes_remove_the_volume() {
+    let (_root, fake, sup) = two_sessions().await;
     fake.set_volume_size(VOLUME, 4096);
     let listed = sup.sessions.workspaces().await;
     assert_eq!(listed.len(), 2);
@@ -395,13 +402,7 @@ async fn a_volume_never_given_to_the_task_user_is_given_on_its_next_claim() {
 /// says the workspace stays listed, its record stays, and a later delete removes it.
 #[tokio::test(start_paused = true)]
 async fn a_volume_the_engine_keeps_is_not_answered_deleted() {
-    let root = tempfile::tempdir().unwrap();
-    let fake = FakeRuntime::new();
-    let sup = setup_on(fake.clone(), cfg(root.path())).await;
-    for id in ["s1", "s2"] {
-        sup.create_session("p", Some(id.into()), None).unwrap();
-        run(&sup, id, &["echo"]).await.unwrap();
-    }
+    let (root, fake, sup) = two_sessions().await;
     sup.end_session("s1").await.unwrap();
     let store = crate::workspace::Store::new(root.path().join("test"));
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::exec::{Conn, ExecError, RESET_TIMEOUT};
+use crate::exec::{Conn, RESET_TIMEOUT};
 use crate::metrics::RemoveReason;
 use crate::task::SubmitError;
 
@@ -87,10 +87,9 @@ impl Sessions {
                 let _ = self.0.runtime.remove(&container).await;
                 self.0.metrics.removed(&pool.name, RemoveReason::Unhealthy);
                 tracing::warn!(session = %id, error = %e, "could not name the session's container; removed it");
-                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                return Err(SessionError::engine(format!(
                     "could not mark a container as session {id}'s ({e}); it was removed, no task ran, and the session's next task tries another"
-                )))
-                .into());
+                )));
             }
             // The session's own size, by the engine's live update: no new container.
             if !session.limits.is_empty() {
@@ -166,10 +165,9 @@ impl Sessions {
             Err(e) => {
                 forget();
                 self.0.metrics.task_rejected(&pool.name);
-                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                return Err(SessionError::engine(format!(
                     "could not create or find session {id}'s workspace volume {volume} on the engine ({e}); no task ran, and the session's next task tries again"
-                )))
-                .into());
+                )));
             }
         };
         // The session's before it exists, by name, so the reaper leaves it alone.
@@ -204,13 +202,12 @@ impl Sessions {
                     crate::pool::SessionStartError::Engine(e) => e,
                 };
                 tracing::warn!(session = %id, error = %e, "could not start the session's container with its workspace volume");
-                return Err(SubmitError::Exec(ExecError::Engine(format!(
+                return Err(SessionError::engine(format!(
                     "could not start a container of pool {} for session {id} with its workspace volume {volume} \
                      (a remote engine's persistent workspace needs a cold start per resume): {e}; no task ran, \
                      nothing was left behind, and the session's next task tries again",
                     pool.name
-                )))
-                .into());
+                )));
             }
         };
         if give {

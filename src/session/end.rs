@@ -11,8 +11,6 @@ use crate::exec::TaskSpec;
 use crate::metrics::RemoveReason;
 
 use super::{Session, SessionError, SessionInfo, Sessions};
-use crate::exec::ExecError;
-use crate::task::SubmitError;
 
 /// How long `session_end_command` may run, at most (the pool's task_timeout if shorter).
 const END_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -48,10 +46,9 @@ impl Sessions {
         .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         let info = session.info();
         match self.finish(session).await {
-            Some(kept) => Err(SubmitError::Exec(ExecError::Engine(format!(
+            Some(kept) => Err(SessionError::engine(format!(
                 "session {id:?} ended, but its workspace was not deleted: {kept}"
-            )))
-            .into()),
+            ))),
             None => Ok(info),
         }
     }

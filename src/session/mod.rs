@@ -80,6 +80,14 @@ pub enum SessionError {
     TaskFailed(String),
 }
 
+impl SessionError {
+    /// 503 `engine_unavailable`: the engine did not do what the session needed; `message`
+    /// says what, what was left, and what to do.
+    pub(crate) fn engine(message: String) -> Self {
+        SessionError::Submit(SubmitError::Exec(crate::exec::ExecError::Engine(message)))
+    }
+}
+
 impl From<AcquireError> for SessionError {
     fn from(e: AcquireError) -> Self {
         SessionError::Submit(SubmitError::Acquire(e))

@@ -7,8 +7,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{workspace_of, Session, SessionError, Sessions};
-use crate::exec::ExecError;
-use crate::task::SubmitError;
 
 /// How often idle sessions are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(500);
@@ -129,9 +127,10 @@ impl Sessions {
         let mut found = false;
         for (pool, ws, _) in self.stores() {
             if ws.store.record(id).is_some_and(|r| r.pool == pool) {
-                found |= self.remove_workspace(&ws, id).await.map_err(|kept| {
-                    SessionError::from(SubmitError::Exec(ExecError::Engine(kept)))
-                })?;
+                found |= self
+                    .remove_workspace(&ws, id)
+                    .await
+                    .map_err(SessionError::engine)?;
             }
         }
         Ok(found)
