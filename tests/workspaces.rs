@@ -539,6 +539,117 @@ async fn a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted()
     );
 }
 
+/// The mounts at `target` in `pid`'s mount namespace, bottom first, each as the directory
+/// of its filesystem it shows (mountinfo's field 4): what a container sees there.
+fn mount_roots(pid: &str, target: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&target)).then(|| f[3].to_string())
+        })
+        .collect()
+}
+
+/// Mount points at or under `dir` in the test's (the daemon's) mount namespace.
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resume_binds_the_workspace_into_a_warm_container_in_one_mount() {
+    if !std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+    {
+        eprintln!("skipped: the daemon mounts only as root");
+        return;
+    }
+    let (root, mut d, id) = persistent_pool(
+        "min = 1\nwarm = 2\nmax = 4\nsession_idle_timeout = \"1s\"",
+        "bound",
+    )
+    .await;
+    let v = in_session(&d, "w", &id, "echo kept > /workspace/a.txt").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let first = container_of(&d, &v);
+    let store = root.path().join(&d.instance).join("store").join(&id);
+    let bound_here = |container: &str| {
+        let info = inspect(container);
+        let pid = info["State"]["Pid"].to_string();
+        let ws = info["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Destination"] == "/workspace")
+            .cloned()
+            .unwrap_or_default();
+        (mount_roots(&pid, "/workspace"), ws["Propagation"].clone())
+    };
+    let (roots, propagation) = bound_here(&first);
+    assert_eq!(propagation, "rslave", "the slot's bind takes later mounts");
+    assert!(
+        roots
+            .last()
+            .is_some_and(|r| r.ends_with(&format!("/store/{id}"))),
+        "the container's /workspace is the store's directory, bound on its slot: {roots:?}"
+    );
+    // Bound, the store's directory is the workspace: the host writes into it directly.
+    for i in 0..5_000 {
+        std::fs::write(store.join(format!("f{i}")), "x").unwrap();
+    }
+    std::fs::write(store.join("from-host"), "host\n").unwrap();
+    let v = in_session(
+        &d,
+        "w",
+        &id,
+        "cat /workspace/from-host; ls /workspace | wc -l",
+    )
+    .await;
+    assert_eq!(v["stdout"], "host\n5002\n", "{v}");
+
+    // Idle: the container goes, and so does the mount; the files stay in the store.
+    wait_for("the session to go idle", LONG, || {
+        (!exists(&first)).then_some(())
+    })
+    .await;
+    wait_for("the slot's mount to go", LONG, || {
+        (mounts_under(root.path()).len() == 1).then_some(())
+    })
+    .await;
+    assert!(store.join("a.txt").exists());
+
+    // Resume: a warm container, 5,002 top-level entries, one mount.
+    let v = in_session(&d, "w", &id, "cat /workspace/a.txt; ls /workspace | wc -l").await;
+    assert_eq!(v["stdout"], "kept\n5002\n", "{v}");
+    assert_eq!(v["cold_start"], false, "{v}");
+    let second = container_of(&d, &v);
+    assert!(bound_here(&second)
+        .0
+        .last()
+        .is_some_and(|r| r.ends_with(&format!("/store/{id}"))));
+
+    // A kill -9 leaves the mount for the adopted container; a restart resumes on it.
+    d.kill9();
+    d.restart().await;
+    d.wait_ready(LONG).await;
+    let v = in_session(&d, "w", &id, "cat /workspace/a.txt").await;
+    assert_eq!(v["stdout"], "kept\n", "after kill -9 and a restart: {v}");
+
+    // A clean stop leaves no mount under workspace_root, and a plain directory.
+    d.stop();
+    assert_eq!(mounts_under(root.path()), Vec::<String>::new());
+    assert!(store.join("a.txt").exists());
+}
+
 #[tokio::test]
 async fn a_workspace_over_workspace_max_size_gets_no_new_task() {
     let (_root, d, id) =

@@ -16,6 +16,7 @@ use crate::runtime::{
     ContainerSpec, Runtime, RuntimeError, LABEL_DAEMON, LABEL_INSTANCE, LABEL_MANAGED, LABEL_POOL,
     LABEL_SPEC,
 };
+use crate::workspace::slot_mount;
 
 /// Where the shim binary sits inside every shim container.
 pub const SHIM_IN_CONTAINER: &str = "/.warmpool/shim";
@@ -370,8 +371,15 @@ pub(super) async fn create_and_connect(
                 )
             })?;
             let mut s = spec.clone();
+            // In mount mode (a shared root) the slot is an rslave bind, so a workspace bound
+            // onto it later reaches the container (`workspace::slot_mount`).
+            let propagation = if runtime.shares_mounts() && slot_mount::enable(root) {
+                format!(":{}", slot_mount::SLOT_PROPAGATION)
+            } else {
+                String::new()
+            };
             s.binds.push(format!(
-                "{}:{}",
+                "{}:{}{propagation}",
                 dir.display(),
                 crate::workspace::WORKSPACE_PATH
             ));
@@ -452,7 +460,16 @@ pub(super) async fn create_and_connect(
     .await;
     match result {
         Ok(conn) => Ok((id, conn)),
-        Err(e) => {
+        Err(mut e) => {
+            // An engine that does not see the slot root as shared: its next container gets a
+            // plain bind, so this refusal is not for good (the pool starts another, as after
+            // any failed start).
+            if slot_mount::is_propagation_refusal(&e.message) {
+                if let Some(ws) = spec.workspace.as_ref() {
+                    slot_mount::disable(std::path::Path::new(&ws.root), &e.message);
+                    e.refusal = None;
+                }
+            }
             // It never served: it failed, as a container that fails its probe does.
             if runtime.remove(&id).await.is_ok() {
                 metrics.removed(pool, RemoveReason::Unhealthy);

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecSpec, ExecStarted, Limits, Runtime, RuntimeError,
+    Attached, ContainerSpec, ContainerSummary, ExecSpec, ExecStarted, Inspected, Limits, Runtime,
+    RuntimeError,
 };
 
 /// Container removals in flight at once, across the daemon.
@@ -84,6 +85,12 @@ impl Runtime for Bounded {
     }
     async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError> {
         self.inner.inspect_state(id).await
+    }
+    async fn inspect_process(&self, id: &str) -> Result<Option<Inspected>, RuntimeError> {
+        self.inner.inspect_process(id).await
+    }
+    fn shares_mounts(&self) -> bool {
+        self.inner.shares_mounts()
     }
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError> {
         self.inner.exec_start(id, spec).await

@@ -16,8 +16,8 @@ use futures_util::StreamExt;
 
 use super::engine::{classify, Engine, PodmanHost, ACCEPT_UNENFORCED_LIMITS_ENV};
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Limits, Runtime,
-    RuntimeError, VolumeSummary, LABEL_MANAGED,
+    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Inspected, Limits,
+    Runtime, RuntimeError, VolumeSummary, LABEL_MANAGED,
 };
 
 /// The Docker engine. The client is made on first use, so a daemon started before the
@@ -27,6 +27,23 @@ pub struct DockerRuntime {
     docker: parking_lot::RwLock<Option<Docker>>,
     /// Which engine answers (Docker or Podman), asked once it first answers.
     engine: tokio::sync::OnceCell<Engine>,
+}
+
+/// Labels and pid out of a container's inspect answer (`Config.Labels`, `State.Pid`).
+fn inspected_from_json(info: &serde_json::Value) -> Inspected {
+    let labels = info["Config"]["Labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pid = info["State"]["Pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0);
+    Inspected { labels, pid }
 }
 
 impl DockerRuntime {
@@ -627,6 +644,19 @@ impl Runtime for DockerRuntime {
             Err(e) if e.to_string().contains("unknown variant") => Ok(false),
             Err(e) => Err(map_err(e)),
         }
+    }
+
+    async fn inspect_process(&self, id: &str) -> Result<Option<Inspected>, RuntimeError> {
+        // Plain JSON: Podman's states bollard cannot read do not matter here.
+        let info = match self.get_json(&format!("/containers/{id}/json")).await {
+            Err(e) if e.starts_with("404") => return Ok(None),
+            other => other.map_err(|e| RuntimeError::Other(format!("inspect {id}: {e}")))?,
+        };
+        Ok(Some(inspected_from_json(&info)))
+    }
+
+    fn shares_mounts(&self) -> bool {
+        crate::config::is_local_engine(&self.host)
     }
 
     async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError> {

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::Notify;
 
 use super::{
-    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Runtime,
-    RuntimeError, VolumeSummary,
+    Attached, ContainerSpec, ContainerSummary, ExecChunk, ExecSpec, ExecStarted, Inspected,
+    Runtime, RuntimeError, VolumeSummary,
 };
 use crate::shim_proto::{Event, Exit, Request};
 use futures_util::StreamExt;
@@ -365,6 +365,21 @@ impl Runtime for FakeRuntime {
             .get(id)
             .filter(|c| c.state != "removed" && !c.ghost)
             .map(|c| c.state.clone()))
+    }
+
+    /// The labels it was made with, and no pid: a fake container has no process, so a
+    /// workspace never takes the mount path here.
+    async fn inspect_process(&self, id: &str) -> Result<Option<Inspected>, RuntimeError> {
+        self.check_up()?;
+        Ok(self
+            .containers
+            .lock()
+            .get(id)
+            .filter(|c| c.state != "removed" && !c.ghost)
+            .map(|c| Inspected {
+                labels: c.labels.clone(),
+                pid: None,
+            }))
     }
 
     /// An exec, as the file transfers (`session::transfer`) run the shim's file commands:

@@ -228,6 +228,15 @@ impl ContainerSpec {
     }
 }
 
+/// What [`Runtime::inspect_process`] tells of a container.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Inspected {
+    pub labels: BTreeMap<String, String>,
+    /// The host pid of its main process (`State.Pid`); `None` when it does not run or the
+    /// engine does not say (0).
+    pub pid: Option<u32>,
+}
+
 /// An engine named volume warmpool made (labelled `warmpool.managed=true`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeSummary {
@@ -331,6 +340,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// still show a container whose removal the engine has finished ("Removal In
     /// Progress" ghosts of a busy dockerd): what inspect finds is what exists.
     async fn inspect_state(&self, id: &str) -> Result<Option<String>, RuntimeError>;
+    /// A container's labels and its main process's host pid, or `None` when inspect does
+    /// not find it: one engine call, where a claim once listed every container.
+    async fn inspect_process(&self, id: &str) -> Result<Option<Inspected>, RuntimeError> {
+        Err(RuntimeError::Refused(format!(
+            "this engine cannot inspect container {id}"
+        )))
+    }
+    /// Whether this engine's containers are made in the daemon's own mount namespace (a
+    /// local engine), so a mount the daemon makes under a container's `rslave` bind can
+    /// reach it (`crate::workspace::slot_mount`). False unless the engine says so.
+    fn shares_mounts(&self) -> bool {
+        false
+    }
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<ExecStarted, RuntimeError>;
     /// `None` while the exec runs, its exit code once it ended.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;

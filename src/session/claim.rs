@@ -225,7 +225,9 @@ impl Sessions {
         Ok(true)
     }
 
-    /// Moves workspace `id` into the slot of `container` (found by its `warmpool.slot` label).
+    /// Brings workspace `id` into the slot of `container` (found by its `warmpool.slot`
+    /// label): by a bind mount the container is checked to see, through its main process's
+    /// `/proc/<pid>/root`, or else by rename (`crate::workspace::Store::attach`).
     async fn attach_workspace(
         &self,
         store: &crate::workspace::Store,
@@ -233,17 +235,32 @@ impl Sessions {
         pool: &str,
         container: &str,
     ) -> Result<(), String> {
-        let list = self
+        let inspected = self
             .0
             .runtime
-            .list_managed()
+            .inspect_process(container)
             .await
-            .map_err(|e| e.to_string())?;
-        let key = list
-            .into_iter()
-            .find(|c| c.id == container)
-            .and_then(|c| c.labels.get(crate::workspace::LABEL_SLOT).cloned())
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the container is gone".to_string())?;
+        let key = inspected
+            .labels
+            .get(crate::workspace::LABEL_SLOT)
+            .cloned()
             .ok_or_else(|| "the container has no workspace slot".to_string())?;
-        store.attach(id, pool, &key).map_err(|e| e.to_string())
+        let seen = inspected
+            .pid
+            .filter(|_| self.0.runtime.shares_mounts())
+            .map(|pid| {
+                std::path::PathBuf::from(format!(
+                    "/proc/{pid}/root{}",
+                    crate::workspace::WORKSPACE_PATH
+                ))
+            });
+        let started = std::time::Instant::now();
+        let brought = store
+            .attach(id, pool, &key, seen.as_deref())
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(session = %id, ?brought, took = ?started.elapsed(), "workspace brought into its container");
+        Ok(())
     }
 }

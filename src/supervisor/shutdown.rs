@@ -119,6 +119,21 @@ impl Supervisor {
         }
         let left = self.confirm_none_left(CONFIRM_TIMEOUT).await;
         self.factory.remove_networks().await;
+        // The workspace roots' shared mounts go only when no container is left whose slot
+        // bind depends on them; otherwise the next start, which adopts or removes those
+        // containers, finds them in place.
+        if left == Leftovers::None {
+            for pool in self.pools() {
+                if let Some(ws) = pool
+                    .spec()
+                    .workspace
+                    .as_ref()
+                    .filter(|_| pool.spec().has_slot())
+                {
+                    crate::workspace::slot_mount::release(std::path::Path::new(&ws.root));
+                }
+            }
+        }
         left
     }
 

@@ -5,11 +5,13 @@
 //! [`WORKSPACE_PATH`]; the slot's key travels in the container's `warmpool.slot` label, which
 //! a rename does not change. A workspace (`<root>/store/<id>/`, with `<root>/store/<id>.json`
 //! beside it) belongs to one session id. When a session claims a container, the slot is
-//! wiped (a pool task may have written there) and the workspace's entries are moved into it
-//! by rename (the engine cannot add a mount to a running container); when the session lets
-//! the container go (idle, end), they are moved back. A container that dies leaves its slot
-//! on the host: the workspace's record still names it, and the next claim moves the entries
-//! from there. `<root>` is the pool's `workspace_root` plus the daemon's instance.
+//! wiped (a pool task may have written there) and the workspace is brought in: its data
+//! directory bind-mounted onto the slot when the daemon may mount ([`slot_mount`], O(1) in
+//! the file count), else its entries moved in by rename (the engine cannot add a mount to a
+//! running container). When the session lets the container go (idle, end), it is unmounted,
+//! or the entries move back. A container that dies leaves its slot on the host: the
+//! workspace's record still names it, and the next claim brings the workspace back from
+//! there first. `<root>` is the pool's `workspace_root` plus the daemon's instance.
 //!
 //! A remote engine would mount directories of its own host, which the daemon never moves, so
 //! there ([`home_for`], [`Home::Volume`]) a workspace is an engine named volume per session
@@ -23,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+pub mod slot_mount;
 
 /// Where a persistent workspace appears in a session's container.
 pub const WORKSPACE_PATH: &str = "/workspace";
@@ -46,6 +50,22 @@ pub struct Record {
     /// `chown` does not leave a workspace its user cannot write.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub volume_owned: bool,
+    /// Its data directory is bind-mounted onto `slot` ([`slot_mount`]): its files stay in
+    /// `store/<id>/`, and the slot underneath holds nothing of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mounted: bool,
+}
+
+/// How a claim brought a workspace into its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Brought {
+    /// Its data directory bind-mounted onto the slot, and seen there by the container: one
+    /// syscall whatever the file count.
+    Mount,
+    /// Its top-level entries renamed into the slot, one by one.
+    Rename,
+    /// It was in this slot already (a container a restarted daemon adopted).
+    InPlace,
 }
 
 /// A workspace as `GET /v1/workspaces` shows it.
@@ -194,10 +214,15 @@ pub fn prepare_slot(root: &Path, key: &str, user: &str) -> std::io::Result<PathB
     Ok(dir)
 }
 
-/// Removes a container's slot and whatever it holds.
+/// Removes a container's slot and whatever it holds, after taking off any mount that covers
+/// it (a workspace bound there stays whole in the store); a slot that stays mounted is left.
 pub fn remove_slot(root: &Path, key: &str) {
     let dir = slot_dir(root, key);
     if dir.exists() {
+        if let Err(e) = slot_mount::unmount(&dir) {
+            tracing::warn!(slot = %dir.display(), error = %e, "a workspace slot stays mounted; left in place");
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(slot = %dir.display(), error = %e, "could not remove a workspace slot");
         }
@@ -211,6 +236,19 @@ fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::rename(entry.path(), to.join(entry.file_name()))?;
     }
     Ok(())
+}
+
+/// Moves what `slot` holds, if anything, into a new `<data>/.warmpool-unmounted-<secs>/`:
+/// files a task wrote into a slot its workspace's mount did not cover are the session's,
+/// and a rename into `data` itself could replace files of the same name.
+fn keep_aside(slot: &Path, data: &Path) -> std::io::Result<()> {
+    if std::fs::read_dir(slot)?.next().is_none() {
+        return Ok(());
+    }
+    let aside = data.join(format!(".warmpool-unmounted-{}", now()));
+    std::fs::create_dir_all(&aside)?;
+    tracing::warn!(slot = %slot.display(), kept = %aside.display(), "a workspace slot held files under its mount; kept beside the workspace's files");
+    move_entries(slot, &aside)
 }
 
 /// Removes every entry of `dir`, not `dir` itself.
@@ -303,45 +341,80 @@ impl Store {
 
     /// Where the workspace's files are now: its slot while attached, else its data dir.
     pub fn files(&self, id: &str) -> PathBuf {
-        match self.record(id).and_then(|r| r.slot) {
-            Some(key) => slot_dir(&self.root, &key),
-            None => self.data(id),
+        match self.record(id) {
+            Some(Record {
+                slot: Some(key),
+                mounted: false,
+                ..
+            }) => slot_dir(&self.root, &key),
+            _ => self.data(id),
         }
     }
 
     /// Puts workspace `id` (created when new) into the slot `key` of the container a session
-    /// just claimed: the slot is wiped first, then the entries move in from where they are
-    /// (the slot of a container that died, or the store).
-    pub fn attach(&self, id: &str, pool: &str, key: &str) -> std::io::Result<()> {
+    /// just claimed. First it leaves where it was (the slot of a container that died: back
+    /// into the store), and the claimed slot is emptied (what a pool task left; a stale mount
+    /// is taken off, never wiped through). Then, when mount mode is on for this root and
+    /// `seen` is how the host sees the container's `/workspace` (`/proc/<pid>/root/workspace`),
+    /// the data directory is bound onto the slot and kept there only if the container sees
+    /// it ([`slot_mount::same_dir`]); otherwise the entries move in by rename.
+    ///
+    /// Errors: the store or the slot cannot be read or written (the message names the path).
+    pub fn attach(
+        &self,
+        id: &str,
+        pool: &str,
+        key: &str,
+        seen: Option<&Path>,
+    ) -> std::io::Result<Brought> {
         check_id(id).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(self.root.join("store"))?;
         let slot = slot_dir(&self.root, key);
-        let record = self.record(id);
-        if record.as_ref().and_then(|r| r.slot.as_deref()) == Some(key) {
-            return self.touch(id);
+        if self.record(id).and_then(|r| r.slot).as_deref() == Some(key) {
+            self.touch(id)?;
+            return Ok(Brought::InPlace);
         }
+        self.detach(id)?;
+        slot_mount::unmount(&slot)?;
         wipe(&slot)?;
-        match record.as_ref().and_then(|r| r.slot.clone()) {
-            Some(old) if slot_dir(&self.root, &old).is_dir() => {
-                move_entries(&slot_dir(&self.root, &old), &slot)?;
-                remove_slot(&self.root, &old);
-            }
-            _ => {
-                let data = self.data(id);
-                std::fs::create_dir_all(&data)?;
-                move_entries(&data, &slot)?;
-            }
+        let data = self.data(id);
+        std::fs::create_dir_all(&data)?;
+        // Bound, the data directory *is* the container's /workspace: it gets the slot's
+        // owner and mode (the task user's, `prepare_slot`).
+        let made = std::fs::metadata(&slot)?;
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            std::os::unix::fs::chown(&data, Some(made.uid()), Some(made.gid()))?;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(made.mode() & 0o7777))?;
         }
-        self.write(
-            id,
-            &Record {
-                pool: pool.to_string(),
-                slot: Some(key.to_string()),
-                last_used: now(),
-                volume: None,
-                volume_owned: false,
-            },
-        )
+        let mut record = Record {
+            pool: pool.to_string(),
+            slot: Some(key.to_string()),
+            last_used: now(),
+            volume: None,
+            volume_owned: false,
+            mounted: false,
+        };
+        if let Some(seen) = seen.filter(|_| slot_mount::enabled(&self.root)) {
+            // Recorded before the bind: a crash in between leaves a record that unmounts
+            // (a no-op) and keeps whatever the slot got, never one that forgets a mount.
+            record.mounted = true;
+            self.write(id, &record)?;
+            match slot_mount::bind(&data, &slot) {
+                Ok(()) if slot_mount::same_dir(seen, &data) => return Ok(Brought::Mount),
+                Ok(()) => {
+                    tracing::warn!(workspace = %id, slot = %slot.display(), "the bind mount did not reach the container (made before its root was shared?); moving the files by rename");
+                    slot_mount::unmount(&slot)?;
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = %id, error = %e, "could not bind the workspace; moving its files by rename");
+                }
+            }
+            record.mounted = false;
+        }
+        move_entries(&data, &slot)?;
+        self.write(id, &record)?;
+        Ok(Brought::Rename)
     }
 
     /// Records that workspace `id` of `pool` lives in engine volume `volume` (created when
@@ -360,6 +433,7 @@ impl Store {
                 last_used: now(),
                 volume: Some(volume.to_string()),
                 volume_owned,
+                mounted: false,
             },
         )
     }
@@ -373,22 +447,35 @@ impl Store {
         self.write(id, &record)
     }
 
-    /// Moves the workspace's entries back from its slot into the store and removes the slot:
-    /// its container is gone or going.
+    /// Brings the workspace back from its slot into the store and removes the slot: its
+    /// container is gone or going. A bound workspace is unmounted (its files never left the
+    /// store); whatever the slot underneath holds then (tasks that ran while the mount was
+    /// missing) is kept in `store/<id>/.warmpool-unmounted-<unix seconds>/`, never removed.
+    /// A renamed one's entries move back.
+    ///
+    /// Errors: the unmount or a move failed; the record still names the slot, so nothing is
+    /// forgotten and the next claim or release tries again.
     pub fn detach(&self, id: &str) -> std::io::Result<()> {
         let Some(mut record) = self.record(id) else {
             return Ok(());
         };
-        let Some(key) = record.slot.take() else {
+        let Some(key) = record.slot.clone() else {
             return Ok(());
         };
         let data = self.data(id);
         std::fs::create_dir_all(&data)?;
         let slot = slot_dir(&self.root, &key);
         if slot.is_dir() {
-            move_entries(&slot, &data)?;
+            slot_mount::unmount(&slot)?;
+            if record.mounted {
+                keep_aside(&slot, &data)?;
+            } else {
+                move_entries(&slot, &data)?;
+            }
             remove_slot(&self.root, &key);
         }
+        record.slot = None;
+        record.mounted = false;
         record.last_used = now();
         self.write(id, &record)
     }
@@ -572,7 +659,7 @@ mod tests {
         let store = Store::new(dir.path());
         prepare_slot(dir.path(), "c1", "root").unwrap();
         std::fs::write(slot_dir(dir.path(), "c1").join("left-by-a-pool-task"), "x").unwrap();
-        store.attach("s1", "p", "c1").unwrap();
+        store.attach("s1", "p", "c1", None).unwrap();
         assert!(
             !slot_dir(dir.path(), "c1")
                 .join("left-by-a-pool-task")
@@ -582,7 +669,7 @@ mod tests {
         std::fs::write(slot_dir(dir.path(), "c1").join("f.txt"), "keep").unwrap();
         // Its container died: the next claim moves the files from the old slot.
         prepare_slot(dir.path(), "c2", "root").unwrap();
-        store.attach("s1", "p", "c2").unwrap();
+        store.attach("s1", "p", "c2", None).unwrap();
         assert!(!slot_dir(dir.path(), "c1").exists());
         assert!(slot_dir(dir.path(), "c2").join("f.txt").exists());
         // Idle: back into the store.
@@ -591,7 +678,7 @@ mod tests {
         assert_eq!(store.list()[0].bytes, 4);
         assert!(!store.list()[0].attached);
         prepare_slot(dir.path(), "c3", "root").unwrap();
-        store.attach("s1", "p", "c3").unwrap();
+        store.attach("s1", "p", "c3", None).unwrap();
         assert_eq!(
             std::fs::read_to_string(slot_dir(dir.path(), "c3").join("f.txt")).unwrap(),
             "keep"
