@@ -609,8 +609,18 @@ impl Sessions {
     }
 
     /// Re-creates a session around a container a previous daemon run left running; false
-    /// (and nothing changed) when a live session has that id already.
-    pub fn adopt(&self, id: &str, pool: &str, container: String, conn: Conn) -> bool {
+    /// (and nothing changed) when a live session has that id already. `slot` is the
+    /// container's workspace slot key (`warmpool.slot`): a persistent workspace is brought
+    /// into it if a crash cut its claim short (`crate::workspace::Store::attach`; by rename,
+    /// since no process is inspected here); if that fails the container is not adopted.
+    pub fn adopt(
+        &self,
+        id: &str,
+        pool: &str,
+        container: String,
+        conn: Conn,
+        slot: Option<String>,
+    ) -> bool {
         let idle_timeout = self
             .0
             .pools
@@ -625,6 +635,17 @@ impl Sessions {
         let mut session = Session::new(id.to_string(), pool.to_string(), idle_timeout)
             .with_concurrency(concurrency);
         session.workspace = self.0.pools.get(pool).and_then(|p| workspace_of(&p));
+        if self.0.map.lock().contains_key(id) {
+            return false;
+        }
+        if let (Some(ws), Some(key)) = (&session.workspace, slot) {
+            if ws.home == crate::workspace::Home::HostDir {
+                if let Err(e) = ws.store.attach(id, pool, &key, None) {
+                    tracing::warn!(session = %id, error = %e, "could not bring the workspace into the session's container; not adopted");
+                    return false;
+                }
+            }
+        }
         session.meta.lock().container = Some(container.clone());
         *session.slot.try_lock().expect("new session") = Some((container, conn));
         {

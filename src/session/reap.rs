@@ -142,6 +142,7 @@ impl Sessions {
         let me = self.clone();
         tokio::spawn(async move {
             // Slots of containers that are gone (a retired pool container) go too.
+            let listed_at = std::time::SystemTime::now();
             let Ok(list) = me.0.runtime.list_managed().await else {
                 return;
             };
@@ -151,7 +152,7 @@ impl Sessions {
                 .collect();
             let sweeper = me.clone();
             let Ok(expired) =
-                tokio::task::spawn_blocking(move || sweeper.sweep_stores(&live)).await
+                tokio::task::spawn_blocking(move || sweeper.sweep_stores(&live, listed_at)).await
             else {
                 return;
             };
@@ -171,6 +172,7 @@ impl Sessions {
     fn sweep_stores(
         &self,
         live: &std::collections::HashSet<String>,
+        listed_at: std::time::SystemTime,
     ) -> Vec<(crate::workspace::Workspace, String)> {
         let mut volumes = Vec::new();
         for (pool, ws, ttl) in self.stores() {
@@ -185,7 +187,7 @@ impl Sessions {
                     }
                 }
             }
-            store.sweep_slots(live);
+            store.sweep_slots(live, listed_at);
             let mine: Vec<_> = store
                 .list()
                 .into_iter()

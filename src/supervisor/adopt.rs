@@ -88,7 +88,13 @@ impl Supervisor {
         match session {
             Some(id) => self
                 .sessions
-                .adopt(&id, pool_name, c.id.clone(), conn)
+                .adopt(
+                    &id,
+                    pool_name,
+                    c.id.clone(),
+                    conn,
+                    c.labels.get(crate::workspace::LABEL_SLOT).cloned(),
+                )
                 .then_some("a session's container"),
             None if !busy => {
                 let history = crate::pool::History::adopted(engine_age(c), cfg.max_uses);

@@ -123,16 +123,7 @@ impl Supervisor {
         // bind depends on them; otherwise the next start, which adopts or removes those
         // containers, finds them in place.
         if left == Leftovers::None {
-            for pool in self.pools() {
-                if let Some(ws) = pool
-                    .spec()
-                    .workspace
-                    .as_ref()
-                    .filter(|_| pool.spec().has_slot())
-                {
-                    crate::workspace::slot_mount::release(std::path::Path::new(&ws.root));
-                }
-            }
+            crate::workspace::slot_mount::release_instance(&self.instance);
         }
         left
     }

@@ -203,9 +203,24 @@ pub fn slot_dir(root: &Path, key: &str) -> PathBuf {
 }
 
 /// Creates a container's slot, owned by the task user when it is numeric (`uid[:gid]`).
+///
+/// Errors: the directory cannot be made, or a slot of that key exists holding something or
+/// under a mount (a left-over of a container of the same random name): a new container must
+/// never be given another's files, so its start fails and the pool tries another name.
 pub fn prepare_slot(root: &Path, key: &str, user: &str) -> std::io::Result<PathBuf> {
     let dir = slot_dir(root, key);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir.parent().unwrap_or(root))?;
+    if let Err(e) = std::fs::create_dir(&dir) {
+        let reused = e.kind() == std::io::ErrorKind::AlreadyExists
+            && !slot_mount::is_mount_point(&dir).unwrap_or(true)
+            && std::fs::read_dir(&dir)?.next().is_none();
+        if !reused {
+            return Err(std::io::Error::other(format!(
+                "the workspace slot {} exists and is not empty or is mounted ({e})",
+                dir.display()
+            )));
+        }
+    }
     let mut ids = user.split(':');
     if let Some(Ok(uid)) = ids.next().map(str::parse::<u32>) {
         let gid = ids.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
@@ -238,15 +253,31 @@ fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves what `slot` holds, if anything, into a new `<data>/.warmpool-unmounted-<secs>/`:
+/// Moves what `slot` holds, if anything, into a new `<data>/.warmpool-unmounted-<secs>-<hex>/`:
 /// files a task wrote into a slot its workspace's mount did not cover are the session's,
 /// and a rename into `data` itself could replace files of the same name.
 fn keep_aside(slot: &Path, data: &Path) -> std::io::Result<()> {
     if std::fs::read_dir(slot)?.next().is_none() {
         return Ok(());
     }
-    let aside = data.join(format!(".warmpool-unmounted-{}", now()));
-    std::fs::create_dir_all(&aside)?;
+    // A new directory of a name nobody chose: `data` is the container's to write, and an
+    // existing entry (a symlink it planted) must never be followed, nor two kept sets merged.
+    let aside = (0..16)
+        .map(|_| {
+            data.join(format!(
+                ".warmpool-unmounted-{}-{:08x}",
+                now(),
+                rand::random::<u32>()
+            ))
+        })
+        .find(|p| std::fs::create_dir(p).is_ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "could not make a directory in {} to keep what the slot {} held",
+                data.display(),
+                slot.display()
+            ))
+        })?;
     tracing::warn!(slot = %slot.display(), kept = %aside.display(), "a workspace slot held files under its mount; kept beside the workspace's files");
     move_entries(slot, &aside)
 }
@@ -370,14 +401,24 @@ impl Store {
         check_id(id).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(self.root.join("store"))?;
         let slot = slot_dir(&self.root, key);
-        if self.record(id).and_then(|r| r.slot).as_deref() == Some(key) {
+        let data = self.data(id);
+        if let Some(record) = self.record(id).filter(|r| r.slot.as_deref() == Some(key)) {
+            if !record.mounted {
+                // A move a crash cut short (the record is written before the first rename)
+                // finishes: what is still in the store goes in.
+                std::fs::create_dir_all(&data)?;
+                move_entries(&data, &slot)?;
+            } else if !slot_mount::is_mount_point(&slot)? {
+                // A crash between the record and the bind: the container sees its bare
+                // slot. What tasks write there is kept aside at the next release.
+                tracing::warn!(workspace = %id, slot = %slot.display(), "an adopted session's workspace is not mounted on its slot; its files come back at the next resume");
+            }
             self.touch(id)?;
             return Ok(Brought::InPlace);
         }
         self.detach(id)?;
         slot_mount::unmount(&slot)?;
         wipe(&slot)?;
-        let data = self.data(id);
         std::fs::create_dir_all(&data)?;
         // Bound, the data directory *is* the container's /workspace: it gets the slot's
         // owner and mode (the task user's, `prepare_slot`).
@@ -387,6 +428,10 @@ impl Store {
             std::os::unix::fs::chown(&data, Some(made.uid()), Some(made.gid()))?;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(made.mode() & 0o7777))?;
         }
+        // The record names the slot before anything moves (after the wipe, so a finished
+        // move never leaves a pool task's files beside the workspace's): a crash from here
+        // on leaves a record that a restart finishes or unmounts, never one that forgets
+        // where the files are.
         let mut record = Record {
             pool: pool.to_string(),
             slot: Some(key.to_string()),
@@ -395,9 +440,7 @@ impl Store {
             volume_owned: false,
             mounted: false,
         };
-        if let Some(seen) = seen.filter(|_| slot_mount::enabled(&self.root)) {
-            // Recorded before the bind: a crash in between leaves a record that unmounts
-            // (a no-op) and keeps whatever the slot got, never one that forgets a mount.
+        if let Some(seen) = seen.filter(|_| slot_mount::enable(&self.root)) {
             record.mounted = true;
             self.write(id, &record)?;
             match slot_mount::bind(&data, &slot) {
@@ -412,8 +455,8 @@ impl Store {
             }
             record.mounted = false;
         }
-        move_entries(&data, &slot)?;
         self.write(id, &record)?;
+        move_entries(&data, &slot)?;
         Ok(Brought::Rename)
     }
 
@@ -450,7 +493,7 @@ impl Store {
     /// Brings the workspace back from its slot into the store and removes the slot: its
     /// container is gone or going. A bound workspace is unmounted (its files never left the
     /// store); whatever the slot underneath holds then (tasks that ran while the mount was
-    /// missing) is kept in `store/<id>/.warmpool-unmounted-<unix seconds>/`, never removed.
+    /// missing) is kept in `store/<id>/.warmpool-unmounted-<unix seconds>-<random>/`, never removed.
     /// A renamed one's entries move back.
     ///
     /// Errors: the unmount or a move failed; the record still names the slot, so nothing is
@@ -542,27 +585,50 @@ impl Store {
             .collect()
     }
 
-    /// Slots no container holds any more and no workspace names (a pool container removed,
-    /// a crash): `live` are the slot keys of this instance's containers.
-    pub fn sweep_slots(&self, live: &std::collections::HashSet<String>) {
+    /// The ids and records of the store's workspaces, without measuring them.
+    fn records(&self) -> Vec<(String, Record)> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("store")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json")?.to_string();
+                let record = self.record(&id)?;
+                Some((id, record))
+            })
+            .collect()
+    }
+
+    /// Removes slots no container holds any more and no workspace names (a pool container
+    /// removed, a crash): `live` are the slot keys of this instance's containers as the
+    /// engine listed them at `listed_at`. A slot made less than two minutes before that
+    /// listing may belong to a container the listing did not show yet, and one under a
+    /// mount holds a workspace: both stay.
+    pub fn sweep_slots(&self, live: &std::collections::HashSet<String>, listed_at: SystemTime) {
         let named: std::collections::HashSet<String> = self
-            .list()
+            .records()
             .into_iter()
-            .filter_map(|w| self.record(&w.id)?.slot)
+            .filter_map(|(_, r)| r.slot)
             .collect();
         let Ok(entries) = std::fs::read_dir(self.root.join("slots")) else {
             return;
         };
+        let cutoff = listed_at - Duration::from_secs(120);
         for e in entries.flatten() {
             let key = e.file_name().to_string_lossy().into_owned();
-            // A slot is made just before its container: leave young ones alone.
+            if live.contains(&key) || named.contains(&key) {
+                continue;
+            }
             let young = e
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(120));
-            if !young && !live.contains(&key) && !named.contains(&key) {
-                remove_slot(&self.root, &key);
+                .map_or(true, |t| t > cutoff);
+            if young || slot_mount::is_mount_point(&e.path()).unwrap_or(true) {
+                continue;
             }
+            remove_slot(&self.root, &key);
         }
     }
 }
@@ -686,6 +752,51 @@ mod tests {
         assert!(store.delete("s1"));
         assert!(store.list().is_empty());
         assert!(!slot_dir(dir.path(), "c3").exists());
+    }
+
+    #[test]
+    fn a_move_a_crash_cut_short_is_finished_when_the_container_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        prepare_slot(dir.path(), "c1", "root").unwrap();
+        let data = dir.path().join("store/s1");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("moved"), "1").unwrap();
+        std::fs::write(data.join("not-yet"), "2").unwrap();
+        // The record named the slot, one entry moved, then the daemon died.
+        store
+            .write(
+                "s1",
+                &Record {
+                    pool: "p".into(),
+                    slot: Some("c1".into()),
+                    last_used: 0,
+                    volume: None,
+                    volume_owned: false,
+                    mounted: false,
+                },
+            )
+            .unwrap();
+        std::fs::rename(data.join("moved"), slot_dir(dir.path(), "c1").join("moved")).unwrap();
+        assert_eq!(
+            store.attach("s1", "p", "c1", None).unwrap(),
+            Brought::InPlace
+        );
+        for f in ["moved", "not-yet"] {
+            assert!(slot_dir(dir.path(), "c1").join(f).exists(), "{f}");
+        }
+        // A container whose claim died before its record: its slot holds a pool task's
+        // files, which go before the workspace comes in.
+        prepare_slot(dir.path(), "c2", "root").unwrap();
+        std::fs::write(slot_dir(dir.path(), "c2").join("pool-task"), "x").unwrap();
+        assert_eq!(
+            store.attach("s1", "p", "c2", None).unwrap(),
+            Brought::Rename
+        );
+        let c2 = slot_dir(dir.path(), "c2");
+        assert!(!c2.join("pool-task").exists());
+        assert!(c2.join("moved").exists() && c2.join("not-yet").exists());
+        assert!(!slot_dir(dir.path(), "c1").exists());
     }
 
     #[test]

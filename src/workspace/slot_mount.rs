@@ -108,11 +108,16 @@ fn make_shared(root: &Path) -> io::Result<bool> {
         // The operator's own mount (a disk for workspaces): shared as it is.
         Some(_) => false,
         None => {
-            mount_bind(&canon, &canon).map_err(|e| {
-                io::Error::other(format!("bind {} onto itself: {e}", canon.display()))
-            })?;
-            // So a stop releases only the mount the daemon made, never an operator's.
+            // The marker first (it shows through the bind): a crash between the two leaves a
+            // marker on a plain directory, which is harmless, never a bind without one.
             std::fs::write(canon.join(MARKER), b"")?;
+            if let Err(e) = mount_bind(&canon, &canon) {
+                let _ = std::fs::remove_file(canon.join(MARKER));
+                return Err(io::Error::other(format!(
+                    "bind {} onto itself: {e}",
+                    canon.display()
+                )));
+            }
             true
         }
     };
@@ -146,7 +151,7 @@ pub fn unmount(path: &Path) -> io::Result<()> {
     use rustix::mount::UnmountFlags;
     // A bound number of layers: a loop that cannot end would hang a claim.
     for _ in 0..16 {
-        if !is_mount_point(path) {
+        if !is_mount_point(path)? {
             return Ok(());
         }
         rustix::mount::unmount(path, UnmountFlags::DETACH)
@@ -158,29 +163,45 @@ pub fn unmount(path: &Path) -> io::Result<()> {
     )))
 }
 
-/// At a clean stop that left no container: unmounts what is left under `root` (slots of
-/// sessions that did not end) and the root's own shared mount, so the directory is a plain
-/// one again. Forgets the root's mode.
+/// At a clean stop that left no container: takes off the workspace mounts left on slots
+/// (`<root>/slots/*`, sessions that did not end) and the root's shared mount if the daemon
+/// made it (its marker), so the directory is a plain one again; an operator's own mounts,
+/// under the root or of it, stay. Forgets the root's mode.
 pub fn release(root: &Path) {
     modes().lock().remove(root);
     let Ok(canon) = root.canonicalize() else {
         return;
     };
-    let mut under: Vec<PathBuf> = mounts()
+    let slots = canon.join("slots");
+    let mut stacked: Vec<PathBuf> = mounts()
         .into_iter()
         .map(|m| m.point)
-        .filter(|p| p.starts_with(&canon) && p != &canon)
+        .filter(|p| p.parent() == Some(slots.as_path()))
         .collect();
-    // Deepest first, so no unmount is refused for a mount below it.
-    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    stacked.dedup();
     let ours = canon.join(MARKER).exists();
-    for p in under.iter().chain(ours.then_some(&canon)) {
+    for p in stacked.iter().chain(ours.then_some(&canon)) {
         if let Err(e) = unmount(p) {
             tracing::warn!(path = %p.display(), error = %e, "could not unmount a workspace mount at stop");
         }
     }
-    if ours && !is_mount_point(&canon) {
+    if ours && matches!(is_mount_point(&canon), Ok(false)) {
         let _ = std::fs::remove_file(canon.join(MARKER));
+    }
+}
+
+/// [`release`] of every root of `instance` (`<workspace_root>/<instance>`) whose mode this
+/// run asked for: also those of pools a reload removed or moved to another
+/// `workspace_root`, and none of another daemon sharing the process (tests).
+pub fn release_instance(instance: &str) {
+    let roots: Vec<PathBuf> = modes()
+        .lock()
+        .keys()
+        .filter(|r| r.file_name().is_some_and(|n| n == instance))
+        .cloned()
+        .collect();
+    for root in roots {
+        release(&root);
     }
 }
 
@@ -260,12 +281,32 @@ fn mount_at(path: &Path) -> io::Result<Option<MountInfo>> {
 }
 
 /// Whether a mount covers `path` (a slot a workspace is bound onto, the shared root): such
-/// a directory is never wiped or removed, since that would reach through the mount.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
+/// a directory is never wiped or removed, since that would reach through the mount. One
+/// `statx` (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8); older kernels read mountinfo.
+///
+/// Errors: `path` could not be examined. Callers treat that as mounted and leave it alone;
+/// a missing `path` is not a mount point.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::empty()) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            return Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "cannot tell whether {} is a mount point: {e}",
+                path.display()
+            )))
+        }
+    }
+    let canon = match path.canonicalize() {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     };
-    matches!(mount_at(&canon), Ok(Some(_)))
+    Ok(mount_at(&canon)?.is_some())
 }
 
 #[cfg(test)]
