@@ -123,6 +123,14 @@ impl Supervisor {
         // bind depends on them; otherwise the next start, which adopts or removes those
         // containers, finds them in place.
         if left == Leftovers::None {
+            // The current pools' roots, which a restarted daemon that only adopted may never
+            // have asked about, and any other this run used.
+            for pool in self.pools() {
+                let spec = pool.spec();
+                if let Some(ws) = spec.workspace.as_ref().filter(|_| spec.has_slot()) {
+                    crate::workspace::slot_mount::release(std::path::Path::new(&ws.root));
+                }
+            }
             crate::workspace::slot_mount::release_instance(&self.instance);
         }
         left
