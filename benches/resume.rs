@@ -6,7 +6,8 @@
 //! 2. **resume**: a task of a session of a `session_workspace = "persistent"` pool whose
 //!    workspace holds 5,000 files / 100 MiB and which has gone idle (its container given back,
 //!    `"state": "idle"` in `GET /v1/sessions/{id}`): the task claims a warm container, the
-//!    daemon moves the workspace into that container's slot, the task runs;
+//!    daemon brings the workspace into that container's slot (a bind mount as root, else
+//!    renames), the task runs;
 //! 3. **cold start with a named volume**: `docker run --rm -v <volume>:/workspace` of the same
 //!    image, the volume holding the same 5,000 files, through the Engine API (bollard):
 //!    create + start + wait + remove.
