@@ -109,7 +109,13 @@ impl Sessions {
             // A persistent workspace moves into the container's slot.
             if let Some(ws) = &session.workspace {
                 if let Err(e) = self
-                    .attach_workspace(&ws.store, id, &pool.name, &container)
+                    .attach_workspace(
+                        &ws.store,
+                        id,
+                        &pool.name,
+                        &container,
+                        crate::workspace::numeric_owner(&cfg.security.user),
+                    )
                     .await
                 {
                     session.meta.lock().container = None;
@@ -234,6 +240,7 @@ impl Sessions {
         id: &str,
         pool: &str,
         container: &str,
+        owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
         let inspected = self
             .0
@@ -250,15 +257,10 @@ impl Sessions {
         let seen = inspected
             .pid
             .filter(|_| self.0.runtime.shares_mounts())
-            .map(|pid| {
-                std::path::PathBuf::from(format!(
-                    "/proc/{pid}/root{}",
-                    crate::workspace::WORKSPACE_PATH
-                ))
-            });
+            .map(crate::workspace::seen_from_host);
         let started = std::time::Instant::now();
         let brought = store
-            .attach(id, pool, &key, seen.as_deref())
+            .attach(id, pool, &key, seen.as_deref(), owner)
             .map_err(|e| e.to_string())?;
         tracing::debug!(session = %id, ?brought, took = ?started.elapsed(), "workspace brought into its container");
         Ok(())

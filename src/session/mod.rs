@@ -610,9 +610,10 @@ impl Sessions {
 
     /// Re-creates a session around a container a previous daemon run left running; false
     /// (and nothing changed) when a live session has that id already. `slot` is the
-    /// container's workspace slot key (`warmpool.slot`): a persistent workspace is brought
-    /// into it if a crash cut its claim short (`crate::workspace::Store::attach`; by rename,
-    /// since no process is inspected here); if that fails the container is not adopted.
+    /// container's workspace slot key (`warmpool.slot`) and `seen` how the host sees its
+    /// `/workspace` (`crate::workspace::seen_from_host`): a persistent workspace is brought
+    /// into it if a crash cut its claim short (`crate::workspace::Store::attach`); if that
+    /// fails the container is not adopted.
     pub fn adopt(
         &self,
         id: &str,
@@ -620,6 +621,7 @@ impl Sessions {
         container: String,
         conn: Conn,
         slot: Option<String>,
+        seen: Option<std::path::PathBuf>,
     ) -> bool {
         let idle_timeout = self
             .0
@@ -640,7 +642,12 @@ impl Sessions {
         }
         if let (Some(ws), Some(key)) = (&session.workspace, slot) {
             if ws.home == crate::workspace::Home::HostDir {
-                if let Err(e) = ws.store.attach(id, pool, &key, None) {
+                let owner = self
+                    .0
+                    .pools
+                    .get(pool)
+                    .and_then(|p| crate::workspace::numeric_owner(&p.config().security.user));
+                if let Err(e) = ws.store.attach(id, pool, &key, seen.as_deref(), owner) {
                     tracing::warn!(session = %id, error = %e, "could not bring the workspace into the session's container; not adopted");
                     return false;
                 }

@@ -30,12 +30,39 @@ impl Supervisor {
     /// nothing yet). Running shim containers that still fit are re-attached and adopted:
     /// idle ones of the current spec named as pool containers back into their pool (wiped,
     /// aged and counted as [`crate::pool::History::adopted`] says), session ones into their
-    /// session (the newest, when two claim one session). Anything else, stuck `created` and
+    /// session (when two claim one session, the one whose slot its workspace record names,
+    /// else the newest). Anything else, stuck `created` and
     /// `exited` ones included, is removed: a pool only takes back what is provably one of its
     /// clean members, never a container that served a session.
     pub(super) async fn adopt_or_remove(&self, mut list: Vec<ContainerSummary>) {
-        // Newest first, so that of two containers naming one session the newest wins.
-        list.sort_by_key(|c| std::cmp::Reverse(c.created.unwrap_or(i64::MIN)));
+        // Of two containers naming one session, the one whose slot the session's workspace
+        // record names wins (its files are there), then the newest.
+        let named = |c: &ContainerSummary| -> bool {
+            let pool_name = c.labels.get(LABEL_POOL).cloned().unwrap_or_default();
+            let Some(id) = crate::session::session_of_name(&pool_name, &c.name) else {
+                return false;
+            };
+            let (Some(pool), Some(key)) = (
+                self.pool(&pool_name),
+                c.labels.get(crate::workspace::LABEL_SLOT),
+            ) else {
+                return false;
+            };
+            let spec = pool.spec();
+            spec.workspace.as_ref().is_some_and(|ws| {
+                crate::workspace::Store::new(&ws.root)
+                    .record(&id)
+                    .and_then(|r| r.slot)
+                    .as_deref()
+                    == Some(key.as_str())
+            })
+        };
+        list.sort_by_key(|c| {
+            (
+                std::cmp::Reverse(named(c)),
+                std::cmp::Reverse(c.created.unwrap_or(i64::MIN)),
+            )
+        });
         let mut claimed = HashSet::new();
         let mut work = Vec::new();
         for c in list {
@@ -85,6 +112,18 @@ impl Supervisor {
             return None;
         }
         let (conn, busy) = crate::pool::reattach(&self.runtime, &c.id).await?;
+        // A session's workspace may be mounted on its slot: whether the container sees it.
+        let seen = match (&session, self.runtime.shares_mounts()) {
+            (Some(_), true) if c.labels.contains_key(crate::workspace::LABEL_SLOT) => self
+                .runtime
+                .inspect_process(&c.id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|i| i.pid)
+                .map(crate::workspace::seen_from_host),
+            _ => None,
+        };
         match session {
             Some(id) => self
                 .sessions
@@ -94,6 +133,7 @@ impl Supervisor {
                     c.id.clone(),
                     conn,
                     c.labels.get(crate::workspace::LABEL_SLOT).cloned(),
+                    seen,
                 )
                 .then_some("a session's container"),
             None if !busy => {

@@ -197,6 +197,12 @@ impl Workspace {
     }
 }
 
+/// How the daemon's host sees the `/workspace` of the container whose main process is
+/// `pid`: `/proc/<pid>/root/workspace`, resolved in the container's mount namespace.
+pub fn seen_from_host(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{WORKSPACE_PATH}"))
+}
+
 /// The slot directory of a container.
 pub fn slot_dir(root: &Path, key: &str) -> PathBuf {
     root.join("slots").join(key)
@@ -204,23 +210,19 @@ pub fn slot_dir(root: &Path, key: &str) -> PathBuf {
 
 /// Creates a container's slot, owned by the task user when it is numeric (`uid[:gid]`).
 ///
-/// Errors: the directory cannot be made, or a slot of that key exists holding something or
-/// under a mount (a left-over of a container of the same random name): a new container must
-/// never be given another's files, so its start fails and the pool tries another name.
+/// Errors: the directory cannot be made, or a slot of that key exists (a left-over of a
+/// container of the same random name, perhaps holding or mounting a workspace): a new
+/// container must never be given another's files, so its start fails and the pool tries
+/// another name.
 pub fn prepare_slot(root: &Path, key: &str, user: &str) -> std::io::Result<PathBuf> {
     let dir = slot_dir(root, key);
     std::fs::create_dir_all(dir.parent().unwrap_or(root))?;
-    if let Err(e) = std::fs::create_dir(&dir) {
-        let reused = e.kind() == std::io::ErrorKind::AlreadyExists
-            && !slot_mount::is_mount_point(&dir).unwrap_or(true)
-            && std::fs::read_dir(&dir)?.next().is_none();
-        if !reused {
-            return Err(std::io::Error::other(format!(
-                "the workspace slot {} exists and is not empty or is mounted ({e})",
-                dir.display()
-            )));
-        }
-    }
+    std::fs::create_dir(&dir).map_err(|e| {
+        std::io::Error::other(format!(
+            "the workspace slot {} cannot be made new ({e})",
+            dir.display()
+        ))
+    })?;
     let mut ids = user.split(':');
     if let Some(Ok(uid)) = ids.next().map(str::parse::<u32>) {
         let gid = ids.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
@@ -257,20 +259,25 @@ fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
 /// files a task wrote into a slot its workspace's mount did not cover are the session's,
 /// and a rename into `data` itself could replace files of the same name.
 fn keep_aside(slot: &Path, data: &Path) -> std::io::Result<()> {
+    use rustix::fs::{mkdirat, openat, renameat, Mode, OFlags};
     if std::fs::read_dir(slot)?.next().is_none() {
         return Ok(());
     }
-    // A new directory of a name nobody chose: `data` is the container's to write, and an
-    // existing entry (a symlink it planted) must never be followed, nor two kept sets merged.
-    let aside = (0..16)
+    // By directory descriptors, never by path through `data`: it is the container's to
+    // write, and one still running could swap the new directory for a symlink between two
+    // renames. The name is new and nobody's choice, so two kept sets never merge.
+    let dir = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+    let data_fd = openat(rustix::fs::CWD, data, dir, Mode::empty())?;
+    let slot_fd = openat(rustix::fs::CWD, slot, dir, Mode::empty())?;
+    let name = (0..16)
         .map(|_| {
-            data.join(format!(
+            format!(
                 ".warmpool-unmounted-{}-{:08x}",
                 now(),
                 rand::random::<u32>()
-            ))
+            )
         })
-        .find(|p| std::fs::create_dir(p).is_ok())
+        .find(|n| mkdirat(&data_fd, n.as_str(), Mode::from_raw_mode(0o700)).is_ok())
         .ok_or_else(|| {
             std::io::Error::other(format!(
                 "could not make a directory in {} to keep what the slot {} held",
@@ -278,8 +285,13 @@ fn keep_aside(slot: &Path, data: &Path) -> std::io::Result<()> {
                 slot.display()
             ))
         })?;
-    tracing::warn!(slot = %slot.display(), kept = %aside.display(), "a workspace slot held files under its mount; kept beside the workspace's files");
-    move_entries(slot, &aside)
+    let aside_fd = openat(&data_fd, name.as_str(), dir, Mode::empty())?;
+    tracing::warn!(slot = %slot.display(), kept = %data.join(&name).display(), "a workspace slot held files under its mount; kept beside the workspace's files");
+    for entry in std::fs::read_dir(slot)? {
+        let entry = entry?.file_name();
+        renameat(&slot_fd, entry.as_os_str(), &aside_fd, entry.as_os_str())?;
+    }
+    Ok(())
 }
 
 /// Removes every entry of `dir`, not `dir` itself.
@@ -357,7 +369,24 @@ impl Store {
         self.root.join("store").join(format!("{id}.json"))
     }
 
-    /// The record of a workspace, if it exists.
+    /// The record of a workspace: `Ok(None)` when it has none, an error when it has one that
+    /// cannot be read or parsed (a decision that would wipe or sweep must not take that for
+    /// "none").
+    pub fn read_record(&self, id: &str) -> std::io::Result<Option<Record>> {
+        let path = self.record_path(id);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                std::io::Error::other(format!("unreadable record {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(std::io::Error::other(format!(
+                "cannot read the record {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The record of a workspace, if it exists and can be read.
     pub fn record(&self, id: &str) -> Option<Record> {
         let text = std::fs::read_to_string(self.record_path(id)).ok()?;
         serde_json::from_str(&text).ok()
@@ -387,32 +416,57 @@ impl Store {
     /// into the store), and the claimed slot is emptied (what a pool task left; a stale mount
     /// is taken off, never wiped through). Then, when mount mode is on for this root and
     /// `seen` is how the host sees the container's `/workspace` (`/proc/<pid>/root/workspace`),
-    /// the data directory is bound onto the slot and kept there only if the container sees
-    /// it ([`slot_mount::same_dir`]); otherwise the entries move in by rename.
+    /// the data directory gets `owner` (the pool's numeric task user; root otherwise) and
+    /// mode 0755, is bound onto the slot and kept there only if the container sees it
+    /// ([`slot_mount::same_dir`]); otherwise the entries move in by rename.
     ///
-    /// Errors: the store or the slot cannot be read or written (the message names the path).
+    /// When the record names `key` already (a container a restarted daemon adopts), the
+    /// claim a crash cut short is finished: a move completed, or a bind the container does
+    /// not see replaced by renames (into a slot still empty; a slot that holds something is
+    /// left for the next release to set aside).
+    ///
+    /// Errors: the store or the slot cannot be read or written, or the record cannot be read
+    /// (the message names the path): nothing is wiped then.
     pub fn attach(
         &self,
         id: &str,
         pool: &str,
         key: &str,
         seen: Option<&Path>,
+        owner: Option<(u32, u32)>,
     ) -> std::io::Result<Brought> {
         check_id(id).map_err(std::io::Error::other)?;
         std::fs::create_dir_all(self.root.join("store"))?;
         let slot = slot_dir(&self.root, key);
         let data = self.data(id);
-        if let Some(record) = self.record(id).filter(|r| r.slot.as_deref() == Some(key)) {
-            if !record.mounted {
-                // A move a crash cut short (the record is written before the first rename)
-                // finishes: what is still in the store goes in.
-                std::fs::create_dir_all(&data)?;
-                move_entries(&data, &slot)?;
-            } else if !slot_mount::is_mount_point(&slot)? {
-                // A crash between the record and the bind: the container sees its bare
-                // slot. What tasks write there is kept aside at the next release.
-                tracing::warn!(workspace = %id, slot = %slot.display(), "an adopted session's workspace is not mounted on its slot; its files come back at the next resume");
+        if let Some(mut record) = self
+            .read_record(id)?
+            .filter(|r| r.slot.as_deref() == Some(key))
+        {
+            if record.mounted {
+                let mounted = slot_mount::is_mount_point(&slot)?;
+                let unseen = seen.is_some_and(|seen| !slot_mount::same_dir(seen, &data));
+                if mounted && !unseen {
+                    self.touch(id)?;
+                    return Ok(Brought::InPlace);
+                }
+                // A crash between the record and the bind (or its check): the container
+                // sees its bare slot, which the claim wiped before the record was written.
+                if mounted {
+                    slot_mount::unmount(&slot)?;
+                }
+                if std::fs::read_dir(&slot)?.next().is_some() {
+                    tracing::warn!(workspace = %id, slot = %slot.display(), "an adopted session's slot holds files and its workspace is not mounted there; they are set aside at its next release");
+                    self.touch(id)?;
+                    return Ok(Brought::InPlace);
+                }
+                record.mounted = false;
+                self.write(id, &record)?;
             }
+            // A move a crash cut short (the record is written before the first rename)
+            // finishes: what is still in the store goes in.
+            std::fs::create_dir_all(&data)?;
+            move_entries(&data, &slot)?;
             self.touch(id)?;
             return Ok(Brought::InPlace);
         }
@@ -420,14 +474,6 @@ impl Store {
         slot_mount::unmount(&slot)?;
         wipe(&slot)?;
         std::fs::create_dir_all(&data)?;
-        // Bound, the data directory *is* the container's /workspace: it gets the slot's
-        // owner and mode (the task user's, `prepare_slot`).
-        let made = std::fs::metadata(&slot)?;
-        {
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            std::os::unix::fs::chown(&data, Some(made.uid()), Some(made.gid()))?;
-            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(made.mode() & 0o7777))?;
-        }
         // The record names the slot before anything moves (after the wipe, so a finished
         // move never leaves a pool task's files beside the workspace's): a crash from here
         // on leaves a record that a restart finishes or unmounts, never one that forgets
@@ -441,6 +487,13 @@ impl Store {
             mounted: false,
         };
         if let Some(seen) = seen.filter(|_| slot_mount::enable(&self.root)) {
+            // Bound, the data directory *is* the container's /workspace: the task user's,
+            // as `prepare_slot` makes a slot (never the slot's owner or mode now, which a
+            // pool task may have changed).
+            use std::os::unix::fs::PermissionsExt;
+            let (uid, gid) = owner.unwrap_or((0, 0));
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))?;
             record.mounted = true;
             self.write(id, &record)?;
             match slot_mount::bind(&data, &slot) {
@@ -499,7 +552,7 @@ impl Store {
     /// Errors: the unmount or a move failed; the record still names the slot, so nothing is
     /// forgotten and the next claim or release tries again.
     pub fn detach(&self, id: &str) -> std::io::Result<()> {
-        let Some(mut record) = self.record(id) else {
+        let Some(mut record) = self.read_record(id)? else {
             return Ok(());
         };
         let Some(key) = record.slot.clone() else {
@@ -586,19 +639,22 @@ impl Store {
     }
 
     /// The ids and records of the store's workspaces, without measuring them.
-    fn records(&self) -> Vec<(String, Record)> {
-        let Ok(entries) = std::fs::read_dir(self.root.join("store")) else {
-            return Vec::new();
+    fn records(&self) -> std::io::Result<Vec<(String, Record)>> {
+        let entries = match std::fs::read_dir(self.root.join("store")) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
         };
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let id = name.strip_suffix(".json")?.to_string();
-                let record = self.record(&id)?;
-                Some((id, record))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for e in entries {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json") {
+                if let Some(record) = self.read_record(id)? {
+                    out.push((id.to_string(), record));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Removes slots no container holds any more and no workspace names (a pool container
@@ -607,11 +663,14 @@ impl Store {
     /// listing may belong to a container the listing did not show yet, and one under a
     /// mount holds a workspace: both stay.
     pub fn sweep_slots(&self, live: &std::collections::HashSet<String>, listed_at: SystemTime) {
-        let named: std::collections::HashSet<String> = self
-            .records()
-            .into_iter()
-            .filter_map(|(_, r)| r.slot)
-            .collect();
+        // A record that cannot be read could name any slot: no slot is judged then.
+        let named: std::collections::HashSet<String> = match self.records() {
+            Ok(records) => records.into_iter().filter_map(|(_, r)| r.slot).collect(),
+            Err(e) => {
+                tracing::warn!(store = %self.root.display(), error = %e, "workspace slots not swept");
+                return;
+            }
+        };
         let Ok(entries) = std::fs::read_dir(self.root.join("slots")) else {
             return;
         };
@@ -725,7 +784,7 @@ mod tests {
         let store = Store::new(dir.path());
         prepare_slot(dir.path(), "c1", "root").unwrap();
         std::fs::write(slot_dir(dir.path(), "c1").join("left-by-a-pool-task"), "x").unwrap();
-        store.attach("s1", "p", "c1", None).unwrap();
+        store.attach("s1", "p", "c1", None, None).unwrap();
         assert!(
             !slot_dir(dir.path(), "c1")
                 .join("left-by-a-pool-task")
@@ -735,7 +794,7 @@ mod tests {
         std::fs::write(slot_dir(dir.path(), "c1").join("f.txt"), "keep").unwrap();
         // Its container died: the next claim moves the files from the old slot.
         prepare_slot(dir.path(), "c2", "root").unwrap();
-        store.attach("s1", "p", "c2", None).unwrap();
+        store.attach("s1", "p", "c2", None, None).unwrap();
         assert!(!slot_dir(dir.path(), "c1").exists());
         assert!(slot_dir(dir.path(), "c2").join("f.txt").exists());
         // Idle: back into the store.
@@ -744,7 +803,7 @@ mod tests {
         assert_eq!(store.list()[0].bytes, 4);
         assert!(!store.list()[0].attached);
         prepare_slot(dir.path(), "c3", "root").unwrap();
-        store.attach("s1", "p", "c3", None).unwrap();
+        store.attach("s1", "p", "c3", None, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(slot_dir(dir.path(), "c3").join("f.txt")).unwrap(),
             "keep"
@@ -779,7 +838,7 @@ mod tests {
             .unwrap();
         std::fs::rename(data.join("moved"), slot_dir(dir.path(), "c1").join("moved")).unwrap();
         assert_eq!(
-            store.attach("s1", "p", "c1", None).unwrap(),
+            store.attach("s1", "p", "c1", None, None).unwrap(),
             Brought::InPlace
         );
         for f in ["moved", "not-yet"] {
@@ -790,13 +849,51 @@ mod tests {
         prepare_slot(dir.path(), "c2", "root").unwrap();
         std::fs::write(slot_dir(dir.path(), "c2").join("pool-task"), "x").unwrap();
         assert_eq!(
-            store.attach("s1", "p", "c2", None).unwrap(),
+            store.attach("s1", "p", "c2", None, None).unwrap(),
             Brought::Rename
         );
         let c2 = slot_dir(dir.path(), "c2");
         assert!(!c2.join("pool-task").exists());
         assert!(c2.join("moved").exists() && c2.join("not-yet").exists());
         assert!(!slot_dir(dir.path(), "c1").exists());
+    }
+
+    #[test]
+    fn an_adopted_claim_whose_bind_never_happened_gets_its_files_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        prepare_slot(dir.path(), "c1", "root").unwrap();
+        let data = dir.path().join("store/s1");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f.txt"), "keep").unwrap();
+        // The record said "mounted", then the daemon died before the bind.
+        let mut record = Record {
+            pool: "p".into(),
+            slot: Some("c1".into()),
+            last_used: 0,
+            volume: None,
+            volume_owned: false,
+            mounted: true,
+        };
+        store.write("s1", &record).unwrap();
+        assert_eq!(
+            store.attach("s1", "p", "c1", None, None).unwrap(),
+            Brought::InPlace
+        );
+        assert_eq!(
+            std::fs::read_to_string(slot_dir(dir.path(), "c1").join("f.txt")).unwrap(),
+            "keep"
+        );
+        assert!(!store.record("s1").unwrap().mounted);
+        // An unreadable record is not "no workspace": nothing is wiped.
+        std::fs::write(dir.path().join("store/s1.json"), "{trunc").unwrap();
+        prepare_slot(dir.path(), "c2", "root").unwrap();
+        std::fs::write(slot_dir(dir.path(), "c2").join("x"), "x").unwrap();
+        assert!(store.attach("s1", "p", "c2", None, None).is_err());
+        assert!(slot_dir(dir.path(), "c1").join("f.txt").exists());
+        assert!(slot_dir(dir.path(), "c2").join("x").exists());
+        record.mounted = false;
+        store.write("s1", &record).unwrap();
     }
 
     #[test]

@@ -121,7 +121,16 @@ fn make_shared(root: &Path) -> io::Result<bool> {
             true
         }
     };
-    if let Err(e) = mount_change(&canon, MountPropagationFlags::SHARED) {
+    // A bind of a directory under a shared `/` (systemd) would join `/`'s peer group, and
+    // every slot mount would then propagate across the host: private first, so the root's
+    // peer group is its own.
+    let changed = if bound_now {
+        mount_change(&canon, MountPropagationFlags::PRIVATE)
+            .and_then(|()| mount_change(&canon, MountPropagationFlags::SHARED))
+    } else {
+        mount_change(&canon, MountPropagationFlags::SHARED)
+    };
+    if let Err(e) = changed {
         // Not left half made: a private bind of the root would only confuse the next start.
         if bound_now {
             let _ = rustix::mount::unmount(&canon, rustix::mount::UnmountFlags::DETACH);
@@ -292,7 +301,8 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
         Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
             return Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
         }
-        Ok(_) | Err(rustix::io::Errno::NOSYS) => {}
+        // No statx (an old kernel, or a seccomp profile that refuses it): mountinfo.
+        Ok(_) | Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {}
         Err(rustix::io::Errno::NOENT) => return Ok(false),
         Err(e) => {
             return Err(io::Error::other(format!(

@@ -110,7 +110,7 @@ fn a_bound_workspace_reaches_a_slave_namespace_at_once_and_leaves_it_on_detach()
     }
     let started = Instant::now();
     let brought = store
-        .attach("s1", "p", "c1", Some(&child.sees(&slot)))
+        .attach("s1", "p", "c1", Some(&child.sees(&slot)), None)
         .unwrap();
     let took = started.elapsed();
     assert_eq!(brought, Brought::Mount);
@@ -158,7 +158,7 @@ fn a_bind_the_container_does_not_see_falls_back_to_renames() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f.txt"), "keep").unwrap();
     let brought = store
-        .attach("s1", "p", "c1", Some(&child.sees(&slot)))
+        .attach("s1", "p", "c1", Some(&child.sees(&slot)), None)
         .unwrap();
     assert_eq!(brought, Brought::Rename);
     assert!(
@@ -191,7 +191,7 @@ fn a_stale_mount_on_a_claimed_slot_is_taken_off_not_wiped_through() {
     bind(&other, &slot).unwrap();
     let child = Contained::new("slave");
     store
-        .attach("s1", "p", "c1", Some(&child.sees(&slot)))
+        .attach("s1", "p", "c1", Some(&child.sees(&slot)), None)
         .unwrap();
     assert!(
         other.join("precious").exists(),
@@ -214,7 +214,7 @@ fn files_written_under_a_missing_mount_are_set_aside_not_lost() {
     let slot = slot_dir(root.path(), "c1");
     let child = Contained::new("slave");
     store
-        .attach("s1", "p", "c1", Some(&child.sees(&slot)))
+        .attach("s1", "p", "c1", Some(&child.sees(&slot)), None)
         .unwrap();
     std::fs::write(root.path().join("store/s1/f.txt"), "in the store").unwrap();
     // Someone unmounted the slot by hand; a task then wrote into the bare slot.
@@ -277,11 +277,9 @@ fn release_leaves_a_plain_directory_and_never_an_operators_mount() {
 fn a_new_container_never_gets_a_slot_that_holds_something_or_is_mounted() {
     let dir = tempfile::tempdir().unwrap();
     crate::workspace::prepare_slot(dir.path(), "c1", "root").unwrap();
-    // An empty left-over slot of the same name is taken as it is.
-    crate::workspace::prepare_slot(dir.path(), "c1", "root").unwrap();
-    std::fs::write(slot_dir(dir.path(), "c1").join("theirs"), "x").unwrap();
+    // A left-over slot of the same name, even an empty one, is never taken over.
     let e = crate::workspace::prepare_slot(dir.path(), "c1", "root").unwrap_err();
-    assert!(e.to_string().contains("exists"), "{e}");
+    assert!(e.to_string().contains("cannot be made new"), "{e}");
     if !root_or_skip() {
         return;
     }
