@@ -156,6 +156,7 @@ const METRICS: &[(&str, &str)] = &[
     ("warmpool_pool_failed", "src/api/contract_tests.rs::a_pool_the_engine_refuses_answers_pool_failed_and_readyz_names_it"),
     ("warmpool_workspaces", "tests/workspaces.rs::a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted"),
     ("warmpool_workspace_bytes", "tests/workspaces.rs::a_persistent_workspace_outlives_idle_kills_and_restarts_until_deleted"),
+    ("warmpool_workspace_resume_seconds", "tests/workspaces.rs::a_resume_binds_the_workspace_into_a_warm_container_in_one_mount"),
     ("warmpool_health_checks_total", "src/api/contract_tests.rs::a_failing_health_cmd_replaces_the_container_and_a_passing_one_keeps_it"),
     ("warmpool_health_checks_total{result=\"healthy\"}", "src/api/contract_tests.rs::a_failing_health_cmd_replaces_the_container_and_a_passing_one_keeps_it"),
     ("warmpool_health_checks_total{result=\"unhealthy\"}", "src/api/contract_tests.rs::a_failing_health_cmd_replaces_the_container_and_a_passing_one_keeps_it"),

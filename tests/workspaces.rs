@@ -628,6 +628,13 @@ async fn a_resume_binds_the_workspace_into_a_warm_container_in_one_mount() {
     assert!(store.join("a.txt").exists());
 
     // Resume: a warm container, 5,002 top-level entries, one mount.
+    let resumes_before = metric(
+        &d,
+        "warmpool_workspace_resume_seconds_count",
+        &[("pool", "w")],
+    )
+    .await;
+    assert!(resumes_before >= 1.0, "the first claim was timed");
     let v = in_session(&d, "w", &id, "cat /workspace/a.txt; ls /workspace | wc -l").await;
     assert_eq!(v["stdout"], "kept\n5002\n", "{v}");
     assert_eq!(v["cold_start"], false, "{v}");
@@ -636,6 +643,16 @@ async fn a_resume_binds_the_workspace_into_a_warm_container_in_one_mount() {
         .0
         .last()
         .is_some_and(|r| r.ends_with(&format!("/store/{id}"))));
+    // The resume was timed.
+    assert_eq!(
+        metric(
+            &d,
+            "warmpool_workspace_resume_seconds_count",
+            &[("pool", "w")]
+        )
+        .await,
+        resumes_before + 1.0
+    );
 
     // A kill -9 leaves the mount for the adopted container; a restart resumes on it.
     d.kill9();

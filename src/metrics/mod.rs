@@ -71,6 +71,9 @@ pub struct Metrics {
     acquire_seconds: HistogramVec,
     /// `warmpool_container_start_seconds{pool}`: create + start until ready.
     container_start: HistogramVec,
+    /// `warmpool_workspace_resume_seconds{pool}`: bringing a persistent workspace into the
+    /// session's container at a claim.
+    workspace_resume: HistogramVec,
     /// `warmpool_containers_created_total{pool}`.
     containers_created: IntCounterVec,
     /// `warmpool_containers_removed_total{pool,reason}`.
@@ -215,6 +218,12 @@ impl Metrics {
                 "warmpool_container_start_seconds",
                 "Time to create and start a container until it is ready for tasks.",
                 START_BUCKETS,
+            ),
+            workspace_resume: histogram_vec(
+                r,
+                "warmpool_workspace_resume_seconds",
+                "Time to bring a persistent session's workspace into its container at a claim: a bind mount (or renames) into a warm container, or a container created with its volume on a remote engine.",
+                LATENCY_BUCKETS,
             ),
             containers_created: counter_vec(
                 r,
@@ -419,12 +428,13 @@ impl Metrics {
     }
 
     /// The histograms (all labelled by `pool` alone).
-    fn pool_histograms(&self) -> [&HistogramVec; 4] {
+    fn pool_histograms(&self) -> [&HistogramVec; 5] {
         [
             &self.task_duration,
             &self.queue_wait,
             &self.acquire_seconds,
             &self.container_start,
+            &self.workspace_resume,
         ]
     }
 
@@ -533,6 +543,14 @@ impl Metrics {
     }
 
     /// Records how long a task waited in the queue (0 when a container was free at once).
+    /// Records how long bringing a session's workspace into its container took (a claim of
+    /// a `session_workspace = "persistent"` pool's session), in seconds.
+    pub fn workspace_resumed(&self, pool: &str, seconds: f64) {
+        self.workspace_resume
+            .with_label_values(&[pool])
+            .observe(seconds);
+    }
+
     pub fn queue_waited(&self, pool: &str, seconds: f64) {
         self.queue_wait.with_label_values(&[pool]).observe(seconds);
     }

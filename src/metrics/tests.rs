@@ -26,6 +26,7 @@ const CONTRACT: &[&str] = &[
     "warmpool_pool_failed",
     "warmpool_workspaces",
     "warmpool_workspace_bytes",
+    "warmpool_workspace_resume_seconds",
     "warmpool_config_reloads_total",
     "warmpool_engine_up",
 ];

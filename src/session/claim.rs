@@ -186,6 +186,7 @@ impl Sessions {
         // Given to the task user on the first claim, and again on any claim before one
         // succeeded (a crash between the volume's creation and its `chown`).
         let give = fresh || !ws.store.record(id).is_some_and(|r| r.volume_owned);
+        let clock = std::time::Instant::now();
         let started = pool
             .start_for_session(&name, volume, give, &session.limits)
             .await;
@@ -216,6 +217,9 @@ impl Sessions {
                 )));
             }
         };
+        self.0
+            .metrics
+            .workspace_resumed(&pool.name, clock.elapsed().as_secs_f64());
         if give {
             if let Err(e) = ws.store.mark_volume_owned(id) {
                 tracing::warn!(session = %id, error = %e, "could not record that the workspace volume was given to the task user; the next claim gives it again");
@@ -242,6 +246,7 @@ impl Sessions {
         container: &str,
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let inspected = self
             .0
             .runtime
@@ -258,11 +263,13 @@ impl Sessions {
             .pid
             .filter(|_| self.0.runtime.shares_mounts())
             .map(crate::workspace::seen_from_host);
-        let started = std::time::Instant::now();
         let brought = store
             .attach(id, pool, &key, seen.as_deref(), owner)
             .map_err(|e| e.to_string())?;
         tracing::debug!(session = %id, ?brought, took = ?started.elapsed(), "workspace brought into its container");
+        self.0
+            .metrics
+            .workspace_resumed(pool, started.elapsed().as_secs_f64());
         Ok(())
     }
 }
