@@ -33,6 +33,11 @@ impl Root {
     fn path(&self) -> &Path {
         self.dir.path()
     }
+    /// Its store, and the slot `c1` of a container made under it.
+    fn store_and_slot(&self) -> (Store, PathBuf) {
+        crate::workspace::prepare_slot(self.path(), "c1", "root").unwrap();
+        (Store::new(self.path()), slot_dir(self.path(), "c1"))
+    }
 }
 
 impl Drop for Root {
@@ -98,9 +103,7 @@ fn a_bound_workspace_reaches_a_slave_namespace_at_once_and_leaves_it_on_detach()
         return;
     }
     let root = Root::new();
-    let store = Store::new(root.path());
-    crate::workspace::prepare_slot(root.path(), "c1", "root").unwrap();
-    let slot = slot_dir(root.path(), "c1");
+    let (store, slot) = root.store_and_slot();
     let child = Contained::new("slave");
     // The workspace's files, written while it was idle.
     let data = root.path().join("store/s1");
@@ -150,9 +153,7 @@ fn a_bind_the_container_does_not_see_falls_back_to_renames() {
         return;
     }
     let root = Root::new();
-    let store = Store::new(root.path());
-    crate::workspace::prepare_slot(root.path(), "c1", "root").unwrap();
-    let slot = slot_dir(root.path(), "c1");
+    let (store, slot) = root.store_and_slot();
     let child = Contained::new("private");
     let data = root.path().join("store/s1");
     std::fs::create_dir_all(&data).unwrap();
@@ -181,9 +182,7 @@ fn a_stale_mount_on_a_claimed_slot_is_taken_off_not_wiped_through() {
         return;
     }
     let root = Root::new();
-    let store = Store::new(root.path());
-    crate::workspace::prepare_slot(root.path(), "c1", "root").unwrap();
-    let slot = slot_dir(root.path(), "c1");
+    let (store, slot) = root.store_and_slot();
     // Another workspace bound there by a run that died before its record said so.
     let other = root.path().join("store/other");
     std::fs::create_dir_all(&other).unwrap();
@@ -209,9 +208,7 @@ fn files_written_under_a_missing_mount_are_set_aside_not_lost() {
         return;
     }
     let root = Root::new();
-    let store = Store::new(root.path());
-    crate::workspace::prepare_slot(root.path(), "c1", "root").unwrap();
-    let slot = slot_dir(root.path(), "c1");
+    let (store, slot) = root.store_and_slot();
     let child = Contained::new("slave");
     store
         .attach("s1", "p", "c1", Some(&child.sees(&slot)), None)
