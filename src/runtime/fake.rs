@@ -43,6 +43,13 @@ struct FakeContainer {
     ghost: bool,
 }
 
+impl FakeContainer {
+    /// What inspect finds: not removed, and not a ghost that only the listing shows.
+    fn found(&self) -> bool {
+        self.state != "removed" && !self.ghost
+    }
+}
+
 #[derive(Default)]
 pub struct FakeRuntime {
     containers: Mutex<HashMap<String, FakeContainer>>,
@@ -363,7 +370,7 @@ impl Runtime for FakeRuntime {
             .containers
             .lock()
             .get(id)
-            .filter(|c| c.state != "removed" && !c.ghost)
+            .filter(|c| c.found())
             .map(|c| c.state.clone()))
     }
 
@@ -375,7 +382,7 @@ impl Runtime for FakeRuntime {
             .containers
             .lock()
             .get(id)
-            .filter(|c| c.state != "removed" && !c.ghost)
+            .filter(|c| c.found())
             .map(|c| Inspected {
                 labels: c.labels.clone(),
                 pid: None,

@@ -57,7 +57,8 @@ impl Supervisor {
                     == Some(key.as_str())
             })
         };
-        list.sort_by_key(|c| {
+        // Cached: `named` reads a record file, once per container rather than per comparison.
+        list.sort_by_cached_key(|c| {
             (
                 std::cmp::Reverse(named(c)),
                 std::cmp::Reverse(c.created.unwrap_or(i64::MIN)),

@@ -91,11 +91,6 @@ pub fn is_propagation_refusal(words: &str) -> bool {
     words.contains("not a shared or slave mount") || words.contains("not a shared mount")
 }
 
-/// Whether mount mode is on for `root` ([`enable`] was asked and said yes).
-pub fn enabled(root: &Path) -> bool {
-    modes().lock().get(root).copied().unwrap_or(false)
-}
-
 fn make_shared(root: &Path) -> io::Result<bool> {
     use rustix::mount::{mount_bind, mount_change, MountPropagationFlags};
     if !rustix::process::geteuid().is_root() {
