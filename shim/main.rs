@@ -15,7 +15,8 @@
 //! Files, each using only those after it: `protocol.rs` reads requests and answers them,
 //! `task.rs` runs and supervises a task (told what it needs, it knows nothing of the request
 //! loop), `output.rs` is the stream events go back on, `sweep.rs` ends what a task left,
-//! `wipe.rs` resets the workdir, `threads.rs` holds the lock helpers and the reused workers,
+//! `wipe.rs` resets the workdir, `dirs.rs` keeps open the directories used around every task
+//! (a path walk costs a FUSE round trip on some storage drivers), `threads.rs` holds the lock helpers and the reused workers,
 //! `sys.rs` every libc declaration; `files.rs`, `tar.rs` and `failure.rs` serve file transfers
 //! (the same binary, run as a task). This file only wires them together; no file uses it.
 //!
@@ -35,6 +36,7 @@
 #[path = "../src/shim_proto.rs"]
 mod shim_proto;
 
+mod dirs;
 mod failure;
 mod files;
 mod output;

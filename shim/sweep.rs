@@ -19,7 +19,7 @@
 //! the container is retired rather than handed to the next tenant with it inside. With any
 //! process spared the others are killed one by one instead of by `kill(-1)`.
 
-use crate::sys;
+use crate::{dirs, sys};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
@@ -106,21 +106,30 @@ pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Resul
 /// from outside (see the module's comment).
 fn processes(scope: Scope) -> io::Result<(Vec<Proc>, bool)> {
     let me = sys::my_pid();
-    let mut all = Vec::new();
-    for entry in fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
+    // Through a kept /proc (`dirs.rs`) when there is one: no walk from `/` per look.
+    let proc_dir = dirs::KEPT.kept(b"/proc").map(|k| k.fd);
+    let mut pids = Vec::new();
+    let mut note = |name: &[u8]| {
+        let pid = std::str::from_utf8(name).ok().and_then(|n| n.parse::<i32>().ok());
+        pids.extend(pid.filter(|pid| *pid != me));
+        true
+    };
+    match proc_dir {
+        Some(fd) => sys::list_dir(fd, note)?,
+        None => {
+            for entry in fs::read_dir("/proc")?.flatten() {
+                note(entry.file_name().as_encoded_bytes());
+            }
         }
+    }
+    let mut all = Vec::new();
+    for pid in pids {
+        let stat = match proc_dir {
+            Some(fd) => sys::read_at(fd, format!("{pid}/stat").as_bytes()),
+            None => fs::read(format!("/proc/{pid}/stat")),
+        };
         // Gone between the listing and here: nothing to end.
-        let Ok(stat) = fs::read(format!("/proc/{pid}/stat")) else {
+        let Ok(stat) = stat else {
             continue;
         };
         if let Some(p) = parse_stat(pid, &stat) {

@@ -322,6 +322,172 @@ pub fn reap_pid(pid: i32) -> Option<ExitStatus> {
     (r == pid).then(|| ExitStatus::from_raw(status))
 }
 
+/// Linux's `struct statx` (256 bytes); only the fields read here are named.
+#[repr(C)]
+struct Statx {
+    mask: u32,
+    _blksize: u32,
+    attributes: u64,
+    _nlink_uid_gid: [u32; 3],
+    mode: u16,
+    _pad: u16,
+    _ino_size_blocks_attrmask: [u64; 4],
+    _times: [u64; 8],
+    _devs: [u32; 4],
+    mnt_id: u64,
+    _rest: [u64; 13],
+}
+
+extern "C" {
+    fn openat(dirfd: i32, path: *const std::ffi::c_char, flags: i32, ...) -> i32;
+    fn fchdir(fd: i32) -> i32;
+    fn fchmod(fd: i32, mode: u32) -> i32;
+    fn statx(dirfd: i32, path: *const std::ffi::c_char, flags: i32, mask: u32, buf: *mut Statx)
+        -> i32;
+}
+
+const AT_FDCWD: i32 = -100;
+const AT_EMPTY_PATH: i32 = 0x1000;
+const O_DIRECTORY: i32 = 0o200_000;
+const O_NOFOLLOW: i32 = 0o400_000;
+const STATX_MODE: u32 = 0x2;
+const STATX_MNT_ID: u32 = 0x1000;
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+const SYS_GETDENTS64: i64 = 217;
+
+fn c_path(path: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Open `name` relative to `dir` (`None`: the cwd, for an absolute `name` the root) with
+/// `flags` and close-on-exec.
+fn open_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &[u8],
+    flags: i32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = c_path(name)?;
+    let dirfd = dir.map_or(AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `name` is a NUL-terminated string that outlives the call; no mode is passed
+    // because `flags` never holds O_CREAT or O_TMPFILE.
+    let fd = unsafe { openat(dirfd, name.as_ptr(), flags | O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd`; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the directory at absolute `path` without following a symlink in its last component.
+pub fn open_dir_nofollow(path: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    open_at(None, path, O_DIRECTORY | O_NOFOLLOW)
+}
+
+/// Read the file `name` below the directory `dir` (e.g. `PID/stat` below /proc).
+pub fn read_at(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::from(open_at(Some(dir), name, 0)?).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// What statx says of an open directory: whether it is the root of a mount, that mount's id
+/// (Linux 5.8+; `None` before), and its mode bits.
+pub struct DirStat {
+    pub mount_root: bool,
+    pub mnt_id: Option<u64>,
+    pub mode: u32,
+}
+
+pub fn stat_dir(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<DirStat> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero bytes are a valid `Statx` (plain integers).
+    let mut st: Statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a static empty C string and `st` is a writable statx buffer.
+    let r = unsafe {
+        statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH,
+            STATX_MODE | STATX_MNT_ID,
+            &raw mut st,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(DirStat {
+        mount_root: st.attributes & STATX_ATTR_MOUNT_ROOT != 0,
+        mnt_id: (st.mask & STATX_MNT_ID != 0).then_some(st.mnt_id),
+        mode: u32::from(st.mode) & 0o7777,
+    })
+}
+
+/// Set the mode bits of an open directory.
+pub fn chmod_fd(fd: std::os::fd::BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integer arguments.
+    if unsafe { fchmod(fd.as_raw_fd(), mode) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Make the open directory `fd` the working directory (no path walk).
+pub fn chdir_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integer argument.
+    if unsafe { fchdir(fd.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Call `each` with the name of every entry of the directory `dir` but `.` and `..`, until
+/// it returns false. Reads through a descriptor of its own, so callers on several threads
+/// never share a position.
+pub fn list_dir(
+    dir: std::os::fd::BorrowedFd<'_>,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let own = open_at(Some(dir), b".", O_DIRECTORY)?;
+    // u64s, so that the records' 8-byte fields are aligned.
+    let mut buf = [0u64; 1024];
+    loop {
+        // SAFETY: `buf` is writable for its whole size for the duration of the call.
+        let n = unsafe {
+            syscall(
+                SYS_GETDENTS64,
+                i64::from(own.as_raw_fd()),
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf) as i64,
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: the kernel filled the first `n` bytes of `buf`.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+        // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name (NUL-ended).
+        let mut at = 0;
+        while at + 19 < n {
+            let reclen = usize::from(u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]));
+            if reclen == 0 || at + reclen > n {
+                return Err(io::Error::from(io::ErrorKind::InvalidData));
+            }
+            let name = &bytes[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." && !each(name) {
+                return Ok(());
+            }
+            at += reclen;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

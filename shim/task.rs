@@ -5,6 +5,7 @@
 //! needs ([`Runner`]) and says how the task ended through a callback, so the dependency runs
 //! one way, protocol → task.
 
+use crate::dirs;
 use crate::output::{Output, CHUNK};
 use crate::shim_proto::{Event, Exit, Spawn};
 use crate::sweep;
@@ -106,9 +107,12 @@ impl Runner {
         // vfork-based posix_spawn, about 0.3 ms faster here. Nothing else in the shim uses the
         // cwd, and spawns never overlap: each happens with `busy` held.
         let dir = start_dir.join(OsStr::from_bytes(&workdir));
-        fs::create_dir_all(&dir)
-            .and_then(|()| std::env::set_current_dir(&dir))
-            .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;
+        // A kept workdir (the pool's, see `dirs.rs`) exists and needs no walk of its path.
+        match dirs::KEPT.kept(dir.as_os_str().as_bytes()) {
+            Some(kept) => sys::chdir_fd(kept.fd),
+            None => fs::create_dir_all(&dir).and_then(|()| std::env::set_current_dir(&dir)),
+        }
+        .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;
         // No `pre_exec` hook: with one std must fork, without it std uses vfork-based
         // posix_spawn (about 0.3 ms a task less). The task inherits our signal mask, which is
         // empty, and gets default dispositions for the signals we catch (exec resets them;

@@ -1,6 +1,7 @@
 //! The workdir reset: deleting the contents of the directories the daemon names, between
 //! pool tasks.
 
+use crate::{dirs, sys};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -14,6 +15,11 @@ pub fn wipe(paths: &[Vec<u8>]) -> Option<String> {
     const SHOWN: usize = 10;
     let mut problems = Vec::new();
     for path in paths {
+        if let Some(kept) = dirs::KEPT.kept(path) {
+            if wipe_kept(kept) {
+                continue;
+            }
+        }
         wipe_dir(Path::new(OsStr::from_bytes(path)), &mut problems);
     }
     if problems.len() > SHOWN {
@@ -22,6 +28,31 @@ pub fn wipe(paths: &[Vec<u8>]) -> Option<String> {
         problems.push(format!("and {more} more"));
     }
     (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The common case through a kept directory (`dirs.rs`), with no path walk: restore the mode
+/// its tmpfs was mounted with, which a task may have changed (`chmod 500 /work` would
+/// otherwise leave the next tenant a workdir it cannot write), and say whether the directory
+/// is empty, that is, wiped already. Anything else is left to the walk by path.
+fn wipe_kept(kept: dirs::Kept) -> bool {
+    if let Some(mode) = kept.mode {
+        match sys::stat_dir(kept.fd) {
+            Ok(st) if st.mode == mode => {}
+            Ok(_) => {
+                if sys::chmod_fd(kept.fd, mode).is_err() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    let mut empty = true;
+    sys::list_dir(kept.fd, |_| {
+        empty = false;
+        false
+    })
+    .is_ok()
+        && empty
 }
 
 fn wipe_dir(dir: &Path, problems: &mut Vec<String>) {
@@ -43,6 +74,14 @@ fn wipe_dir(dir: &Path, problems: &mut Vec<String>) {
             return problems.push(format!("{}: not a directory, not wiped", dir.display()))
         }
         Ok(_) => {}
+    }
+    // As for a kept directory (`wipe_kept`): the mode its tmpfs was mounted with.
+    if let Some(mode) = dirs::tmpfs_mode(dir.as_os_str().as_bytes()) {
+        if fs::symlink_metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o7777 != mode) {
+            if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(mode)) {
+                return problems.push(format!("{}: cannot restore its mode: {e}", dir.display()));
+            }
+        }
     }
     let mut failed = remove_contents(dir);
     if !failed.is_empty() {

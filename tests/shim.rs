@@ -470,3 +470,40 @@ async fn the_workdir_and_tmp_are_wiped_between_tasks_unless_turned_off() {
         assert_eq!(v["stdout"], want, "{pool}: {v}");
     }
 }
+
+/// A task that takes write permission away from the workdir or /tmp does not pass that on: the
+/// next tenant's task finds them with the modes their tmpfs were mounted with, and can write.
+/// `/work` is a directory the shim keeps open; a workdir deeper down is wiped by its path.
+#[tokio::test]
+async fn a_task_that_changes_the_workdirs_mode_does_not_pass_it_on() {
+    let d = Daemon::start(&format!(
+        "{}{}",
+        one_pool("modes", ""),
+        one_pool("deep", "workdir = \"/srv/work\"")
+    ))
+    .await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    for (pool, workdir) in [("modes", "/work"), ("deep", "/srv/work")] {
+        let (status, v) = d
+            .task(
+                pool,
+                json!({"shell": format!("chmod 500 {workdir} && chmod 700 /tmp && stat -c %a {workdir} /tmp")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["stdout"], "500\n700\n",
+            "{pool}: the task changed both: {v}"
+        );
+        let first = v["container"].clone();
+        let (status, v) = d
+            .task(
+                pool,
+                json!({"shell": format!("stat -c %a {workdir} /tmp && touch {workdir}/a /tmp/b && echo written")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["container"], first, "{pool}: same container: {v}");
+        assert_eq!(v["stdout"], "755\n1777\nwritten\n", "{pool}: {v}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Directories the shim keeps open, so that the paths it uses around every task cost no path
+//! walk.
+//!
+//! On a storage driver that is a FUSE daemon (fuse-overlayfs: Docker's where the kernel's
+//! overlay is not available, and rootless Podman's) each walk of a path from `/` asks that
+//! daemon about its first component: about 30-40 µs on a small VM (docs/benchmarks.md). Around
+//! a pool task the shim walked eight: the wipe's look at the workdir and `/tmp` (two each), the
+//! workdir's `mkdir -p` and `chdir` (three), and `/proc` for the sweep. A kept descriptor costs
+//! none.
+//!
+//! Only a directory that cannot come to mean something else is kept: a mount point directly
+//! below `/` (so nothing above it can be renamed away, and a mount point itself cannot be
+//! renamed or removed) whose mount is private (nothing can be mounted over it from outside;
+//! inside, the container's tasks have no capability to mount or unmount: warmpool only ever
+//! drops capabilities). That is the pool's workdir and `/tmp` (tmpfs of their own), and
+//! `/proc`. A persistent pool's `/workspace` is a slave mount, where a session's workspace is
+//! mounted from the host, and is walked each time, as is every other path.
+
+use crate::sys;
+use crate::threads::lock;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+/// How many paths are remembered, kept or not (task workdirs are the caller's choice, so the
+/// list must not grow without bound); later ones are walked each time.
+const MAX_KNOWN: usize = 64;
+
+/// The shim's one set of kept directories.
+pub static KEPT: Dirs = Dirs::new();
+
+/// A kept directory: its descriptor, and for a tmpfs the mode its mount gave it.
+#[derive(Clone, Copy)]
+pub struct Kept {
+    pub fd: BorrowedFd<'static>,
+    /// The mode bits of a tmpfs's root as mounted (`mode=` of its options, 1777 when absent);
+    /// `None` for other file systems.
+    pub mode: Option<u32>,
+}
+
+/// Paths looked at so far: each with its kept directory, or `None` when it is not one to keep
+/// (that cannot change: no mount can appear later, see the module's comment).
+pub struct Dirs {
+    known: Mutex<Vec<(Vec<u8>, Option<Kept>)>>,
+}
+
+impl Dirs {
+    pub const fn new() -> Dirs {
+        Dirs {
+            known: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The kept directory `path` names, opening it the first time; `None` when `path` is not
+    /// one to keep (or could not be looked at just now), and the caller walks it.
+    pub fn kept(&self, path: &[u8]) -> Option<Kept> {
+        if !directly_below_root(path) {
+            return None;
+        }
+        let mut known = lock(&self.known);
+        if let Some((_, kept)) = known.iter().find(|(p, _)| p == path) {
+            return *kept;
+        }
+        if known.len() >= MAX_KNOWN {
+            return None;
+        }
+        // An error may be passing (out of descriptors): not remembered, so tried again.
+        let found = open_fixed(path).ok()?;
+        // Kept for the shim's life: never closed, so lending it out as 'static is sound.
+        let kept = found.map(|(fd, mode)| {
+            let fd: &'static OwnedFd = Box::leak(Box::new(fd));
+            Kept {
+                fd: fd.as_fd(),
+                mode,
+            }
+        });
+        known.push((path.to_vec(), kept));
+        kept
+    }
+}
+
+/// `/name`: one component, not `.` or `..`, no trailing slash.
+fn directly_below_root(path: &[u8]) -> bool {
+    match path.strip_prefix(b"/") {
+        Some(name) => !name.is_empty() && !name.contains(&b'/') && name != b"." && name != b"..",
+        None => false,
+    }
+}
+
+/// Open `path` if it is a private mount point (see the module's comment), with its tmpfs mode.
+/// `Ok(None)`: it is not one (or does not exist, or is a symlink).
+fn open_fixed(path: &[u8]) -> io::Result<Option<(OwnedFd, Option<u32>)>> {
+    let Some((fd, mount)) = open_mount_root(path)? else {
+        return Ok(None);
+    };
+    Ok(mount.private.then_some((fd, mount.tmpfs_mode)))
+}
+
+/// The mode bits a tmpfs mounted at `path` was mounted with, for a wipe by path to restore
+/// (the workdir and `/tmp` are always tmpfs of their own); `None` for anything else.
+pub fn tmpfs_mode(path: &[u8]) -> Option<u32> {
+    open_mount_root(path).ok().flatten()?.1.tmpfs_mode
+}
+
+/// What `/proc/self/mountinfo` says of one mount.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    /// No `shared:` or `master:` tag: nothing is propagated into it.
+    private: bool,
+    /// For a tmpfs, the mode of its root as mounted (`mode=`, 1777 when absent).
+    tmpfs_mode: Option<u32>,
+}
+
+/// Open `path` if it is the root of a mount, with what mountinfo says of that mount.
+/// `Ok(None)`: not one (or missing, or a symlink, which is not followed).
+fn open_mount_root(path: &[u8]) -> io::Result<Option<(OwnedFd, Mount)>> {
+    const ENOENT: i32 = 2;
+    const ENOTDIR: i32 = 20;
+    const ELOOP: i32 = 40;
+    let fd = match sys::open_dir_nofollow(path) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR | ELOOP)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let stat = sys::stat_dir(fd.as_fd())?;
+    let Some(mnt_id) = stat.mnt_id.filter(|_| stat.mount_root) else {
+        return Ok(None);
+    };
+    let mountinfo = std::fs::read("/proc/self/mountinfo")?;
+    Ok(mount_at(&mountinfo, mnt_id, path).map(|mount| (fd, mount)))
+}
+
+/// Mount `id` as `/proc/self/mountinfo` shows it, if it is mounted at `path`.
+///
+/// A line: `id parent major:minor root mount-point options [tags...] - fstype source
+/// super-options` (proc(5)).
+fn mount_at(mountinfo: &[u8], id: u64, path: &[u8]) -> Option<Mount> {
+    let id = id.to_string();
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if fields.len() < 10 || fields[0] != id.as_bytes() {
+            continue;
+        }
+        // Spaces and the like in a mount point are escaped (`\040`): never one of ours.
+        if fields[4] != path {
+            return None;
+        }
+        let dash = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
+        let private = !fields[6..dash]
+            .iter()
+            .any(|t| t.starts_with(b"shared:") || t.starts_with(b"master:"));
+        let tmpfs_mode = (*fields.get(dash + 1)? == b"tmpfs").then(|| {
+            let options = fields.get(dash + 3).copied().unwrap_or_default();
+            options
+                .split(|&b| b == b',')
+                .find_map(|o| o.strip_prefix(b"mode="))
+                .and_then(|m| u32::from_str_radix(std::str::from_utf8(m).ok()?, 8).ok())
+                .unwrap_or(0o1777)
+        });
+        return Some(Mount {
+            private,
+            tmpfs_mode,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &[u8] = b"\
+601 520 0:96 / / ro,relatime master:1 - fuse.fuse-overlayfs fuse-overlayfs rw,user_id=0
+602 601 0:99 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+610 601 0:104 / /work rw,nosuid,relatime - tmpfs tmpfs rw,size=1048576k,mode=755,uid=1000,gid=1000
+611 601 0:105 / /tmp rw,nosuid,relatime - tmpfs tmpfs rw,size=262144k,uid=1000,gid=1000
+612 601 254:1 /slots/c1 /workspace rw,relatime master:7 - ext4 /dev/vda1 rw
+613 601 254:1 /shared /shared rw,relatime shared:9 - ext4 /dev/vda1 rw
+";
+
+    fn mount(private: bool, tmpfs_mode: Option<u32>) -> Option<Mount> {
+        Some(Mount {
+            private,
+            tmpfs_mode,
+        })
+    }
+
+    #[test]
+    fn mountinfo_says_which_mounts_are_private_and_a_tmpfs_mode() {
+        assert_eq!(mount_at(MOUNTINFO, 610, b"/work"), mount(true, Some(0o755)));
+        // No mode= option: tmpfs's default.
+        assert_eq!(mount_at(MOUNTINFO, 611, b"/tmp"), mount(true, Some(0o1777)));
+        assert_eq!(mount_at(MOUNTINFO, 602, b"/proc"), mount(true, None));
+        // A session's workspace is mounted over /workspace from the host.
+        assert_eq!(mount_at(MOUNTINFO, 612, b"/workspace"), mount(false, None));
+        assert_eq!(mount_at(MOUNTINFO, 613, b"/shared"), mount(false, None));
+    }
+
+    #[test]
+    fn a_mount_elsewhere_or_unknown_is_none() {
+        // The id is that mount's, but the path names another place.
+        assert_eq!(mount_at(MOUNTINFO, 610, b"/tmp"), None);
+        assert_eq!(mount_at(MOUNTINFO, 999, b"/work"), None);
+    }
+
+    #[test]
+    fn only_paths_directly_below_the_root_are_candidates() {
+        for ok in ["/work", "/tmp", "/proc", "/a.b"] {
+            assert!(directly_below_root(ok.as_bytes()), "{ok}");
+        }
+        for no in ["", "/", "work", "/work/", "/home/agent", "/.", "/..", "//work"] {
+            assert!(!directly_below_root(no.as_bytes()), "{no}");
+        }
+    }
+
+    /// A plain directory is not a mount point, so it is walked each time; a symlink is not
+    /// followed; a missing path is remembered as not kept.
+    #[test]
+    fn what_is_not_a_mount_point_is_not_kept() {
+        let base = std::env::temp_dir().join(format!("shim-dirs-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("plain");
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = base.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/proc", &link).unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        for p in [&dir, &link, &base.join("missing")] {
+            assert!(
+                open_fixed(p.as_os_str().as_bytes()).unwrap().is_none(),
+                "{}",
+                p.display()
+            );
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_listing_skips_dot_entries_and_can_stop_early() {
+        let base = std::env::temp_dir().join(format!("shim-list-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        let fd = sys::open_dir_nofollow(base.as_os_str().as_bytes()).unwrap();
+        let names = |stop_after: usize| {
+            let mut seen = Vec::new();
+            sys::list_dir(fd.as_fd(), |n| {
+                seen.push(n.to_vec());
+                seen.len() < stop_after
+            })
+            .unwrap();
+            seen.sort();
+            seen
+        };
+        assert!(names(usize::MAX).is_empty());
+        for name in [".hidden", "..x", "plain"] {
+            std::fs::write(base.join(name), b"").unwrap();
+        }
+        let all = names(usize::MAX);
+        assert_eq!(all, vec![b"..x".to_vec(), b".hidden".to_vec(), b"plain".to_vec()]);
+        assert_eq!(names(1).len(), 1);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
