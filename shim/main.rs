@@ -16,7 +16,8 @@
 //! `task.rs` runs and supervises a task (told what it needs, it knows nothing of the request
 //! loop), `output.rs` is the stream events go back on, `sweep.rs` ends what a task left,
 //! `wipe.rs` resets the workdir, `dirs.rs` keeps open the directories used around every task
-//! (a path walk costs a FUSE round trip on some storage drivers), `threads.rs` holds the lock helpers and the reused workers,
+//! (a path walk costs a FUSE round trip on some storage drivers), `resolve.rs` finds a command
+//! in `PATH` once where the answer cannot change, `threads.rs` holds the lock helpers and the reused workers,
 //! `sys.rs` every libc declaration; `files.rs`, `tar.rs` and `failure.rs` serve file transfers
 //! (the same binary, run as a task). This file only wires them together; no file uses it.
 //!
@@ -41,6 +42,7 @@ mod failure;
 mod files;
 mod output;
 mod protocol;
+mod resolve;
 mod sweep;
 mod sys;
 mod tar;

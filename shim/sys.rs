@@ -488,6 +488,115 @@ pub fn list_dir(
     }
 }
 
+/// glibc's `struct statvfs` on x86_64; only the flags are read.
+#[repr(C)]
+struct StatVfs {
+    _sizes_and_counts: [u64; 9],
+    flag: u64,
+    _namemax: u64,
+    _spare: [i32; 6],
+}
+
+extern "C" {
+    fn fstatvfs(fd: i32, buf: *mut StatVfs) -> i32;
+    fn faccessat(dirfd: i32, path: *const std::ffi::c_char, mode: i32, flags: i32) -> i32;
+}
+
+const SYS_OPENAT2: i64 = 437;
+const O_PATH: u64 = 0o10_000_000;
+const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const ST_RDONLY: u64 = 1;
+const X_OK: i32 = 1;
+const AT_EACCESS: i32 = 0x200;
+const STATX_TYPE: u32 = 0x1;
+const S_IFMT: u16 = 0o170_000;
+const S_IFREG: u16 = 0o100_000;
+
+/// Linux's `struct open_how` (openat2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Whether the file system of `fd` is mounted read-only.
+pub fn read_only_fs(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero bytes are a valid `StatVfs` (plain integers).
+    let mut st: StatVfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a writable statvfs buffer for the call.
+    if unsafe { fstatvfs(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.flag & ST_RDONLY != 0)
+}
+
+/// An `O_PATH` descriptor of `rel` below `dir`, resolved without leaving `dir`'s mount (no
+/// mount point, symlink target or `..` on another one: `EXDEV`) or following a magic link
+/// (Linux 5.6+, openat2; `ENOSYS` or `EPERM` from a seccomp profile without it).
+pub fn open_on_same_mount(
+    dir: std::os::fd::BorrowedFd<'_>,
+    rel: &[u8],
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let rel = c_path(rel)?;
+    let how = OpenHow {
+        flags: O_PATH | O_CLOEXEC as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `rel` is NUL-terminated and `how` a valid open_how of the size passed, both
+    // outliving the call.
+    let fd = unsafe {
+        syscall(
+            SYS_OPENAT2,
+            i64::from(dir.as_raw_fd()),
+            rel.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<OpenHow>() as i64,
+        )
+    };
+    let fd = i32::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(io::Error::last_os_error)?;
+    // SAFETY: the kernel just returned `fd`; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether `fd` (an `O_PATH` descriptor will do) is a regular file.
+pub fn is_regular_file(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero bytes are a valid `Statx` (plain integers).
+    let mut st: Statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a static empty C string and `st` is a writable statx buffer.
+    let r = unsafe {
+        statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH,
+            STATX_TYPE,
+            &raw mut st,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.mode & S_IFMT == S_IFREG)
+}
+
+/// Whether we may execute `rel` below `dir` (our effective ids; a `noexec` mount says no).
+pub fn executable(dir: std::os::fd::BorrowedFd<'_>, rel: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(rel) = c_path(rel) else {
+        return false;
+    };
+    // SAFETY: `rel` is a NUL-terminated string that outlives the call.
+    unsafe { faccessat(dir.as_raw_fd(), rel.as_ptr(), X_OK, AT_EACCESS) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

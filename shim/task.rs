@@ -5,7 +5,7 @@
 //! needs ([`Runner`]) and says how the task ended through a callback, so the dependency runs
 //! one way, protocol → task.
 
-use crate::dirs;
+use crate::{dirs, resolve};
 use crate::output::{Output, CHUNK};
 use crate::shim_proto::{Event, Exit, Spawn};
 use crate::sweep;
@@ -85,7 +85,20 @@ impl Runner {
                 String::from_utf8_lossy(&argv[i])
             ));
         }
-        let mut cmd = Command::new(OsStr::from_bytes(program));
+        // A name found once for good (`resolve.rs`) is run by its path, with the name as
+        // argv[0] as a search would pass it; a task that sets its own PATH is searched.
+        let sets_path = env.iter().any(|(key, _)| key == b"PATH");
+        let found = std::env::var_os("PATH")
+            .filter(|_| !sets_path)
+            .and_then(|path| resolve::FOUND.lookup(program, path.as_bytes()));
+        let mut cmd = match &found {
+            Some(path) => {
+                let mut cmd = Command::new(path);
+                cmd.arg0(OsStr::from_bytes(program));
+                cmd
+            }
+            None => Command::new(OsStr::from_bytes(program)),
+        };
         cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
         for (key, value) in &env {
             if value.contains(&0) {

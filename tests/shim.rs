@@ -507,3 +507,49 @@ async fn a_task_that_changes_the_workdirs_mode_does_not_pass_it_on() {
         assert_eq!(v["stdout"], "755\n1777\nwritten\n", "{pool}: {v}");
     }
 }
+
+/// A command is found in `PATH` as a search would find it at each task, even though the shim
+/// keeps the answer where it cannot change (a read-only root): a file a task puts earlier in
+/// `PATH`, on a writable root or on a tmpfs entry, is what the next task runs; and the name,
+/// not the path found, is the command's `argv[0]`.
+#[tokio::test]
+async fn a_command_is_found_in_path_as_a_search_would_find_it() {
+    let d = Daemon::start(&format!(
+        "{}{}{}",
+        one_pool("plain", ""),
+        one_pool(
+            "rw",
+            "[pools.rw.security]\nread_only_rootfs = false\nuser = \"0:0\""
+        ),
+        one_pool(
+            "tmpfs",
+            "reset_workdir = false\nenv = { PATH = \"/work/bin:/usr/local/bin:/usr/bin:/bin\" }"
+        ),
+    ))
+    .await;
+    d.wait_ready(Duration::from_secs(30)).await;
+    for _ in 0..2 {
+        let (status, v) = d
+            .task("plain", json!({"cmd": ["sh", "-c", "echo $0"]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["stdout"], "sh\n", "argv[0] is the name: {v}");
+    }
+    let shadow = "printf '#!/bin/sh\\necho shadow\\n' > DIR/true && chmod 755 DIR/true";
+    for (pool, dir) in [("rw", "/usr/local/bin"), ("tmpfs", "/work/bin")] {
+        let (status, v) = d.task(pool, json!({"cmd": ["true"]})).await;
+        assert_eq!((status, v["exit_code"].clone()), (200, json!(0)), "{v}");
+        assert_eq!(v["stdout"], "", "{pool}: {v}");
+        let first = v["container"].clone();
+        let shell = format!("mkdir -p {dir} && {}", shadow.replace("DIR", dir));
+        let (status, v) = d.task(pool, json!({ "shell": shell })).await;
+        assert_eq!((status, v["exit_code"].clone()), (200, json!(0)), "{v}");
+        let (status, v) = d.task(pool, json!({"cmd": ["true"]})).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["container"], first, "{pool}: same container: {v}");
+        assert_eq!(
+            v["stdout"], "shadow\n",
+            "{pool}: the file put in {dir} runs: {v}"
+        );
+    }
+}
