@@ -17,6 +17,24 @@ use crate::supervisor::{Leftovers, ReloadSummary, Supervisor};
 /// ones get `server.shutdown_grace`, every container is removed. `config` is the file at
 /// `config_path` as already loaded (and shown valid) by the caller, who also set up logging.
 ///
+/// The daemon holds a few descriptors per container (the direct transport's socket, the
+/// memory cgroup's OOM counter) beside its clients' connections, so a soft limit of 1,024
+/// (common under systemd and in shells) would run out near 500 containers: raise the soft
+/// limit on open files to the hard one, as Go programs do at start. A failure only leaves
+/// the limit as it was.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let from = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?from, to = ?limit.maximum, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, ?from, "cannot raise the open files limit"),
+        }
+    }
+}
+
 /// Errors: a listener that cannot bind, the shim that cannot be written, a bad
 /// `WARMPOOL_INSTANCE` or token file, or a failed start-up (what it made is removed first).
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
@@ -30,6 +48,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         signal(SignalKind::hangup()).context("cannot handle SIGHUP")?
     };
+    raise_open_files_limit();
     let token = Token::new(read_token(&config.server).map_err(|e| anyhow::anyhow!(e))?);
     let runtime = crate::runtime::docker::DockerRuntime::new(config.docker.host.as_deref());
     // Whether pools may use exec_transport = "direct" depends on where the engine is.
@@ -356,5 +375,21 @@ mod tests {
             let size = std::fs::metadata(p).unwrap().len();
             assert!(size > 0 && size <= 1024, "{}: {size} bytes", p.display());
         }
+    }
+
+    /// A low soft limit on open files is raised to the hard one (here the test process's own;
+    /// it only ever goes up to what it may be).
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let before = getrlimit(Resource::Nofile);
+        let Some(hard) = before.maximum.filter(|h| *h > 512) else {
+            return; // nothing to raise to
+        };
+        let mut low = before.clone();
+        low.current = Some(512);
+        setrlimit(Resource::Nofile, low).unwrap();
+        raise_open_files_limit();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
     }
 }

@@ -571,6 +571,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        super::oom::forget(id);
         // Docker's forced removal kills at once; Podman's stops first (SIGTERM, then its
         // 10 s stop timeout) and answers only then. A SIGKILL first makes both immediate;
         // a container that is not running or already gone is nobody's concern here.

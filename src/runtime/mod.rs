@@ -7,8 +7,11 @@
 pub mod bounded;
 pub mod docker;
 pub mod engine;
+pub mod oom;
 #[cfg(test)]
 pub mod fake;
+
+pub use oom::oom_kills;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -27,63 +30,6 @@ pub const LABEL_SESSION: &str = "warmpool.session";
 /// Which warmpool installation owns the container, so several daemons can share an engine
 /// (tests, benchmarks, staging next to production) without removing each other's.
 pub const LABEL_INSTANCE: &str = "warmpool.instance";
-
-/// How many times the kernel's OOM killer has killed a process of this container, read from
-/// its memory cgroup on this host: `memory.oom_control`'s `oom_kill` (cgroup v1) or
-/// `memory.events`'s `oom_kill` (cgroup v2), under Docker's or Podman's (libpod) cgroupfs
-/// or systemd layout.
-/// `None` when no such file is readable here (a remote engine, a daemon in a container
-/// without the host's /sys/fs/cgroup, an engine that puts containers elsewhere).
-///
-/// This is what `oom_killed` of a task result rests on: the counter moves for any process
-/// of the container, the task's included, whereas the engine's `State.OOMKilled` and `oom`
-/// event are tied to the container's main process (the shim, which survives).
-pub fn oom_kills(id: &str) -> Option<u64> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    let candidates = [
-        (
-            format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.oom_control"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/docker/{id}/memory.events"),
-            "oom_kill ",
-        ),
-        // Podman (libpod): cgroupfs, then systemd, cgroup v1 then v2.
-        (
-            format!("/sys/fs/cgroup/memory/libpod_parent/libpod-{id}/memory.oom_control"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/memory/machine.slice/libpod-{id}.scope/memory.oom_control"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/libpod_parent/libpod-{id}/memory.events"),
-            "oom_kill ",
-        ),
-        (
-            format!("/sys/fs/cgroup/machine.slice/libpod-{id}.scope/memory.events"),
-            "oom_kill ",
-        ),
-    ];
-    candidates.iter().find_map(|(path, key)| {
-        let text = std::fs::read_to_string(path).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|n| n.trim().parse().ok())
-    })
-}
 
 /// Errors from the engine, classified by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
