@@ -386,7 +386,7 @@ mod tests {
         let Some(hard) = before.maximum.filter(|h| *h > 512) else {
             return; // nothing to raise to
         };
-        let mut low = before.clone();
+        let mut low = before;
         low.current = Some(512);
         setrlimit(Resource::Nofile, low).unwrap();
         raise_open_files_limit();

@@ -7,9 +7,9 @@
 pub mod bounded;
 pub mod docker;
 pub mod engine;
-pub mod oom;
 #[cfg(test)]
 pub mod fake;
+pub mod oom;
 
 pub use oom::oom_kills;
 

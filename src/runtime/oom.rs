@@ -46,11 +46,7 @@ pub fn oom_kills(id: &str) -> Option<u64> {
 
 /// Drop the counter of a removed container.
 pub fn forget(id: &str) {
-    if let Some(open) = OPEN
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-    {
+    if let Some(open) = OPEN.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
         open.remove(id);
     }
 }
