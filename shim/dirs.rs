@@ -33,7 +33,7 @@ pub static KEPT: Dirs = Dirs::new();
 #[derive(Clone, Copy)]
 pub struct Kept {
     pub fd: BorrowedFd<'static>,
-    /// The mode bits of a tmpfs's root as mounted (`mode=` of its options, 1777 when absent);
+    /// For a tmpfs, the mode bits its root had when the shim started ([`start_mode`]);
     /// `None` for other file systems.
     pub mode: Option<u32>,
 }
@@ -87,33 +87,10 @@ fn directly_below_root(path: &[u8]) -> bool {
     }
 }
 
-/// Open `path` if it is a private mount point (see the module's comment), with its tmpfs mode.
-/// `Ok(None)`: it is not one (or does not exist, or is a symlink).
+/// Open `path` if it is a private mount point (see the module's comment), with the mode its
+/// root had at start if it is a tmpfs. `Ok(None)`: it is not one (or does not exist, or is a
+/// symlink).
 fn open_fixed(path: &[u8]) -> io::Result<Option<(OwnedFd, Option<u32>)>> {
-    let Some((fd, mount)) = open_mount_root(path)? else {
-        return Ok(None);
-    };
-    Ok(mount.private.then_some((fd, mount.tmpfs_mode)))
-}
-
-/// The mode bits a tmpfs mounted at `path` was mounted with, for a wipe by path to restore
-/// (the workdir and `/tmp` are always tmpfs of their own); `None` for anything else.
-pub fn tmpfs_mode(path: &[u8]) -> Option<u32> {
-    open_mount_root(path).ok().flatten()?.1.tmpfs_mode
-}
-
-/// What `/proc/self/mountinfo` says of one mount.
-#[derive(Debug, PartialEq)]
-struct Mount {
-    /// No `shared:` or `master:` tag: nothing is propagated into it.
-    private: bool,
-    /// For a tmpfs, the mode of its root as mounted (`mode=`, 1777 when absent).
-    tmpfs_mode: Option<u32>,
-}
-
-/// Open `path` if it is the root of a mount, with what mountinfo says of that mount.
-/// `Ok(None)`: not one (or missing, or a symlink, which is not followed).
-fn open_mount_root(path: &[u8]) -> io::Result<Option<(OwnedFd, Mount)>> {
     const ENOENT: i32 = 2;
     const ENOTDIR: i32 = 20;
     const ELOOP: i32 = 40;
@@ -122,19 +99,64 @@ fn open_mount_root(path: &[u8]) -> io::Result<Option<(OwnedFd, Mount)>> {
         Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR | ELOOP)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let stat = sys::stat_dir(fd.as_fd())?;
+    let stat = sys::stat_fd(fd.as_fd())?;
     let Some(mnt_id) = stat.mnt_id.filter(|_| stat.mount_root) else {
         return Ok(None);
     };
     let mountinfo = std::fs::read("/proc/self/mountinfo")?;
-    Ok(mount_at(&mountinfo, mnt_id, path).map(|mount| (fd, mount)))
+    let private = private_mount_at(&mountinfo, mnt_id, path) == Some(true);
+    Ok(private.then(|| (fd, start_mode(path))))
 }
 
-/// Mount `id` as `/proc/self/mountinfo` shows it, if it is mounted at `path`.
+/// The container's tmpfs mount points and the mode bits of each when the shim started.
+static START_MODES: Mutex<Vec<(Vec<u8>, u32)>> = Mutex::new(Vec::new());
+
+/// Note the mode of every tmpfs mount point as it is now: called once at start, before any
+/// task runs, so that a wipe can undo a task's `chmod` of the workdir or `/tmp`. The mode as
+/// found, not as mounted: some runtimes (runc before 1.1.8) give a tmpfs root the mode of the
+/// image's directory beneath it.
+pub fn note_start_modes() {
+    let Ok(mountinfo) = std::fs::read("/proc/self/mountinfo") else {
+        return;
+    };
+    let modes = tmpfs_mount_points(&mountinfo)
+        .into_iter()
+        .filter_map(|point| {
+            let fd = sys::open_dir_nofollow(point).ok()?;
+            Some((point.to_vec(), sys::stat_fd(fd.as_fd()).ok()?.mode))
+        })
+        .collect();
+    *lock(&START_MODES) = modes;
+}
+
+/// The mode a tmpfs mounted at `path` had when the shim started; `None` for anything else.
+pub fn start_mode(path: &[u8]) -> Option<u32> {
+    lock(&START_MODES)
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, mode)| *mode)
+}
+
+/// The mount points of every tmpfs in mountinfo (an escaped one, `\040` and the like, is
+/// left out: never one of warmpool's).
+fn tmpfs_mount_points(mountinfo: &[u8]) -> Vec<&[u8]> {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let dash = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
+            let point = *fields.get(4)?;
+            (*fields.get(dash + 1)? == b"tmpfs" && !point.contains(&b'\\')).then_some(point)
+        })
+        .collect()
+}
+
+/// Whether mount `id`, as `/proc/self/mountinfo` shows it, is private (no `shared:` or
+/// `master:` tag: nothing is propagated into it); `None` if it is not mounted at `path`.
 ///
 /// A line: `id parent major:minor root mount-point options [tags...] - fstype source
 /// super-options` (proc(5)).
-fn mount_at(mountinfo: &[u8], id: u64, path: &[u8]) -> Option<Mount> {
+fn private_mount_at(mountinfo: &[u8], id: u64, path: &[u8]) -> Option<bool> {
     let id = id.to_string();
     for line in mountinfo.split(|&b| b == b'\n') {
         let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
@@ -146,21 +168,11 @@ fn mount_at(mountinfo: &[u8], id: u64, path: &[u8]) -> Option<Mount> {
             return None;
         }
         let dash = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
-        let private = !fields[6..dash]
-            .iter()
-            .any(|t| t.starts_with(b"shared:") || t.starts_with(b"master:"));
-        let tmpfs_mode = (*fields.get(dash + 1)? == b"tmpfs").then(|| {
-            let options = fields.get(dash + 3).copied().unwrap_or_default();
-            options
-                .split(|&b| b == b',')
-                .find_map(|o| o.strip_prefix(b"mode="))
-                .and_then(|m| u32::from_str_radix(std::str::from_utf8(m).ok()?, 8).ok())
-                .unwrap_or(0o1777)
-        });
-        return Some(Mount {
-            private,
-            tmpfs_mode,
-        });
+        return Some(
+            !fields[6..dash]
+                .iter()
+                .any(|t| t.starts_with(b"shared:") || t.starts_with(b"master:")),
+        );
     }
     None
 }
@@ -178,29 +190,31 @@ mod tests {
 613 601 254:1 /shared /shared rw,relatime shared:9 - ext4 /dev/vda1 rw
 ";
 
-    fn mount(private: bool, tmpfs_mode: Option<u32>) -> Option<Mount> {
-        Some(Mount {
-            private,
-            tmpfs_mode,
-        })
-    }
-
     #[test]
-    fn mountinfo_says_which_mounts_are_private_and_a_tmpfs_mode() {
-        assert_eq!(mount_at(MOUNTINFO, 610, b"/work"), mount(true, Some(0o755)));
-        // No mode= option: tmpfs's default.
-        assert_eq!(mount_at(MOUNTINFO, 611, b"/tmp"), mount(true, Some(0o1777)));
-        assert_eq!(mount_at(MOUNTINFO, 602, b"/proc"), mount(true, None));
+    fn mountinfo_says_which_mounts_are_private() {
+        assert_eq!(private_mount_at(MOUNTINFO, 610, b"/work"), Some(true));
+        assert_eq!(private_mount_at(MOUNTINFO, 611, b"/tmp"), Some(true));
+        assert_eq!(private_mount_at(MOUNTINFO, 602, b"/proc"), Some(true));
         // A session's workspace is mounted over /workspace from the host.
-        assert_eq!(mount_at(MOUNTINFO, 612, b"/workspace"), mount(false, None));
-        assert_eq!(mount_at(MOUNTINFO, 613, b"/shared"), mount(false, None));
+        assert_eq!(private_mount_at(MOUNTINFO, 612, b"/workspace"), Some(false));
+        assert_eq!(private_mount_at(MOUNTINFO, 613, b"/shared"), Some(false));
     }
 
     #[test]
     fn a_mount_elsewhere_or_unknown_is_none() {
         // The id is that mount's, but the path names another place.
-        assert_eq!(mount_at(MOUNTINFO, 610, b"/tmp"), None);
-        assert_eq!(mount_at(MOUNTINFO, 999, b"/work"), None);
+        assert_eq!(private_mount_at(MOUNTINFO, 610, b"/tmp"), None);
+        assert_eq!(private_mount_at(MOUNTINFO, 999, b"/work"), None);
+    }
+
+    #[test]
+    fn the_tmpfs_mount_points_are_found() {
+        let escaped = b"614 601 0:106 / /a\\040b rw - tmpfs tmpfs rw\n";
+        let info = [MOUNTINFO, &escaped[..]].concat();
+        assert_eq!(
+            tmpfs_mount_points(&info),
+            vec![b"/work".as_slice(), b"/tmp".as_slice()]
+        );
     }
 
     #[test]

@@ -72,6 +72,9 @@ fn main() {
         die(1, &format!("cannot set up the signal handlers: {e}"));
     }
 
+    // Before any task can change them: what a wipe gives the workdir and /tmp back.
+    dirs::note_start_modes();
+
     // Outside a container's pid namespace orphans would go to the real init, out of reach of
     // the sweep that ends what each task leaves behind (see `sweep.rs`).
     if sys::my_pid() != 1 {

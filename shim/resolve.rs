@@ -97,7 +97,7 @@ fn probe(root: BorrowedFd<'_>, candidate: &[u8]) -> Entry {
     match sys::open_on_same_mount(root, rel) {
         // The whole resolution stayed on the root's mount, so the access check (which walks
         // the path again) sees the same file.
-        Ok(fd) => match sys::is_regular_file(fd.as_fd()) {
+        Ok(fd) => match sys::stat_fd(fd.as_fd()).map(|st| st.regular_file) {
             Ok(true) if sys::executable(root, rel) => Entry::Here,
             Ok(_) => Entry::NotHere,
             Err(_) => Entry::Unknown,

@@ -392,15 +392,17 @@ pub fn read_at(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<
     Ok(data)
 }
 
-/// What statx says of an open directory: whether it is the root of a mount, that mount's id
-/// (Linux 5.8+; `None` before), and its mode bits.
-pub struct DirStat {
+/// What statx says of an open file: whether it is the root of a mount, that mount's id
+/// (Linux 5.8+; `None` before), its mode bits, and whether it is a regular file.
+pub struct FdStat {
     pub mount_root: bool,
     pub mnt_id: Option<u64>,
     pub mode: u32,
+    pub regular_file: bool,
 }
 
-pub fn stat_dir(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<DirStat> {
+/// statx of an open file (an `O_PATH` descriptor will do).
+pub fn stat_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FdStat> {
     use std::os::fd::AsRawFd;
     // SAFETY: all-zero bytes are a valid `Statx` (plain integers).
     let mut st: Statx = unsafe { std::mem::zeroed() };
@@ -410,17 +412,18 @@ pub fn stat_dir(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<DirStat> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             AT_EMPTY_PATH,
-            STATX_MODE | STATX_MNT_ID,
+            STATX_TYPE | STATX_MODE | STATX_MNT_ID,
             &raw mut st,
         )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(DirStat {
+    Ok(FdStat {
         mount_root: st.attributes & STATX_ATTR_MOUNT_ROOT != 0,
         mnt_id: (st.mask & STATX_MNT_ID != 0).then_some(st.mnt_id),
         mode: u32::from(st.mode) & 0o7777,
+        regular_file: st.mode & S_IFMT == S_IFREG,
     })
 }
 
@@ -475,7 +478,8 @@ pub fn list_dir(
         let mut at = 0;
         while at + 19 < n {
             let reclen = usize::from(u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]));
-            if reclen == 0 || at + reclen > n {
+            // The fixed part and at least a NUL: anything shorter is not a record.
+            if reclen < 20 || at + reclen > n {
                 return Err(io::Error::from(io::ErrorKind::InvalidData));
             }
             let name = &bytes[at + 19..at + reclen];
@@ -564,27 +568,6 @@ pub fn open_on_same_mount(
         .ok_or_else(io::Error::last_os_error)?;
     // SAFETY: the kernel just returned `fd`; nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether `fd` (an `O_PATH` descriptor will do) is a regular file.
-pub fn is_regular_file(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: all-zero bytes are a valid `Statx` (plain integers).
-    let mut st: Statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is a static empty C string and `st` is a writable statx buffer.
-    let r = unsafe {
-        statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            AT_EMPTY_PATH,
-            STATX_TYPE,
-            &raw mut st,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.mode & S_IFMT == S_IFREG)
 }
 
 /// Whether we may execute `rel` below `dir` (our effective ids; a `noexec` mount says no).

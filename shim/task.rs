@@ -5,12 +5,12 @@
 //! needs ([`Runner`]) and says how the task ended through a callback, so the dependency runs
 //! one way, protocol → task.
 
-use crate::{dirs, resolve};
 use crate::output::{Output, CHUNK};
 use crate::shim_proto::{Event, Exit, Spawn};
 use crate::sweep;
 use crate::sys::{self, pid_of};
 use crate::threads::{lock, wait, Workers};
+use crate::{dirs, resolve};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -85,21 +85,6 @@ impl Runner {
                 String::from_utf8_lossy(&argv[i])
             ));
         }
-        // A name found once for good (`resolve.rs`) is run by its path, with the name as
-        // argv[0] as a search would pass it; a task that sets its own PATH is searched.
-        let sets_path = env.iter().any(|(key, _)| key == b"PATH");
-        let found = std::env::var_os("PATH")
-            .filter(|_| !sets_path)
-            .and_then(|path| resolve::FOUND.lookup(program, path.as_bytes()));
-        let mut cmd = match &found {
-            Some(path) => {
-                let mut cmd = Command::new(path);
-                cmd.arg0(OsStr::from_bytes(program));
-                cmd
-            }
-            None => Command::new(OsStr::from_bytes(program)),
-        };
-        cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
         for (key, value) in &env {
             if value.contains(&0) {
                 return Err(format!(
@@ -113,8 +98,32 @@ impl Runner {
                     String::from_utf8_lossy(key)
                 ));
             }
-            cmd.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
         }
+        // A name found once for good (`resolve.rs`) is run by its path, with the name as
+        // argv[0] as a search would pass it; a task that sets its own PATH is searched.
+        let sets_path = env.iter().any(|(key, _)| key == b"PATH");
+        let found = std::env::var_os("PATH")
+            .filter(|_| !sets_path)
+            .and_then(|path| resolve::FOUND.lookup(program, path.as_bytes()));
+        let command = |path: Option<&OsStr>| {
+            let mut cmd = Command::new(path.unwrap_or(OsStr::from_bytes(program)));
+            cmd.arg0(OsStr::from_bytes(program))
+                .args(args.iter().map(|a| OsStr::from_bytes(a)))
+                .envs(
+                    env.iter()
+                        .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
+                )
+                // No `pre_exec` hook: with one std must fork, without it std uses vfork-based
+                // posix_spawn (about 0.3 ms a task less). The task inherits our signal mask,
+                // which is empty, and gets default dispositions for the signals we catch (exec
+                // resets them; posix_spawn resets them before it runs anything in the child).
+                // Its own group, so that a timeout or Kill reaches its children too.
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd
+        };
         // The shim moves into the workdir itself rather than through `current_dir`: for a
         // static binary std can only do the latter with fork, while without it std uses
         // vfork-based posix_spawn, about 0.3 ms faster here. Nothing else in the shim uses the
@@ -126,18 +135,23 @@ impl Runner {
             None => fs::create_dir_all(&dir).and_then(|()| std::env::set_current_dir(&dir)),
         }
         .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;
-        // No `pre_exec` hook: with one std must fork, without it std uses vfork-based
-        // posix_spawn (about 0.3 ms a task less). The task inherits our signal mask, which is
-        // empty, and gets default dispositions for the signals we catch (exec resets them;
-        // posix_spawn resets them before it runs anything in the child).
-        // Its own group, so that a timeout or Kill reaches its children too.
-        cmd.process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let (mut child, pidfd) = self
-            .reaper
-            .spawn(&mut cmd)
+        let spawned = match found.as_deref() {
+            Some(path) => match self.reaper.spawn(&mut command(Some(path))) {
+                // What a search goes on from (a script whose interpreter is missing: ENOENT;
+                // EACCES): search as posix_spawnp would, from the first entry.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    self.reaper.spawn(&mut command(None))
+                }
+                spawned => spawned,
+            },
+            None => self.reaper.spawn(&mut command(None)),
+        };
+        let (mut child, pidfd) = spawned
             .map_err(|e| format!("cannot run {:?}: {e}", String::from_utf8_lossy(program)))?;
         let pid = pid_of(&child);
         let child_in = child.stdin.take();

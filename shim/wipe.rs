@@ -30,20 +30,15 @@ pub fn wipe(paths: &[Vec<u8>]) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// The common case through a kept directory (`dirs.rs`), with no path walk: restore the mode
-/// its tmpfs was mounted with, which a task may have changed (`chmod 500 /work` would
-/// otherwise leave the next tenant a workdir it cannot write), and say whether the directory
-/// is empty, that is, wiped already. Anything else is left to the walk by path.
+/// The common case through a kept directory (`dirs.rs`), with no path walk: give a tmpfs
+/// back the mode it had when the shim started, which a task may have changed (`chmod 500
+/// /work` would otherwise leave the next tenant a workdir it cannot write; the shim runs as
+/// the tasks' user, so it can undo whatever they did), and say whether the directory is
+/// empty, that is, wiped already. Anything else is left to the walk by path.
 fn wipe_kept(kept: dirs::Kept) -> bool {
     if let Some(mode) = kept.mode {
-        match sys::stat_dir(kept.fd) {
-            Ok(st) if st.mode == mode => {}
-            Ok(_) => {
-                if sys::chmod_fd(kept.fd, mode).is_err() {
-                    return false;
-                }
-            }
-            Err(_) => return false,
+        if sys::stat_fd(kept.fd).is_ok_and(|st| st.mode != mode) {
+            let _ = sys::chmod_fd(kept.fd, mode);
         }
     }
     let mut empty = true;
@@ -75,12 +70,10 @@ fn wipe_dir(dir: &Path, problems: &mut Vec<String>) {
         }
         Ok(_) => {}
     }
-    // As for a kept directory (`wipe_kept`): the mode its tmpfs was mounted with.
-    if let Some(mode) = dirs::tmpfs_mode(dir.as_os_str().as_bytes()) {
+    // As for a kept directory (`wipe_kept`): the mode its tmpfs had at start.
+    if let Some(mode) = dirs::start_mode(dir.as_os_str().as_bytes()) {
         if fs::symlink_metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o7777 != mode) {
-            if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(mode)) {
-                return problems.push(format!("{}: cannot restore its mode: {e}", dir.display()));
-            }
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode));
         }
     }
     let mut failed = remove_contents(dir);

@@ -24,15 +24,30 @@ use crate::supervisor::{Leftovers, ReloadSummary, Supervisor};
 /// the limit as it was.
 fn raise_open_files_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let from = limit.current;
-        limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit) {
-            Ok(()) => tracing::debug!(?from, to = ?limit.maximum, "raised the open files limit"),
-            Err(e) => tracing::warn!(error = %e, ?from, "cannot raise the open files limit"),
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(raised) = raised_limit(limit) {
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::debug!(from = ?limit.current, to = ?raised.current, "raised the open files limit")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, from = ?limit.current, "cannot raise the open files limit")
+            }
         }
     }
+}
+
+/// The limit to set: the soft one up to the hard one (`None`: unlimited), if it is lower.
+fn raised_limit(limit: rustix::process::Rlimit) -> Option<rustix::process::Rlimit> {
+    let below = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    below.then_some(rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    })
 }
 
 /// Errors: a listener that cannot bind, the shim that cannot be written, a bad
@@ -377,19 +392,22 @@ mod tests {
         }
     }
 
-    /// A low soft limit on open files is raised to the hard one (here the test process's own;
-    /// it only ever goes up to what it may be).
+    /// A soft limit on open files below the hard one is raised to it; one at the hard limit,
+    /// or unlimited, is left alone. (Pure: lowering the test process's own limit would starve
+    /// the tests running beside it.)
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_limit() {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let before = getrlimit(Resource::Nofile);
-        let Some(hard) = before.maximum.filter(|h| *h > 512) else {
-            return; // nothing to raise to
-        };
-        let mut low = before;
-        low.current = Some(512);
-        setrlimit(Resource::Nofile, low).unwrap();
-        raise_open_files_limit();
-        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+        use rustix::process::Rlimit;
+        let limit = |current, maximum| Rlimit { current, maximum };
+        assert_eq!(
+            raised_limit(limit(Some(1024), Some(524_288))),
+            Some(limit(Some(524_288), Some(524_288)))
+        );
+        assert_eq!(
+            raised_limit(limit(Some(1024), None)),
+            Some(limit(None, None))
+        );
+        assert_eq!(raised_limit(limit(Some(4096), Some(4096))), None);
+        assert_eq!(raised_limit(limit(None, None)), None);
     }
 }

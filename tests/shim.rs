@@ -472,8 +472,9 @@ async fn the_workdir_and_tmp_are_wiped_between_tasks_unless_turned_off() {
 }
 
 /// A task that takes write permission away from the workdir or /tmp does not pass that on: the
-/// next tenant's task finds them with the modes their tmpfs were mounted with, and can write.
-/// `/work` is a directory the shim keeps open; a workdir deeper down is wiped by its path.
+/// next tenant's task finds them with the modes they had when the container started (755 and
+/// 1777 as warmpool mounts them), and can write. `/work` is a directory the shim keeps open; a
+/// workdir deeper down is wiped by its path.
 #[tokio::test]
 async fn a_task_that_changes_the_workdirs_mode_does_not_pass_it_on() {
     let d = Daemon::start(&format!(
@@ -484,27 +485,31 @@ async fn a_task_that_changes_the_workdirs_mode_does_not_pass_it_on() {
     .await;
     d.wait_ready(Duration::from_secs(30)).await;
     for (pool, workdir) in [("modes", "/work"), ("deep", "/srv/work")] {
-        let (status, v) = d
-            .task(
-                pool,
-                json!({"shell": format!("chmod 500 {workdir} && chmod 700 /tmp && stat -c %a {workdir} /tmp")}),
-            )
-            .await;
+        let shell = format!(
+            "stat -c %a {workdir} /tmp && chmod 500 {workdir} && chmod 700 /tmp && stat -c %a {workdir} /tmp"
+        );
+        let (status, v) = d.task(pool, json!({ "shell": shell })).await;
         assert_eq!(status, 200, "{v}");
+        let lines: Vec<&str> = v["stdout"].as_str().unwrap_or_default().lines().collect();
+        assert_eq!(lines.len(), 4, "{pool}: {v}");
+        let at_start = format!("{}\n{}\n", lines[0], lines[1]);
         assert_eq!(
-            v["stdout"], "500\n700\n",
+            lines[2..],
+            ["500", "700"],
             "{pool}: the task changed both: {v}"
         );
+        assert_ne!(lines[..2], lines[2..], "{pool}: {v}");
         let first = v["container"].clone();
-        let (status, v) = d
-            .task(
-                pool,
-                json!({"shell": format!("stat -c %a {workdir} /tmp && touch {workdir}/a /tmp/b && echo written")}),
-            )
-            .await;
+        let shell =
+            format!("stat -c %a {workdir} /tmp && touch {workdir}/a /tmp/b && echo written");
+        let (status, v) = d.task(pool, json!({ "shell": shell })).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["container"], first, "{pool}: same container: {v}");
-        assert_eq!(v["stdout"], "755\n1777\nwritten\n", "{pool}: {v}");
+        assert_eq!(
+            v["stdout"],
+            format!("{at_start}written\n"),
+            "{pool}: the modes at start are back: {v}"
+        );
     }
 }
 

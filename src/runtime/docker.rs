@@ -588,7 +588,7 @@ impl Runtime for DockerRuntime {
             v: true,
             link: false,
         };
-        match self.client()?.remove_container(id, Some(options)).await {
+        let removed = match self.client()?.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) => match map_err(e) {
                 RuntimeError::NotFound(_) => Ok(()),
@@ -596,7 +596,9 @@ impl Runtime for DockerRuntime {
                 RuntimeError::Conflict(m) if m.contains("in progress") => Ok(()),
                 other => Err(other),
             },
-        }
+        };
+        super::oom::forget(id);
+        removed
     }
 
     async fn list_managed(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {

@@ -37,22 +37,45 @@ pub fn oom_kills(id: &str) -> Option<u64> {
         if !open.contains_key(id) && open.len() >= MAX_OPEN {
             open.clear();
         }
-        open.entry(id.to_string())
-            .or_insert_with(|| find(id).map(Arc::new))
-            .clone()?
+        match open.get(id) {
+            Some(known) => known.clone()?,
+            None => match find(id) {
+                Found::File(file) => {
+                    let file = Arc::new(file);
+                    open.insert(id.to_string(), Some(file.clone()));
+                    file
+                }
+                Found::Nowhere => {
+                    open.insert(id.to_string(), None);
+                    return None;
+                }
+                // Out of descriptors, say: not remembered, so tried again next time.
+                Found::Unknown => return None,
+            },
+        }
     };
     read(&file)
 }
 
-/// Drop the counter of a removed container.
+/// Drop the counter of a removed container (called before and after the engine's removal, so
+/// that a read in between does not keep it).
 pub fn forget(id: &str) {
     if let Some(open) = OPEN.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
         open.remove(id);
     }
 }
 
+/// What looking for a container's counter found.
+enum Found {
+    File(File),
+    /// None of the known places exists: a remote engine, another layout.
+    Nowhere,
+    /// A place could not be opened for another reason (out of descriptors, permissions).
+    Unknown,
+}
+
 /// The first of the known places that holds this container's counter.
-fn find(id: &str) -> Option<File> {
+fn find(id: &str) -> Found {
     let candidates = [
         format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
         format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.oom_control"),
@@ -64,10 +87,15 @@ fn find(id: &str) -> Option<File> {
         format!("/sys/fs/cgroup/libpod_parent/libpod-{id}/memory.events"),
         format!("/sys/fs/cgroup/machine.slice/libpod-{id}.scope/memory.events"),
     ];
-    candidates.iter().find_map(|path| {
-        let file = File::open(path).ok()?;
-        read(&file).map(|_| file)
-    })
+    let mut found = Found::Nowhere;
+    for path in &candidates {
+        match File::open(path) {
+            Ok(file) if read(&file).is_some() => return Found::File(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => found = Found::Unknown,
+        }
+    }
+    found
 }
 
 /// The `oom_kill` line of the file, read again from its start (cgroup files are generated
