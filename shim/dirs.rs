@@ -29,19 +29,10 @@ const MAX_KNOWN: usize = 64;
 /// The shim's one set of kept directories.
 pub static KEPT: Dirs = Dirs::new();
 
-/// A kept directory: its descriptor, and for a tmpfs the mode its mount gave it.
-#[derive(Clone, Copy)]
-pub struct Kept {
-    pub fd: BorrowedFd<'static>,
-    /// For a tmpfs, the mode bits its root had when the shim started ([`start_mode`]);
-    /// `None` for other file systems.
-    pub mode: Option<u32>,
-}
-
 /// Paths looked at so far: each with its kept directory, or `None` when it is not one to keep
 /// (that cannot change: no mount can appear later, see the module's comment).
 pub struct Dirs {
-    known: Mutex<Vec<(Vec<u8>, Option<Kept>)>>,
+    known: Mutex<Vec<(Vec<u8>, Option<BorrowedFd<'static>>)>>,
 }
 
 impl Dirs {
@@ -51,9 +42,9 @@ impl Dirs {
         }
     }
 
-    /// The kept directory `path` names, opening it the first time; `None` when `path` is not
-    /// one to keep (or could not be looked at just now), and the caller walks it.
-    pub fn kept(&self, path: &[u8]) -> Option<Kept> {
+    /// A descriptor of the directory `path` names, opened the first time; `None` when `path`
+    /// is not one to keep (or could not be looked at just now), and the caller walks it.
+    pub fn kept(&self, path: &[u8]) -> Option<BorrowedFd<'static>> {
         if !directly_below_root(path) {
             return None;
         }
@@ -67,12 +58,9 @@ impl Dirs {
         // An error may be passing (out of descriptors): not remembered, so tried again.
         let found = open_fixed(path).ok()?;
         // Kept for the shim's life: never closed, so lending it out as 'static is sound.
-        let kept = found.map(|(fd, mode)| {
+        let kept = found.map(|fd| {
             let fd: &'static OwnedFd = Box::leak(Box::new(fd));
-            Kept {
-                fd: fd.as_fd(),
-                mode,
-            }
+            fd.as_fd()
         });
         known.push((path.to_vec(), kept));
         kept
@@ -87,10 +75,9 @@ fn directly_below_root(path: &[u8]) -> bool {
     }
 }
 
-/// Open `path` if it is a private mount point (see the module's comment), with the mode its
-/// root had at start if it is a tmpfs. `Ok(None)`: it is not one (or does not exist, or is a
-/// symlink).
-fn open_fixed(path: &[u8]) -> io::Result<Option<(OwnedFd, Option<u32>)>> {
+/// Open `path` if it is a private mount point (see the module's comment). `Ok(None)`: it is
+/// not one (or does not exist, or is a symlink).
+fn open_fixed(path: &[u8]) -> io::Result<Option<OwnedFd>> {
     const ENOENT: i32 = 2;
     const ENOTDIR: i32 = 20;
     const ELOOP: i32 = 40;
@@ -105,7 +92,7 @@ fn open_fixed(path: &[u8]) -> io::Result<Option<(OwnedFd, Option<u32>)>> {
     };
     let mountinfo = std::fs::read("/proc/self/mountinfo")?;
     let private = private_mount_at(&mountinfo, mnt_id, path) == Some(true);
-    Ok(private.then(|| (fd, start_mode(path))))
+    Ok(private.then_some(fd))
 }
 
 /// The container's tmpfs mount points and the mode bits of each when the shim started.
@@ -222,7 +209,16 @@ mod tests {
         for ok in ["/work", "/tmp", "/proc", "/a.b"] {
             assert!(directly_below_root(ok.as_bytes()), "{ok}");
         }
-        for no in ["", "/", "work", "/work/", "/home/agent", "/.", "/..", "//work"] {
+        for no in [
+            "",
+            "/",
+            "work",
+            "/work/",
+            "/home/agent",
+            "/.",
+            "/..",
+            "//work",
+        ] {
             assert!(!directly_below_root(no.as_bytes()), "{no}");
         }
     }
@@ -246,32 +242,6 @@ mod tests {
                 p.display()
             );
         }
-        std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[test]
-    fn a_directory_listing_skips_dot_entries_and_can_stop_early() {
-        let base = std::env::temp_dir().join(format!("shim-list-{}", std::process::id()));
-        std::fs::create_dir_all(&base).unwrap();
-        use std::os::unix::ffi::OsStrExt;
-        let fd = sys::open_dir_nofollow(base.as_os_str().as_bytes()).unwrap();
-        let names = |stop_after: usize| {
-            let mut seen = Vec::new();
-            sys::list_dir(fd.as_fd(), |n| {
-                seen.push(n.to_vec());
-                seen.len() < stop_after
-            })
-            .unwrap();
-            seen.sort();
-            seen
-        };
-        assert!(names(usize::MAX).is_empty());
-        for name in [".hidden", "..x", "plain"] {
-            std::fs::write(base.join(name), b"").unwrap();
-        }
-        let all = names(usize::MAX);
-        assert_eq!(all, vec![b"..x".to_vec(), b".hidden".to_vec(), b"plain".to_vec()]);
-        assert_eq!(names(1).len(), 1);
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

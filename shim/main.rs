@@ -17,8 +17,8 @@
 //! loop), `output.rs` is the stream events go back on, `sweep.rs` ends what a task left,
 //! `wipe.rs` resets the workdir, `dirs.rs` keeps open the directories used around every task
 //! (a path walk costs a FUSE round trip on some storage drivers), `resolve.rs` finds a command
-//! in `PATH` once where the answer cannot change, `threads.rs` holds the lock helpers and the reused workers,
-//! `sys.rs` every libc declaration; `files.rs`, `tar.rs` and `failure.rs` serve file transfers
+//! in `PATH` once where the answer cannot change, `threads.rs` holds the lock helpers and the
+//! reused workers, `sys.rs` every libc declaration; `files.rs`, `tar.rs` and `failure.rs` serve file transfers
 //! (the same binary, run as a task). This file only wires them together; no file uses it.
 //!
 //! Threads: the main thread reads requests and never waits on a task; one reaper thread reaps

@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn an_entry_that_can_change_before_the_hit_means_no_answer() {
         // /work/bin is a tmpfs: a task could put a `true` there.
-        let table = [("/work/bin/true", Entry::Unknown), ("/bin/true", Entry::Here)];
+        let table = [
+            ("/work/bin/true", Entry::Unknown),
+            ("/bin/true", Entry::Here),
+        ];
         assert_eq!(
             first_fixed(b"true", b"/work/bin:/bin", probe_from(&table)),
             None
@@ -183,7 +186,10 @@ mod tests {
         for path in [&b"::/bin"[..], b".:/bin", b"bin:/bin"] {
             assert_eq!(first_fixed(b"true", path, probe_from(&table)), None);
         }
-        assert_eq!(first_fixed(b"nope", b"/usr/bin:/bin", probe_from(&table)), None);
+        assert_eq!(
+            first_fixed(b"nope", b"/usr/bin:/bin", probe_from(&table)),
+            None
+        );
     }
 
     #[test]

@@ -107,10 +107,12 @@ pub fn end_all(scope: Scope, deadline: Instant, wake_reaper: &dyn Fn()) -> Resul
 fn processes(scope: Scope) -> io::Result<(Vec<Proc>, bool)> {
     let me = sys::my_pid();
     // Through a kept /proc (`dirs.rs`) when there is one: no walk from `/` per look.
-    let proc_dir = dirs::KEPT.kept(b"/proc").map(|k| k.fd);
+    let proc_dir = dirs::KEPT.kept(b"/proc");
     let mut pids = Vec::new();
     let mut note = |name: &[u8]| {
-        let pid = std::str::from_utf8(name).ok().and_then(|n| n.parse::<i32>().ok());
+        let pid = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| n.parse::<i32>().ok());
         pids.extend(pid.filter(|pid| *pid != me));
         true
     };

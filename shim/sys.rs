@@ -342,17 +342,25 @@ extern "C" {
     fn openat(dirfd: i32, path: *const std::ffi::c_char, flags: i32, ...) -> i32;
     fn fchdir(fd: i32) -> i32;
     fn fchmod(fd: i32, mode: u32) -> i32;
-    fn statx(dirfd: i32, path: *const std::ffi::c_char, flags: i32, mask: u32, buf: *mut Statx)
-        -> i32;
+    fn statx(
+        dirfd: i32,
+        path: *const std::ffi::c_char,
+        flags: i32,
+        mask: u32,
+        buf: *mut Statx,
+    ) -> i32;
 }
 
 const AT_FDCWD: i32 = -100;
 const AT_EMPTY_PATH: i32 = 0x1000;
 const O_DIRECTORY: i32 = 0o200_000;
 const O_NOFOLLOW: i32 = 0o400_000;
+const STATX_TYPE: u32 = 0x1;
 const STATX_MODE: u32 = 0x2;
 const STATX_MNT_ID: u32 = 0x1000;
 const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+const S_IFMT: u16 = 0o170_000;
+const S_IFREG: u16 = 0o100_000;
 const SYS_GETDENTS64: i64 = 217;
 
 fn c_path(path: &[u8]) -> io::Result<std::ffi::CString> {
@@ -513,9 +521,6 @@ const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const ST_RDONLY: u64 = 1;
 const X_OK: i32 = 1;
 const AT_EACCESS: i32 = 0x200;
-const STATX_TYPE: u32 = 0x1;
-const S_IFMT: u16 = 0o170_000;
-const S_IFREG: u16 = 0o100_000;
 
 /// Linux's `struct open_how` (openat2).
 #[repr(C)]
@@ -595,5 +600,35 @@ mod tests {
         kill_task(pid);
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(SIGKILL), "{status:?}");
+    }
+
+    #[test]
+    fn a_directory_listing_skips_dot_entries_and_can_stop_early() {
+        let base = std::env::temp_dir().join(format!("shim-list-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        use std::os::fd::AsFd;
+        use std::os::unix::ffi::OsStrExt;
+        let fd = open_dir_nofollow(base.as_os_str().as_bytes()).unwrap();
+        let names = |stop_after: usize| {
+            let mut seen = Vec::new();
+            list_dir(fd.as_fd(), |n| {
+                seen.push(n.to_vec());
+                seen.len() < stop_after
+            })
+            .unwrap();
+            seen.sort();
+            seen
+        };
+        assert!(names(usize::MAX).is_empty());
+        for name in [".hidden", "..x", "plain"] {
+            std::fs::write(base.join(name), b"").unwrap();
+        }
+        let all = names(usize::MAX);
+        assert_eq!(
+            all,
+            vec![b"..x".to_vec(), b".hidden".to_vec(), b"plain".to_vec()]
+        );
+        assert_eq!(names(1).len(), 1);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

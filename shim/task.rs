@@ -131,7 +131,7 @@ impl Runner {
         let dir = start_dir.join(OsStr::from_bytes(&workdir));
         // A kept workdir (the pool's, see `dirs.rs`) exists and needs no walk of its path.
         match dirs::KEPT.kept(dir.as_os_str().as_bytes()) {
-            Some(kept) => sys::chdir_fd(kept.fd),
+            Some(fd) => sys::chdir_fd(fd),
             None => fs::create_dir_all(&dir).and_then(|()| std::env::set_current_dir(&dir)),
         }
         .map_err(|e| format!("cannot use workdir {}: {e}", dir.display()))?;

@@ -15,10 +15,12 @@ pub fn wipe(paths: &[Vec<u8>]) -> Option<String> {
     const SHOWN: usize = 10;
     let mut problems = Vec::new();
     for path in paths {
-        if let Some(kept) = dirs::KEPT.kept(path) {
-            if wipe_kept(kept) {
-                continue;
-            }
+        let kept = dirs::KEPT.kept(path);
+        restore_mode(path, kept);
+        // The common case, through a kept directory (`dirs.rs`) with no path walk: empty,
+        // that is, wiped already. Anything else is left to the walk by path.
+        if kept.is_some_and(is_empty) {
+            continue;
         }
         wipe_dir(Path::new(OsStr::from_bytes(path)), &mut problems);
     }
@@ -30,19 +32,34 @@ pub fn wipe(paths: &[Vec<u8>]) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// The common case through a kept directory (`dirs.rs`), with no path walk: give a tmpfs
-/// back the mode it had when the shim started, which a task may have changed (`chmod 500
-/// /work` would otherwise leave the next tenant a workdir it cannot write; the shim runs as
-/// the tasks' user, so it can undo whatever they did), and say whether the directory is
-/// empty, that is, wiped already. Anything else is left to the walk by path.
-fn wipe_kept(kept: dirs::Kept) -> bool {
-    if let Some(mode) = kept.mode {
-        if sys::stat_fd(kept.fd).is_ok_and(|st| st.mode != mode) {
-            let _ = sys::chmod_fd(kept.fd, mode);
+/// Give a tmpfs mount point back the mode it had when the shim started
+/// ([`dirs::start_mode`]), which a task may have changed: `chmod 500 /work` would otherwise
+/// leave the next tenant a workdir it cannot write. Best effort, never a reason to fail the
+/// wipe: the shim runs as the tasks' user, so it can undo whatever they did.
+fn restore_mode(path: &[u8], kept: Option<std::os::fd::BorrowedFd<'_>>) {
+    let Some(mode) = dirs::start_mode(path) else {
+        return;
+    };
+    match kept {
+        Some(fd) => {
+            if sys::stat_fd(fd).is_ok_and(|st| st.mode != mode) {
+                let _ = sys::chmod_fd(fd, mode);
+            }
+        }
+        None => {
+            let dir = Path::new(OsStr::from_bytes(path));
+            let found = fs::symlink_metadata(dir);
+            if found.is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 != mode) {
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode));
+            }
         }
     }
+}
+
+/// Whether the directory has no entries (an unreadable one counts as not empty).
+fn is_empty(dir: std::os::fd::BorrowedFd<'_>) -> bool {
     let mut empty = true;
-    sys::list_dir(kept.fd, |_| {
+    sys::list_dir(dir, |_| {
         empty = false;
         false
     })
@@ -69,12 +86,6 @@ fn wipe_dir(dir: &Path, problems: &mut Vec<String>) {
             return problems.push(format!("{}: not a directory, not wiped", dir.display()))
         }
         Ok(_) => {}
-    }
-    // As for a kept directory (`wipe_kept`): the mode its tmpfs had at start.
-    if let Some(mode) = dirs::start_mode(dir.as_os_str().as_bytes()) {
-        if fs::symlink_metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o7777 != mode) {
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode));
-        }
     }
     let mut failed = remove_contents(dir);
     if !failed.is_empty() {
