@@ -29,6 +29,14 @@ const MAX_KNOWN: usize = 256;
 /// The shim's one set of answers.
 pub static FOUND: Commands = Commands::new();
 
+/// The shim's own `PATH` (the image's, or the pool's `env`), which a task runs with unless it
+/// sets its own: read once, since nothing changes the shim's environment.
+pub fn own_path() -> Option<&'static [u8]> {
+    static PATH: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| std::env::var_os("PATH").map(OsStringExt::into_vec))
+        .as_deref()
+}
+
 /// Answers so far: `(PATH, name)` to the path to run, or `None` when the search for it has to
 /// be done each time.
 pub struct Commands {

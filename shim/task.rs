@@ -102,9 +102,9 @@ impl Runner {
         // A name found once for good (`resolve.rs`) is run by its path, with the name as
         // argv[0] as a search would pass it; a task that sets its own PATH is searched.
         let sets_path = env.iter().any(|(key, _)| key == b"PATH");
-        let found = std::env::var_os("PATH")
+        let found = resolve::own_path()
             .filter(|_| !sets_path)
-            .and_then(|path| resolve::FOUND.lookup(program, path.as_bytes()));
+            .and_then(|path| resolve::FOUND.lookup(program, path));
         let command = |path: Option<&OsStr>| {
             let mut cmd = Command::new(path.unwrap_or(OsStr::from_bytes(program)));
             cmd.arg0(OsStr::from_bytes(program))
