@@ -137,26 +137,68 @@ def shim_pid(unshare_pid):
     sys.exit("the shim did not start")
 
 
-def run_round(shim, n, warmup, reset, argv):
+def start_shim(shim, root, image):
+    """Start the shim listening on ROOT/shim.sock; returns (host pid of the shim, a function
+    that stops it, the workdir and the second wiped directory as the shim sees them)."""
+    sock_path = os.path.join(root, "shim.sock")
+    if image:
+        # As a pool container is made (docs/security.md): a non-root user, no capabilities,
+        # no new privileges, a read-only root with tmpfs /work and /tmp, no network; the
+        # socket directory is the container's user's, as the direct transport's is.
+        os.chown(root, 1000, 1000)
+        os.chmod(root, 0o700)
+        name = f"shim-harness-{os.getpid()}-{time.monotonic_ns()}"
+        subprocess.run(
+            ["docker", "run", "-d", "--name", name, "--network", "none", "--read-only",
+             "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+             "--tmpfs", "/work:rw,exec,nosuid,mode=0755,uid=1000,gid=1000",
+             "--tmpfs", "/tmp:rw,exec,nosuid,mode=1777,uid=1000,gid=1000", "--workdir", "/work",
+             "-v", f"{shim}:/.warmpool/shim:ro", "-v", f"{root}:/.warmpool/run",
+             "--entrypoint", "/.warmpool/shim", image, "--listen", "/.warmpool/run/shim.sock"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        stop = lambda: subprocess.run(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL)
+        try:
+            pid = int(subprocess.check_output(
+                ["docker", "inspect", "-f", "{{.State.Pid}}", name]).decode())
+        except (subprocess.CalledProcessError, ValueError):
+            stop()
+            raise
+        return pid, stop, "/work", "/tmp"
+    work = os.path.join(root, "work")
+    tmp = os.path.join(root, "tmp")
+    os.mkdir(work)
+    os.mkdir(tmp)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", shim, "--listen", sock_path],
+        cwd=work,
+        # A container's PATH (Docker's default), not this shell's: the task's argv[0] is
+        # looked up in it, one failed exec per entry before the right one.
+        env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    try:
+        pid = shim_pid(proc.pid)
+    except SystemExit:
+        proc.kill()
+        proc.wait()
+        raise
+
+    def stop():
+        # unshare does not pass signals on: SIGTERM the shim itself, which then exits 0.
+        os.kill(pid, 15)
+        proc.wait()
+
+    return pid, stop, work, tmp
+
+
+def run_round(shim, n, warmup, reset, argv, image):
     with tempfile.TemporaryDirectory(prefix="shim-harness-") as root:
         sock_path = os.path.join(root, "shim.sock")
-        work = os.path.join(root, "work")
-        tmp = os.path.join(root, "tmp")
-        os.mkdir(work)
-        os.mkdir(tmp)
-        proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", shim, "--listen", sock_path],
-            cwd=work,
-            # A container's PATH (Docker's default), not this shell's: the task's argv[0] is
-            # looked up in it, one failed exec per entry before the right one.
-            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        pid = None
+        pid, stop, work, tmp = start_shim(shim, root, image)
         try:
-            pid = shim_pid(proc.pid)
             deadline = time.monotonic() + 5
             while not os.path.exists(sock_path):
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if time.monotonic() > deadline:
                     sys.exit("the shim never listened")
                 time.sleep(0.005)
             conn = Conn(sock_path)
@@ -187,12 +229,7 @@ def run_round(shim, n, warmup, reset, argv):
             cpu1 = proc_cpu_ticks(pid)
             thr1 = shim_threads(pid)
         finally:
-            # unshare does not pass signals on: SIGTERM the shim itself, which then exits 0.
-            if pid is not None:
-                os.kill(pid, 15)
-            else:
-                proc.kill()
-            proc.wait()
+            stop()
     hz = os.sysconf("SC_CLK_TCK")
     lat.sort()
     return {
@@ -229,20 +266,25 @@ def main():
     ap.add_argument("--cmd", default="busybox true",
                     help="the task's argv, split on spaces (default: the static busybox `true` "
                          "the demo image runs)")
+    ap.add_argument("--docker", metavar="IMAGE",
+                    help="run the shim in a container of IMAGE on the local Docker engine, as "
+                         "a pool's container is made (user 1000, no capabilities, read-only "
+                         "root, tmpfs /work and /tmp), instead of in a pid namespace on the host")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("needs root (unshare --pid --mount-proc)")
+        sys.exit("needs root (unshare --pid --mount-proc, or the socket directory's owner)")
     shims = [s.split("=", 1) if "=" in s else (s, s) for s in args.shim]
     if not shims:
         shims = [("current", build_current())]
     shims = [(name, os.path.abspath(path)) for name, path in shims]
     argv = [a.encode() for a in args.cmd.split()]
     results = {name: [] for name, _ in shims}
-    print(f"n={args.n} warmup={args.warmup} reset={args.reset} cmd={args.cmd!r}")
+    where = f"docker {args.docker}" if args.docker else "host pid namespace"
+    print(f"n={args.n} warmup={args.warmup} reset={args.reset} cmd={args.cmd!r} in {where}")
     print(f"{'shim':<12}{'round':>6}{'p50 ms':>9}{'p99 ms':>9}{'shim cpu':>10}{'task cpu':>10}{'tasks/s':>9}{'switches':>9}")
     for r in range(args.rounds):
         for name, path in shims:
-            res = run_round(path, args.n, args.warmup, args.reset, argv)
+            res = run_round(path, args.n, args.warmup, args.reset, argv, args.docker)
             results[name].append(res)
             print(f"{name:<12}{r + 1:>6}{res['p50']:>9.3f}{res['p99']:>9.3f}"
                   f"{res['shim_cpu']:>10.3f}{res['task_cpu']:>10.3f}{res['rate']:>9.0f}"
