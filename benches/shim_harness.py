@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Per-task overhead of the in-container shim, measured on the host without any container
-engine.
+engine, or with --docker IMAGE in one container on the local engine (without the daemon).
 
 Each shim binary given runs as PID 1 of a fresh pid namespace (`unshare --pid --fork
 --mount-proc`, as root), the way it runs as a container's init, listening on a unix socket
@@ -138,33 +138,51 @@ def shim_pid(unshare_pid):
 
 
 def start_shim(shim, root, image):
-    """Start the shim listening on ROOT/shim.sock; returns (host pid of the shim, a function
-    that stops it, the workdir and the second wiped directory as the shim sees them)."""
+    """Start the shim listening on ROOT/shim.sock. Returns (host pid of the shim, a function
+    that stops it, one that says whether it still runs, the workdir and the second wiped
+    directory as the shim sees them)."""
     sock_path = os.path.join(root, "shim.sock")
     if image:
-        # As a pool container is made (docs/security.md): a non-root user, no capabilities,
-        # no new privileges, a read-only root with tmpfs /work and /tmp, no network; the
-        # socket directory is the container's user's, as the direct transport's is.
+        # With a pool container's restrictions (src/runtime/docker.rs): a non-root user, no
+        # capabilities, no new privileges, a read-only root with tmpfs /work and /tmp, no
+        # network, a pids limit, no log; the socket directory is the container's user's, as
+        # the direct transport's is. No memory limit: the bench's pools set none.
         os.chown(root, 1000, 1000)
         os.chmod(root, 0o700)
         name = f"shim-harness-{os.getpid()}-{time.monotonic_ns()}"
-        subprocess.run(
-            ["docker", "run", "-d", "--name", name, "--network", "none", "--read-only",
-             "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-             "--tmpfs", "/work:rw,exec,nosuid,mode=0755,uid=1000,gid=1000",
-             "--tmpfs", "/tmp:rw,exec,nosuid,mode=1777,uid=1000,gid=1000", "--workdir", "/work",
-             "-v", f"{shim}:/.warmpool/shim:ro", "-v", f"{root}:/.warmpool/run",
-             "--entrypoint", "/.warmpool/shim", image, "--listen", "/.warmpool/run/shim.sock"],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        stop = lambda: subprocess.run(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL)
+
+        def stop():
+            subprocess.run(["docker", "rm", "-f", name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def alive():
+            out = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
+                                 capture_output=True, text=True)
+            return out.stdout.strip() == "true"
+
         try:
+            subprocess.run(
+                ["docker", "run", "-d", "--name", name, "--network", "none", "--read-only",
+                 "--user", "1000:1000", "--cap-drop", "ALL",
+                 "--security-opt", "no-new-privileges", "--pids-limit", "256",
+                 "--log-driver", "none",
+                 "--tmpfs", "/work:rw,exec,nosuid,mode=0755,uid=1000,gid=1000",
+                 "--tmpfs", "/tmp:rw,exec,nosuid,mode=1777,uid=1000,gid=1000",
+                 "--workdir", "/work",
+                 "-v", f"{shim}:/.warmpool/shim:ro", "-v", f"{root}:/.warmpool/run",
+                 "--entrypoint", "/.warmpool/shim", image,
+                 "--listen", "/.warmpool/run/shim.sock"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
             pid = int(subprocess.check_output(
                 ["docker", "inspect", "-f", "{{.State.Pid}}", name]).decode())
-        except (subprocess.CalledProcessError, ValueError):
+            if pid == 0:
+                sys.exit(f"container {name} exited at once (see docker logs: none kept)")
+        except BaseException:
+            # A failed run may still have created the container; an interrupt too.
             stop()
             raise
-        return pid, stop, "/work", "/tmp"
+        return pid, stop, alive, "/work", "/tmp"
     work = os.path.join(root, "work")
     tmp = os.path.join(root, "tmp")
     os.mkdir(work)
@@ -178,7 +196,7 @@ def start_shim(shim, root, image):
     )
     try:
         pid = shim_pid(proc.pid)
-    except SystemExit:
+    except BaseException:
         proc.kill()
         proc.wait()
         raise
@@ -188,17 +206,17 @@ def start_shim(shim, root, image):
         os.kill(pid, 15)
         proc.wait()
 
-    return pid, stop, work, tmp
+    return pid, stop, lambda: proc.poll() is None, work, tmp
 
 
 def run_round(shim, n, warmup, reset, argv, image):
     with tempfile.TemporaryDirectory(prefix="shim-harness-") as root:
         sock_path = os.path.join(root, "shim.sock")
-        pid, stop, work, tmp = start_shim(shim, root, image)
+        pid, stop, alive, work, tmp = start_shim(shim, root, image)
         try:
             deadline = time.monotonic() + 5
             while not os.path.exists(sock_path):
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or not alive():
                     sys.exit("the shim never listened")
                 time.sleep(0.005)
             conn = Conn(sock_path)
@@ -267,9 +285,10 @@ def main():
                     help="the task's argv, split on spaces (default: the static busybox `true` "
                          "the demo image runs)")
     ap.add_argument("--docker", metavar="IMAGE",
-                    help="run the shim in a container of IMAGE on the local Docker engine, as "
-                         "a pool's container is made (user 1000, no capabilities, read-only "
-                         "root, tmpfs /work and /tmp), instead of in a pid namespace on the host")
+                    help="run the shim in a container of IMAGE on the local Docker engine, "
+                         "with a pool container's restrictions (user 1000, no capabilities, "
+                         "read-only root, tmpfs /work and /tmp, no network, a pids limit), "
+                         "instead of in a pid namespace on the host")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (unshare --pid --mount-proc, or the socket directory's owner)")

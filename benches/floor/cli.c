@@ -24,7 +24,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     int n = atoi(argv[2]);
+    if (n < 1) {
+        fprintf(stderr, "N must be at least 1, not %s\n", argv[2]);
+        return 2;
+    }
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (s < 0) {
+        perror("socket");
+        return 1;
+    }
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
     int tries = 0;
@@ -36,6 +44,10 @@ int main(int argc, char **argv) {
         usleep(20000);
     }
     double *lat = malloc(n * sizeof *lat);
+    if (!lat) {
+        perror("malloc");
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         char b = 'x';
         double t = now_ms();
