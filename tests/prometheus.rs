@@ -13,6 +13,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,7 +77,17 @@ max = 1
 max_queue = 0
 "#;
 
-const POOLS: &[&str] = &["burst", "lazy", "main", "solo", "tight"];
+/// A persistent pool, appended to CONFIG with its `workspace_root` (a fresh directory): one
+/// session claims its container, which resumes (creates) the session's workspace and brings
+/// the workspace gauges and the resume histogram of the dashboard's Workspaces row to life.
+fn ws_pool(root: &Path) -> String {
+    format!(
+        "\n[pools.ws]\nmin = 1\nwarm = 1\nmax = 1\nsession_workspace = \"persistent\"\nworkspace_root = \"{}\"\n",
+        root.display()
+    )
+}
+
+const POOLS: &[&str] = &["burst", "lazy", "main", "solo", "tight", "ws"];
 const OUTCOMES: &[&str] = &["ok", "nonzero_exit", "timeout", "error", "rejected"];
 
 fn root() -> PathBuf {
@@ -410,7 +421,9 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     let (ok, report) = promtool(&["check", "rules", alerts.to_str().unwrap()], None);
     assert!(ok, "promtool check rules {}:\n{report}", alerts.display());
 
-    let mut d = Daemon::start(CONFIG).await;
+    let ws_root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(ws_root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = Daemon::start(&format!("{CONFIG}{}", ws_pool(ws_root.path()))).await;
     d.wait_ready(Duration::from_secs(60)).await;
     let target = d.addr.trim_start_matches("http://").to_string();
     let prom = Prometheus::start(&target, &alerts).await;
@@ -525,6 +538,29 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     )
     .await;
 
+    // ws, last so that its resume is inside the dashboard's 1m rate windows when they are
+    // asked: a session's first task claims the pool's container and brings its workspace in
+    // (one resume); the pool starts a replacement. The session stays to the end, so its
+    // workspace is counted by the gauges when the expressions are asked.
+    let session = format!("{}-prom", d.instance);
+    let (s, v) = d
+        .post_raw(
+            "/v1/sessions",
+            json!({"pool": "ws", "id": session})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d
+        .task(
+            "ws",
+            json!({"session": session, "shell": "echo kept > /workspace/f"}),
+        )
+        .await;
+    assert_eq!((s, &v["exit_code"]), (200, &json!(0)), "{v}");
+    did("ws", "ok");
+
     // Quiescence: nothing starting or being removed, and every pool's count of containers
     // created minus removed equals the containers of that pool on the engine.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -573,6 +609,14 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The workspace gauges are measured every 5 s.
+    prom.wait_until(
+        "ws's workspace to be counted",
+        Duration::from_secs(30),
+        r#"warmpool_workspaces{pool="ws"} == 1"#,
+        |r| r.len() == 1,
+    )
+    .await;
     let done_at = unix_now();
 
     // The final state is in Prometheus once a scrape started after that instant.
@@ -598,7 +642,9 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     let get = |m: &BTreeMap<String, f64>, k: &str| {
         *m.get(k).unwrap_or_else(|| panic!("no series {k} in {m:?}"))
     };
-    for pool in POOLS {
+    // ws's one task is a session's: its container left the pool for the session, which the
+    // pool's acquisition and queue histograms do not follow; it is checked below.
+    for pool in POOLS.iter().filter(|p| **p != "ws") {
         let ran: f64 = ["ok", "nonzero_exit", "timeout", "error"]
             .iter()
             .map(|o| expect[&format!("{pool}/{o}")])
@@ -687,6 +733,22 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         assert_eq!(prom.values(&q("warmpool_queue_length"), &[]).await[""], 0.0);
         assert_eq!(prom.values(&q("warmpool_sessions"), &[]).await[""], 0.0);
     }
+    // ws: one live session on a workspace of its own, brought in once; its container and
+    // the replacement the pool started.
+    let q = |m: &str| format!("{m}{{pool=\"ws\"}}");
+    assert_eq!(prom.values(&q("warmpool_sessions"), &[]).await[""], 1.0);
+    assert_eq!(prom.values(&q("warmpool_workspaces"), &[]).await[""], 1.0);
+    assert_eq!(
+        prom.values(&q("warmpool_workspace_resume_seconds_count"), &[])
+            .await[""],
+        1.0
+    );
+    assert_eq!(
+        prom.values(&q("warmpool_task_duration_seconds_count"), &[])
+            .await[""],
+        1.0
+    );
+    assert_eq!(get(&created, "ws"), 2.0, "{created:?}");
     assert_eq!(prom.values("warmpool_engine_up", &[]).await[""], 1.0);
     let reloads = prom
         .values("warmpool_config_reloads_total", &["result"])
