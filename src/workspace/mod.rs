@@ -392,11 +392,26 @@ impl Store {
         serde_json::from_str(&text).ok()
     }
 
+    /// Replaces the record of `id`: written to a temporary file and synced, renamed over the
+    /// old one, and the directory synced. After a crash or a power loss the record is the old
+    /// one or the new one, never empty or cut short (a rename without the sync can leave an
+    /// empty file on some filesystems, XFS among them), and a record once written stays
+    /// written. Each costs two fsyncs (about 0.1 ms each on a local SSD); records are written
+    /// per claim and release, not per task.
     fn write(&self, id: &str, record: &Record) -> std::io::Result<()> {
+        use std::io::Write;
         let path = self.record_path(id);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(record).unwrap_or_default())?;
-        std::fs::rename(tmp, path)
+        let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Where the workspace's files are now: its slot while attached, else its data dir.
@@ -776,6 +791,24 @@ mod tests {
         );
         assert!(store.delete("s1"));
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn a_record_is_replaced_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.record_volume("s1", "p", "warmpool-i-ws-s1").unwrap();
+        assert!(!store.record("s1").unwrap().volume_owned);
+        store.mark_volume_owned("s1").unwrap();
+        let record = store.read_record("s1").unwrap().expect("a record");
+        assert!(record.volume_owned, "the second write is the one read");
+        assert_eq!(record.volume.as_deref(), Some("warmpool-i-ws-s1"));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
     #[test]
