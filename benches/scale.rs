@@ -25,18 +25,18 @@
 //! the one cargo built). A quick check: `WARMPOOL_SCALE_CONTAINERS=100
 //! WARMPOOL_SCALE_IDLE_SECS=10 WARMPOOL_SCALE_TASK_SECS=5 cargo bench --bench scale`.
 //!
-//! The daemon-running code is `benches/compare.rs`'s `Daemon`, trimmed: bench targets are
-//! separate crates, and this one needs the daemon's log level and its last line.
+//! The daemon is `benches/common`'s `Daemon`, logging at info (its last line says what the
+//! engine left) and given five minutes to stop.
+
+mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use common::{env_or, live_containers, met, percentile, Daemon, IMAGE};
 use serde_json::Value;
-
-const IMAGE: &str = "warmpool/agent:latest";
 
 struct Settings {
     containers: usize,
@@ -45,15 +45,6 @@ struct Settings {
     task_secs: f64,
     ready_secs: f64,
     instance: String,
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -152,173 +143,6 @@ fn machine_busy(from: (u64, u64), to: (u64, u64)) -> f64 {
     to.0.saturating_sub(from.0) as f64 / total as f64 * 100.0
 }
 
-/// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
-/// kills it and removes its instance's containers.
-struct Daemon {
-    child: Option<Child>,
-    instance: String,
-    base: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn spawn(instance: &str, pools: &str) -> anyhow::Result<Daemon> {
-        let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config =
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{pools}");
-        let config_path = dir.path().join("pools.toml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.path().join("daemon.log");
-        let log_file = std::fs::File::create(&log)?;
-        let bin = std::env::var_os("WARMPOOL_BENCH_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_warmpool").into());
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("WARMPOOL_INSTANCE", instance)
-            // Info, not debug: the last line says what the engine left; one line per
-            // container start is not what is measured.
-            .env("RUST_LOG", "warmpool=info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        Ok(Daemon {
-            child: Some(child),
-            instance: instance.to_string(),
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Waits for `/readyz` 200, at most `limit`; returns how long it took.
-    async fn wait_ready(
-        &mut self,
-        client: &warmpool::client::Client,
-        limit: Duration,
-    ) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        let mut last_report = Instant::now();
-        loop {
-            if let Ok(resp) = client.request("GET", "/readyz", None).await {
-                let status = resp.status;
-                let _ = resp.bytes().await;
-                if status == 200 {
-                    return Ok(start.elapsed());
-                }
-            }
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_tail(40));
-            }
-            if start.elapsed() > limit {
-                anyhow::bail!("daemon not ready in {limit:?}:\n{}", self.log_tail(40));
-            }
-            if last_report.elapsed() > Duration::from_secs(30) {
-                let live = live_containers(client).await.unwrap_or(0);
-                eprintln!(
-                    "  {:.0} s: {live} containers live",
-                    start.elapsed().as_secs_f64()
-                );
-                last_report = Instant::now();
-            }
-            // The warm-up takes minutes; asking twice a second costs the daemon nothing.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// VmRSS and VmHWM in KiB.
-    fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// utime + stime of the daemon, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
-    fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // The command name (field 2) is in parentheses and may hold spaces: count after it.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // `after` starts at field 3 (state), so field 14 is index 11.
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field(11) + field(12)
-    }
-
-    /// SIGTERM and wait, at most `limit`; returns how long the shutdown took.
-    fn stop(&mut self, limit: Duration) -> Option<Duration> {
-        let mut child = self.child.take()?;
-        let start = Instant::now();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        while start.elapsed() < limit {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warmpool did not stop within {limit:?} after SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        let filter = format!("label=warmpool.instance={}", self.instance);
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(ids)
-                    .status();
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(120));
-    }
-}
-
 fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -340,19 +164,6 @@ fn pools_toml(s: &Settings) -> String {
         );
     }
     out
-}
-
-/// The sum of `live` over `GET /v1/pools`.
-async fn live_containers(client: &warmpool::client::Client) -> anyhow::Result<u64> {
-    let resp = client.request("GET", "/v1/pools", None).await?;
-    let body = resp.bytes().await?;
-    let v: Value = serde_json::from_slice(&body)?;
-    let pools = v["pools"]
-        .as_array()
-        .cloned()
-        .or_else(|| v.as_array().cloned())
-        .unwrap_or_default();
-    Ok(pools.iter().filter_map(|p| p["live"].as_u64()).sum())
 }
 
 const TASK_BODY: &[u8] = br#"{"cmd":["true"]}"#;
@@ -379,15 +190,6 @@ async fn http_task(client: &warmpool::client::Client, pool: &str) -> anyhow::Res
         anyhow::bail!("unexpected answer: {v}");
     }
     Ok((took, v["run_ms"].as_f64().unwrap_or(f64::NAN)))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The instance's containers the engine lists (any state), and how many of them inspect
@@ -422,14 +224,6 @@ async fn engine_left(docker: &Docker, instance: &str) -> (usize, usize) {
     (listed.len(), found)
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let s = Settings::from_env();
@@ -462,10 +256,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     );
 
     // 1. Time to ready.
-    let mut daemon = Daemon::spawn(&s.instance, &pools_toml(&s))?;
+    // Info, not debug: the last line says what the engine left; one line per container
+    // start is not what is measured.
+    let mut daemon = Daemon::spawn_logging(&s.instance, &pools_toml(&s), "warmpool=info")?;
+    // A thousand containers take a minute or more to remove.
+    daemon.stop_limit = Duration::from_secs(300);
     let client = warmpool::client::Client::new(&daemon.base, None);
     let ready = daemon
-        .wait_ready(&client, Duration::from_secs_f64(s.ready_secs))
+        .wait_ready_within(&client, Duration::from_secs_f64(s.ready_secs), true)
         .await?;
     let live = live_containers(&client).await?;
     eprintln!(
@@ -528,7 +326,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let live_after = live_containers(&client).await?;
 
     // 5. Shutdown.
-    let stopped = daemon.stop(Duration::from_secs(300));
+    let stopped = daemon.stop();
     let last_line = daemon
         .log_text()
         .lines()

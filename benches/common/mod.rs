@@ -164,19 +164,30 @@ pub async fn run_container(docker: &Docker, body: ContainerCreateBody) -> anyhow
 // ---------------------------------------------------------------------------------------
 // The daemon
 
-/// A `warmpool serve` process; dropping it sends SIGTERM and waits, and as a last resort
-/// kills it and removes its instance's containers.
+/// A `warmpool serve` process; dropping it sends SIGTERM and waits (see
+/// [`Daemon::stop_limit`]), and as a last resort kills it and removes its instance's
+/// containers.
 pub struct Daemon {
     child: Option<Child>,
     pub instance: String,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// How long [`Daemon::stop`] (and dropping) waits after SIGTERM before it kills: 60 s
+    /// unless set; a daemon with a thousand containers takes longer.
+    pub stop_limit: Duration,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Daemon {
+    /// Starts the daemon (`WARMPOOL_BENCH_BIN`, else the one cargo built) with `pools` after
+    /// a `[server]` on a free loopback port, logging warnings only.
     pub fn spawn(instance: &str, pools: &str) -> anyhow::Result<Daemon> {
+        Self::spawn_logging(instance, pools, "warmpool=warn")
+    }
+
+    /// [`Daemon::spawn`] with `rust_log` as the daemon's `RUST_LOG`.
+    pub fn spawn_logging(instance: &str, pools: &str, rust_log: &str) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -194,7 +205,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config_path)
             .env("WARMPOOL_INSTANCE", instance)
-            .env("RUST_LOG", "warmpool=warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -203,6 +214,7 @@ impl Daemon {
             child: Some(child),
             instance: instance.to_string(),
             base: format!("http://127.0.0.1:{port}"),
+            stop_limit: Duration::from_secs(60),
             log,
             _dir: dir,
         })
@@ -216,11 +228,32 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `lines` lines of the daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits for `/readyz` 200, at most 180 s; returns how long it took.
     pub async fn wait_ready(
         &mut self,
         client: &warmpool::client::Client,
     ) -> anyhow::Result<Duration> {
+        self.wait_ready_within(client, Duration::from_secs(180), false)
+            .await
+    }
+
+    /// Waits for `/readyz` 200, at most `limit`; returns how long it took. With `progress`,
+    /// says on stderr every 30 s how many containers are live (a warm-up of minutes).
+    pub async fn wait_ready_within(
+        &mut self,
+        client: &warmpool::client::Client,
+        limit: Duration,
+        progress: bool,
+    ) -> anyhow::Result<Duration> {
         let start = Instant::now();
+        let mut last_report = Instant::now();
         loop {
             if let Ok(resp) = client.request("GET", "/readyz", None).await {
                 let status = resp.status;
@@ -230,12 +263,22 @@ impl Daemon {
                 }
             }
             if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_text());
+                anyhow::bail!("daemon exited early ({status}):\n{}", self.log_tail(40));
             }
-            if start.elapsed() > Duration::from_secs(180) {
-                anyhow::bail!("daemon not ready in 180 s:\n{}", self.log_text());
+            if start.elapsed() > limit {
+                anyhow::bail!("daemon not ready in {limit:?}:\n{}", self.log_tail(40));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if progress && last_report.elapsed() > Duration::from_secs(30) {
+                let live = live_containers(client).await.unwrap_or(0);
+                eprintln!(
+                    "  {:.0} s: {live} containers live",
+                    start.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+            // A warm-up of minutes is asked about twice a second, a quick start more often.
+            let pause = if progress { 500 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 
@@ -253,21 +296,40 @@ impl Daemon {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// SIGTERM and wait; returns how long the shutdown took.
+    /// utime + stime of the daemon, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // `after` starts at field 3 (state), so field 14 is index 11.
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    }
+
+    /// SIGTERM and wait, at most [`Daemon::stop_limit`]; returns how long the shutdown took,
+    /// `None` when it had to be killed (its containers are then removed here).
     pub fn stop(&mut self) -> Option<Duration> {
         let mut child = self.child.take()?;
+        let limit = self.stop_limit;
         let start = Instant::now();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        while start.elapsed() < Duration::from_secs(60) {
+        while start.elapsed() < limit {
             if let Ok(Some(_)) = child.try_wait() {
                 return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("warmpool did not stop within 60 s after SIGTERM; killing it");
+        eprintln!("warmpool did not stop within {limit:?} after SIGTERM; killing it");
         let _ = child.kill();
         let _ = child.wait();
         let filter = format!("label=warmpool.instance={}", self.instance);
@@ -293,6 +355,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The sum of `live` over `GET /v1/pools`.
+pub async fn live_containers(client: &warmpool::client::Client) -> anyhow::Result<u64> {
+    let resp = client.request("GET", "/v1/pools", None).await?;
+    let body = resp.bytes().await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let pools = v["pools"]
+        .as_array()
+        .cloned()
+        .or_else(|| v.as_array().cloned())
+        .unwrap_or_default();
+    Ok(pools.iter().filter_map(|p| p["live"].as_u64()).sum())
 }
 
 /// The median of some figures (NaN for none).
