@@ -159,12 +159,27 @@ pub fn unmount(path: &Path) -> io::Result<()> {
             return Ok(());
         }
         rustix::mount::unmount(path, UnmountFlags::DETACH)
-            .map_err(|e| io::Error::other(format!("unmount {}: {e}", path.display())))?;
+            .map_err(|e| io::Error::other(unmount_failed(path, e)))?;
     }
     Err(io::Error::other(format!(
         "{} is still a mount point after 16 unmounts",
         path.display()
     )))
+}
+
+/// What a failed unmount of `path` says. EPERM is a daemon that is not root finding a mount
+/// a root run of it made (a `kill -9` leaves them for adoption): say how to get out of it.
+fn unmount_failed(path: &Path, e: rustix::io::Errno) -> String {
+    let mut why = format!("unmount {}: {e}", path.display());
+    if e == rustix::io::Errno::PERM {
+        why.push_str(
+            "; this daemon is not root, and the mount was made by a run of it as root: run it \
+             as root again (it adopts the mount), or take the mounts off with \
+             `umount -R <workspace_root>/<instance>` while it is stopped (docs/operations.md, \
+             \"Workspace mounts\")",
+        );
+    }
+    why
 }
 
 /// At a clean stop that left no container: takes off the workspace mounts left on slots

@@ -316,3 +316,21 @@ fn the_slot_sweep_leaves_mounted_and_recent_slots_alone() {
     assert!(slot_dir(root.path(), "bound").join("precious").exists());
     assert!(data.join("precious").exists());
 }
+
+#[test]
+fn an_unmount_refused_for_want_of_root_says_how_to_get_out() {
+    let path = Path::new("/var/lib/warmpool/workspaces/default/slots/c1");
+    let why = unmount_failed(path, rustix::io::Errno::PERM);
+    assert!(
+        why.starts_with("unmount /var/lib/warmpool/workspaces/default/slots/c1: "),
+        "{why}"
+    );
+    assert!(why.contains("run it as root again"), "{why}");
+    assert!(
+        why.contains("umount -R <workspace_root>/<instance>"),
+        "{why}"
+    );
+    // Other failures are only named: the hint would be wrong for them.
+    let other = unmount_failed(path, rustix::io::Errno::BUSY);
+    assert!(!other.contains("root"), "{other}");
+}
