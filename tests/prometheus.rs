@@ -609,11 +609,12 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The workspace gauges are measured every 5 s.
+    // The workspace gauges are measured every 5 s: one workspace holding the task's file,
+    // "kept\n", 5 bytes.
     prom.wait_until(
-        "ws's workspace to be counted",
+        "ws's workspace and its file to be counted",
         Duration::from_secs(30),
-        r#"warmpool_workspaces{pool="ws"} == 1"#,
+        r#"warmpool_workspaces{pool="ws"} == 1 and on (pool) warmpool_workspace_bytes{pool="ws"} == 5"#,
         |r| r.len() == 1,
     )
     .await;
@@ -642,8 +643,8 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     let get = |m: &BTreeMap<String, f64>, k: &str| {
         *m.get(k).unwrap_or_else(|| panic!("no series {k} in {m:?}"))
     };
-    // ws's one task is a session's: its container left the pool for the session, which the
-    // pool's acquisition and queue histograms do not follow; it is checked below.
+    // ws's one task is a session's: its claim is an acquisition, but the queue wait is
+    // recorded on the pooled path only, so it is checked on its own below.
     for pool in POOLS.iter().filter(|p| **p != "ws") {
         let ran: f64 = ["ok", "nonzero_exit", "timeout", "error"]
             .iter()
@@ -678,7 +679,25 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
     let starts = prom
         .values("warmpool_container_start_seconds_count", &["pool"])
         .await;
-    assert_eq!(created, starts, "every container created also started");
+    // Every container created also started; ws aside, whose first start can be refused
+    // where the engine does not share the daemon's mounts (mount mode is then turned off
+    // and the container replaced, docs/operations.md), which is checked as a balance below.
+    let (created_pooled, starts_pooled): (BTreeMap<_, _>, BTreeMap<_, _>) = (
+        created
+            .iter()
+            .filter(|(k, _)| *k != "ws")
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        starts
+            .iter()
+            .filter(|(k, _)| *k != "ws")
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
+    assert_eq!(
+        created_pooled, starts_pooled,
+        "every container created also started"
+    );
     let removed = prom
         .values("warmpool_containers_removed_total", &["pool", "reason"])
         .await;
@@ -733,11 +752,16 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
         assert_eq!(prom.values(&q("warmpool_queue_length"), &[]).await[""], 0.0);
         assert_eq!(prom.values(&q("warmpool_sessions"), &[]).await[""], 0.0);
     }
-    // ws: one live session on a workspace of its own, brought in once; its container and
-    // the replacement the pool started.
+    // ws: one live session on a workspace of its own, claimed once (a warm acquisition) and
+    // brought in once; the session's container and the replacement the pool started.
     let q = |m: &str| format!("{m}{{pool=\"ws\"}}");
     assert_eq!(prom.values(&q("warmpool_sessions"), &[]).await[""], 1.0);
-    assert_eq!(prom.values(&q("warmpool_workspaces"), &[]).await[""], 1.0);
+    assert_eq!(get(&acq, "ws/warm"), 1.0, "{acq:?}");
+    assert_eq!(get(&acq, "ws/cold"), 0.0, "{acq:?}");
+    assert_eq!(
+        prom.values(&q("warmpool_acquire_seconds_count"), &[]).await[""],
+        1.0
+    );
     assert_eq!(
         prom.values(&q("warmpool_workspace_resume_seconds_count"), &[])
             .await[""],
@@ -748,7 +772,16 @@ async fn dashboard_and_alerts_return_data_from_a_real_prometheus() {
             .await[""],
         1.0
     );
-    assert_eq!(get(&created, "ws"), 2.0, "{created:?}");
+    let removed_ws: f64 = removed
+        .iter()
+        .filter(|(k, _)| k.starts_with("ws/"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        get(&created, "ws") - removed_ws,
+        2.0,
+        "ws: the session's container and the pool's replacement: {created:?} {removed:?}"
+    );
     assert_eq!(prom.values("warmpool_engine_up", &[]).await[""], 1.0);
     let reloads = prom
         .values("warmpool_config_reloads_total", &["result"])
