@@ -395,21 +395,44 @@ impl Store {
     /// Replaces the record of `id`: written to a temporary file and synced, renamed over the
     /// old one, and the directory synced. After a crash or a power loss the record is the old
     /// one or the new one, never empty or cut short (a rename without the sync can leave an
-    /// empty file on some filesystems, XFS among them), and a record once written stays
-    /// written. Each costs two fsyncs (about 0.1 ms each on a local SSD); records are written
-    /// per claim and release, not per task.
+    /// empty file on some filesystems, XFS among them), and a record whose write returned
+    /// stays written (but for the first ones after `store/` itself was made: that directory's
+    /// own entry is not synced). Each costs two fsyncs (about 0.1 ms each on the test VM's disk, more on a
+    /// slow or busy one); records are written per claim and release, not per task.
+    ///
+    /// Errors name the file and the step. One after the rename (the directory's sync) says
+    /// that the new record is in place but may not survive a crash.
     fn write(&self, id: &str, record: &Record) -> std::io::Result<()> {
         use std::io::Write;
         let path = self.record_path(id);
         let tmp = path.with_extension("json.tmp");
+        let failed = |step: &str, file: &Path, e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "writing the record {}: {step} {}: {e}",
+                    path.display(),
+                    file.display()
+                ),
+            )
+        };
         let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        let mut file = std::fs::File::create(&tmp).map_err(|e| failed("create", &tmp, e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| failed("write and sync", &tmp, e))?;
         drop(file);
-        std::fs::rename(&tmp, &path)?;
+        std::fs::rename(&tmp, &path).map_err(|e| failed("rename over it", &tmp, e))?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    failed(
+                        "sync (the new record is in place but may not survive a crash)",
+                        dir,
+                        e,
+                    )
+                })?;
         }
         Ok(())
     }

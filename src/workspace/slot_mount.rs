@@ -158,8 +158,13 @@ pub fn unmount(path: &Path) -> io::Result<()> {
         if !is_mount_point(path)? {
             return Ok(());
         }
-        rustix::mount::unmount(path, UnmountFlags::DETACH)
-            .map_err(|e| io::Error::other(unmount_failed(path, e)))?;
+        rustix::mount::unmount(path, UnmountFlags::DETACH).map_err(|e| {
+            io::Error::other(unmount_failed(
+                path,
+                e,
+                rustix::process::geteuid().is_root(),
+            ))
+        })?;
     }
     Err(io::Error::other(format!(
         "{} is still a mount point after 16 unmounts",
@@ -167,17 +172,26 @@ pub fn unmount(path: &Path) -> io::Result<()> {
     )))
 }
 
-/// What a failed unmount of `path` says. EPERM is a daemon that is not root finding a mount
-/// a root run of it made (a `kill -9` leaves them for adoption): say how to get out of it.
-fn unmount_failed(path: &Path, e: rustix::io::Errno) -> String {
+/// What a failed unmount of `path` (a slot, `<root>/slots/<key>`) says. EPERM is a daemon
+/// without the right to unmount (not root, or root without CAP_SYS_ADMIN) finding a mount a
+/// run of it with that right made (a `kill -9` leaves them for adoption): say how to get out.
+fn unmount_failed(path: &Path, e: rustix::io::Errno, is_root: bool) -> String {
     let mut why = format!("unmount {}: {e}", path.display());
     if e == rustix::io::Errno::PERM {
-        why.push_str(
-            "; this daemon is not root, and the mount was made by a run of it as root: run it \
-             as root again (it adopts the mount), or take the mounts off with \
-             `umount -R <workspace_root>/<instance>` while it is stopped (docs/operations.md, \
-             \"Workspace mounts\")",
+        let root = path.parent().and_then(Path::parent).map_or_else(
+            || "<workspace_root>/<instance>".into(),
+            |r| r.display().to_string(),
         );
+        let who = if is_root {
+            "this daemon runs as root without CAP_SYS_ADMIN"
+        } else {
+            "this daemon is not root"
+        };
+        why.push_str(&format!(
+            "; {who}, and the mount was made by a run of it that could mount: run it that way \
+             again (it adopts the mount), or, with the daemon stopped, take the workspace \
+             mounts off (`umount -R {root}`; docs/operations.md, \"Workspace mounts\")"
+        ));
     }
     why
 }

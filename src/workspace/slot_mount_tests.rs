@@ -320,17 +320,19 @@ fn the_slot_sweep_leaves_mounted_and_recent_slots_alone() {
 #[test]
 fn an_unmount_refused_for_want_of_root_says_how_to_get_out() {
     let path = Path::new("/var/lib/warmpool/workspaces/default/slots/c1");
-    let why = unmount_failed(path, rustix::io::Errno::PERM);
+    let why = unmount_failed(path, rustix::io::Errno::PERM, false);
     assert!(
         why.starts_with("unmount /var/lib/warmpool/workspaces/default/slots/c1: "),
         "{why}"
     );
-    assert!(why.contains("run it as root again"), "{why}");
+    assert!(why.contains("this daemon is not root"), "{why}");
     assert!(
-        why.contains("umount -R <workspace_root>/<instance>"),
-        "{why}"
+        why.contains("`umount -R /var/lib/warmpool/workspaces/default`"),
+        "the instance's own root, not a placeholder: {why}"
     );
+    let as_root = unmount_failed(path, rustix::io::Errno::PERM, true);
+    assert!(as_root.contains("root without CAP_SYS_ADMIN"), "{as_root}");
     // Other failures are only named: the hint would be wrong for them.
-    let other = unmount_failed(path, rustix::io::Errno::BUSY);
-    assert!(!other.contains("root"), "{other}");
+    let other = unmount_failed(path, rustix::io::Errno::BUSY, false);
+    assert!(!other.contains("umount -R"), "{other}");
 }
