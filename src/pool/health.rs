@@ -15,7 +15,7 @@ use crate::metrics::HealthResult;
 /// service: none while tasks wait, at most a quarter of the servable idle members per round
 /// (at least one, probes in flight included), and never the last servable idle one of two
 /// or more. The supervisor runs a round every [`round_period`], and members that joined
-/// together are due at different times ([`stagger`]), so every idle member is probed about
+/// together are due at different times ([`super::state::stagger`]), so every idle member is probed about
 /// once per interval, spread over it rather than in bursts.
 pub(super) fn take_due(
     st: &mut State,
@@ -70,18 +70,6 @@ pub(super) fn take_due(
     out
 }
 
-/// How far back a new member's "last proven" is set, so that its first probe comes
-/// `interval - stagger` after it joins: members that join together (a warm-up, an
-/// adoption after a restart) are then probed at different times, and stay apart since
-/// each is due one interval after its own last probe. The member's number (1, 2, 3, ... in
-/// the pool) times the golden ratio, modulo 1, spreads any run of consecutive numbers
-/// evenly over [0, interval).
-pub(super) fn stagger(member: u64, interval: Duration) -> Duration {
-    const GOLDEN: f64 = 0.618_033_988_749_894_9;
-    let fraction = (member as f64 * GOLDEN).fract();
-    interval.mul_f64(fraction)
-}
-
 /// How often the pool's loop runs a probe round for `interval`: a twentieth of it (1.5 s
 /// for the default 30 s), so the members due are taken a few at a time, at least every
 /// millisecond's worth for tests' tiny intervals.
@@ -109,29 +97,6 @@ pub(super) async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staggers_spread_consecutive_members_over_the_interval() {
-        let interval = Duration::from_secs(30);
-        for n in [10u64, 100, 1000] {
-            let mut offsets: Vec<Duration> = (1..=n).map(|m| stagger(m, interval)).collect();
-            assert!(offsets.iter().all(|o| *o < interval));
-            offsets.sort();
-            // Evenly spread: no gap between neighbours (the wrap-around included) is more
-            // than three times the even share, so no slice of the interval is crowded.
-            let even = interval / n as u32;
-            let mut gaps: Vec<Duration> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
-            gaps.push(interval - offsets[n as usize - 1] + offsets[0]);
-            let widest = gaps.iter().max().unwrap();
-            assert!(
-                *widest <= even * 3,
-                "n={n}: widest gap {widest:?}, even share {even:?}"
-            );
-        }
-        // The same member always gets the same offset; no interval, no offset.
-        assert_eq!(stagger(7, interval), stagger(7, interval));
-        assert_eq!(stagger(7, Duration::ZERO), Duration::ZERO);
-    }
 
     #[test]
     fn rounds_are_a_twentieth_of_the_interval() {

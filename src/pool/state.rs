@@ -216,7 +216,7 @@ impl State {
 
     /// Makes a running, attached container a member, busy until the caller offers it.
     /// Its first health probe is due `health_interval - stagger` from now
-    /// ([`super::health::stagger`]), so members that join together are probed apart.
+    /// ([`stagger`]), so members that join together are probed apart.
     pub(super) fn add_member(
         &mut self,
         new: NewMember,
@@ -246,9 +246,7 @@ impl State {
                 spec_hash: new.spec_hash,
                 extra: new.extra,
                 dirty: new.history.dirty,
-                last_checked: now
-                    .checked_sub(super::health::stagger(id, health_interval))
-                    .unwrap_or(now),
+                last_checked: now.checked_sub(stagger(id, health_interval)).unwrap_or(now),
                 failed_probe: false,
             },
         );
@@ -431,11 +429,46 @@ pub(super) fn backoff(failures: u32) -> Duration {
     backoff.min(Duration::from_secs(30))
 }
 
+/// How far back a new member's "last proven" is set, so that its first probe comes
+/// `interval - stagger` after it joins: members that join together (a warm-up, an
+/// adoption after a restart) are then probed at different times, and stay apart since
+/// each is due one interval after its own last probe. The member's number (1, 2, 3, ... in
+/// the pool) times the golden ratio, modulo 1, spreads any run of consecutive numbers
+/// evenly over [0, interval).
+pub(super) fn stagger(member: u64, interval: Duration) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    let fraction = (member as f64 * GOLDEN).fract();
+    interval.mul_f64(fraction)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exec::DockerExecConn;
     use crate::runtime::fake::FakeRuntime;
+
+    #[test]
+    fn staggers_spread_consecutive_members_over_the_interval() {
+        let interval = Duration::from_secs(30);
+        for n in [10u64, 100, 1000] {
+            let mut offsets: Vec<Duration> = (1..=n).map(|m| stagger(m, interval)).collect();
+            assert!(offsets.iter().all(|o| *o < interval));
+            offsets.sort();
+            // Evenly spread: no gap between neighbours (the wrap-around included) is more
+            // than three times the even share, so no slice of the interval is crowded.
+            let even = interval / n as u32;
+            let mut gaps: Vec<Duration> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+            gaps.push(interval - offsets[n as usize - 1] + offsets[0]);
+            let widest = gaps.iter().max().unwrap();
+            assert!(
+                *widest <= even * 3,
+                "n={n}: widest gap {widest:?}, even share {even:?}"
+            );
+        }
+        // The same member always gets the same offset; no interval, no offset.
+        assert_eq!(stagger(7, interval), stagger(7, interval));
+        assert_eq!(stagger(7, Duration::ZERO), Duration::ZERO);
+    }
 
     fn cfg(min: usize, max: usize) -> PoolConfig {
         let mut c = PoolConfig::new("p", "img");
