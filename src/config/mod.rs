@@ -55,7 +55,7 @@ use toml_edit::ImDocument;
 
 pub use error::{ConfigError, Problem};
 pub use mounts::{Mount, MountKind};
-pub use pool::{PoolConfig, SecurityConfig};
+pub use pool::{PoolConfig, SecurityConfig, WORKSPACE_PATH};
 pub use server::{
     engine_address, is_local_engine, DockerConfig, ServerConfig, DEFAULT_ENGINE, DEFAULT_LISTEN,
 };

@@ -22,6 +22,10 @@ use super::values::{
 };
 use crate::scaling::ScheduleFloor;
 
+/// Where a persistent workspace appears in a session's container: `session_workspace =
+/// "persistent"` keeps the workdir and the pool's mounts clear of it (docs/configuration.md).
+pub const WORKSPACE_PATH: &str = "/workspace";
+
 type Env = BTreeMap<String, String>;
 
 settings! {
@@ -360,7 +364,7 @@ pub(super) fn resolve(
     // A persistent workspace is mounted at /workspace: the workdir and mounts stay clear.
     let mode = layered(&p.session_workspace, &d.session_workspace);
     if let (Slot::Set(m), WorkspaceMode::Persistent) = (mode, pool.session_workspace) {
-        let ws = crate::workspace::WORKSPACE_PATH;
+        let ws = WORKSPACE_PATH;
         let workdir = pool.workdir.trim_end_matches('/');
         if within(workdir, ws) || within(ws, workdir) {
             let message = format!(

@@ -111,11 +111,34 @@ pub struct ContainerSpec {
     /// The pool's `mounts` (binds, volumes, tmpfs), as the engine's Mounts.
     pub mounts: Vec<crate::config::Mount>,
     /// Persistent workspaces: the record root (`<workspace_root>/<instance>`) and where the
-    /// workspaces live (see `crate::workspace`): with [`crate::workspace::Home::HostDir`]
+    /// workspaces live (see `crate::workspace`): with [`Home::HostDir`]
     /// every container gets a slot of its own under the root, bind-mounted at /workspace;
-    /// with [`crate::workspace::Home::Volume`] warm containers get nothing, and a session's
+    /// with [`Home::Volume`] warm containers get nothing, and a session's
     /// container is created with its volume mounted.
-    pub workspace: Option<crate::workspace::WorkspaceSpec>,
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// Where a persistent pool's session workspaces live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// Host directories under the root, moved by rename into the slot (a bind mount) of the
+    /// warm container a session claims: a local engine.
+    HostDir,
+    /// One engine named volume per session (`crate::workspace::volume_name`), mounted at `/workspace`
+    /// of a container created for the session (a cold start per resume): a remote engine.
+    Volume {
+        /// The daemon's instance, which names and labels the volumes.
+        instance: String,
+    },
+}
+
+/// A persistent pool's workspaces, as its container spec carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceSpec {
+    /// `<workspace_root>/<instance>` on the daemon's host: the workspaces' records (and,
+    /// with [`Home::HostDir`], their files).
+    pub root: String,
+    pub home: Home,
 }
 
 impl ContainerSpec {
@@ -156,7 +179,7 @@ impl ContainerSpec {
         };
         let text = match &self.workspace {
             None => text,
-            Some(ws) if ws.home == crate::workspace::Home::HostDir => {
+            Some(ws) if ws.home == Home::HostDir => {
                 format!("{text}|workspace:{}", ws.root)
             }
             Some(ws) => format!("{text}|workspace-volume:{}", ws.root),
@@ -170,7 +193,7 @@ impl ContainerSpec {
     pub fn has_slot(&self) -> bool {
         self.workspace
             .as_ref()
-            .is_some_and(|w| w.home == crate::workspace::Home::HostDir)
+            .is_some_and(|w| w.home == Home::HostDir)
     }
 }
 

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod slot_mount;
 
-/// Where a persistent workspace appears in a session's container.
-pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where a persistent workspace appears in a session's container (defined with the
+/// config that keeps the workdir and mounts clear of it).
+pub use crate::config::WORKSPACE_PATH;
 /// Label carrying a container's slot key (its name at create).
 pub const LABEL_SLOT: &str = "warmpool.slot";
 
@@ -102,28 +103,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Where a persistent pool's session workspaces live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Home {
-    /// Host directories under the root, moved by rename into the slot (a bind mount) of the
-    /// warm container a session claims: a local engine.
-    HostDir,
-    /// One engine named volume per session ([`volume_name`]), mounted at [`WORKSPACE_PATH`]
-    /// of a container created for the session (a cold start per resume): a remote engine.
-    Volume {
-        /// The daemon's instance, which names and labels the volumes.
-        instance: String,
-    },
-}
-
-/// A persistent pool's workspaces, as its container spec carries them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkspaceSpec {
-    /// `<workspace_root>/<instance>` on the daemon's host: the workspaces' records (and,
-    /// with [`Home::HostDir`], their files).
-    pub root: String,
-    pub home: Home,
-}
+/// Where a persistent pool's workspaces live, and how its container spec carries them:
+/// the container spec's own types (`crate::runtime`), named here too.
+pub use crate::runtime::{Home, WorkspaceSpec};
 
 /// Where the workspaces of a persistent pool live with the engine at `engine_host` (the
 /// address [`crate::config::engine_address`] gives). Pure, so the rule is tested without an
