@@ -124,8 +124,9 @@ pub enum Home {
     /// Host directories under the root, moved by rename into the slot (a bind mount) of the
     /// warm container a session claims: a local engine.
     HostDir,
-    /// One engine named volume per session (`crate::workspace::volume_name`), mounted at `/workspace`
-    /// of a container created for the session (a cold start per resume): a remote engine.
+    /// One engine named volume per session ([`crate::workspace::volume_name`]), mounted at
+    /// [`crate::config::WORKSPACE_PATH`] of a container created for the session (a cold
+    /// start per resume): a remote engine.
     Volume {
         /// The daemon's instance, which names and labels the volumes.
         instance: String,
