@@ -398,4 +398,74 @@ max = 1
         .task("x", json!({"shell": "cat /tmp/f", "session": id}))
         .await;
     assert_eq!((status, &v["stdout"]), (200, &json!("hi\n")), "{v}");
+
+    // A refused upload is read to its end before the answer, so the connection stays
+    // usable: the next request a client sends on it is answered, not reset (the Python
+    // client once failed its next call after a 400 here, on a reused connection).
+    let addr = d.addr.trim_start_matches("http://").to_string();
+    let path = format!("/v1/sessions/{id}/files/tmp/big");
+    let answers = tokio::task::spawn_blocking(move || refused_upload_then_readyz(&addr, &path))
+        .await
+        .unwrap();
+    let (first, second) = answers.unwrap_or_else(|e| panic!("the connection broke: {e}"));
+    assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+    assert!(first.contains("files_unsupported"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // The same for a path refused before the session is looked at.
+    let addr = d.addr.trim_start_matches("http://").to_string();
+    let path = format!("/v1/sessions/{id}/archive/tmp/%2E%2E/etc");
+    let answers = tokio::task::spawn_blocking(move || refused_upload_then_readyz(&addr, &path))
+        .await
+        .unwrap();
+    let (first, second) = answers.unwrap_or_else(|e| panic!("the connection broke: {e}"));
+    assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+    assert!(first.contains("invalid_path"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+
+/// On one keep-alive connection: a PUT of 4 MiB to `path`, then `GET /readyz`; returns both
+/// answers (status line, headers and body), or what broke.
+fn refused_upload_then_readyz(addr: &str, path: &str) -> Result<(String, String), String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = vec![b'x'; 4 << 20];
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .map_err(|e| format!("writing the head: {e}"))?;
+    s.write_all(&body)
+        .map_err(|e| format!("writing the body: {e}"))?;
+    let read_answer = |s: &mut std::net::TcpStream| -> Result<String, String> {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => got.push(byte[0]),
+                Ok(_) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+                Err(e) => return Err(format!("reading: {e}")),
+            }
+        }
+        let head = String::from_utf8_lossy(&got).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .ok_or_else(|| format!("no content-length: {head}"))?;
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body)
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok(head + &String::from_utf8_lossy(&body))
+    };
+    let first = read_answer(&mut s)?;
+    write!(s, "GET /readyz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .map_err(|e| format!("writing the second request: {e}"))?;
+    let second = read_answer(&mut s)?;
+    Ok((first, second))
 }

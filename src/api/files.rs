@@ -180,16 +180,25 @@ fn declared_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
     }
 }
 
-/// Streams the body into a shim file command (`write-file` or `untar`); answers the bytes.
+/// Streams the body into a shim file command (`write-file` or `untar`; `Err` when the
+/// request was refused before that, such as an invalid path); answers the bytes. Every
+/// refusal reads the body first ([`drain`]).
 async fn upload(
     state: &AppState,
     id: &str,
     headers: &HeaderMap,
-    argv: Vec<String>,
+    argv: Result<Vec<String>, ApiError>,
     body: Body,
 ) -> Result<u64, ApiError> {
     let max = state.max_body as u64;
     let mut body = body.into_data_stream();
+    let argv = match argv {
+        Ok(argv) => argv,
+        Err(e) => {
+            drain(&mut body).await;
+            return Err(e);
+        }
+    };
     if let Err(e) = declared_length(headers, max) {
         drain(&mut body).await;
         return Err(e);
@@ -198,9 +207,17 @@ async fn upload(
         drain(&mut body).await;
         return Err(e.into());
     }
-    let hold = hold(state, id).await?;
+    let hold = match hold(state, id).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            drain(&mut body).await;
+            return Err(e);
+        }
+    };
     let result = transfer::upload(&state.supervisor.runtime, hold, argv, &mut body, max).await;
-    if matches!(result, Err(TransferError::TooLarge(_))) {
+    if result.is_err() {
+        // Whatever stopped it (too large, the command or the engine failed), the rest of
+        // the body is read first: see [`drain`].
         drain(&mut body).await;
     }
     // Whatever was written counts, a failed upload's part too.
@@ -208,8 +225,11 @@ async fn upload(
     result.map_err(failure)
 }
 
-/// How much of a refused upload is read (and dropped) before the answer: a client still
-/// sending its body when the answer comes would see its request fail instead of the 413.
+/// How much of a refused upload is read (and dropped) before the answer. A body left
+/// unread makes the server close the connection after answering: a client still sending
+/// would see its request fail instead of the error, and one that sends its next request
+/// on the kept-alive connection would see that one fail. Every error path of [`upload`]
+/// drains.
 const DRAIN_AT_MOST: u64 = 256 << 20;
 
 /// Reads what is left of a refused body, dropping it chunk by chunk, up to [`DRAIN_AT_MOST`].
@@ -275,8 +295,14 @@ pub(super) async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let path = absolute(&path)?;
-    let argv = vec![SHIM_IN_CONTAINER.into(), "write-file".into(), path.clone()];
+    // A bad path is refused by `upload`, which reads the body first.
+    let (path, argv) = match absolute(&path) {
+        Ok(p) => (
+            p.clone(),
+            Ok(vec![SHIM_IN_CONTAINER.into(), "write-file".into(), p]),
+        ),
+        Err(e) => (String::new(), Err(e)),
+    };
     let size = upload(&state, &id, &headers, argv, body).await?;
     Ok(Json(FileWritten { path, bytes: size }).into_response())
 }
@@ -351,8 +377,14 @@ pub(super) async fn put_archive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dir = absolute(&dir)?;
-    let argv = vec![SHIM_IN_CONTAINER.into(), "untar".into(), dir.clone()];
+    // A bad path is refused by `upload`, which reads the body first.
+    let (dir, argv) = match absolute(&dir) {
+        Ok(d) => (
+            d.clone(),
+            Ok(vec![SHIM_IN_CONTAINER.into(), "untar".into(), d]),
+        ),
+        Err(e) => (String::new(), Err(e)),
+    };
     upload(&state, &id, &headers, argv, body).await?;
     Ok(Json(ArchiveWritten { dir }).into_response())
 }
