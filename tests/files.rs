@@ -404,7 +404,7 @@ max = 1
     // client once failed its next call after a 400 here, on a reused connection).
     let addr = d.addr.trim_start_matches("http://").to_string();
     let path = format!("/v1/sessions/{id}/files/tmp/big");
-    let answers = tokio::task::spawn_blocking(move || refused_upload_then_readyz(&addr, &path))
+    let answers = tokio::task::spawn_blocking(move || refused_upload_then_healthz(&addr, &path))
         .await
         .unwrap();
     let (first, second) = answers.unwrap_or_else(|e| panic!("the connection broke: {e}"));
@@ -414,7 +414,7 @@ max = 1
     // The same for a path refused before the session is looked at.
     let addr = d.addr.trim_start_matches("http://").to_string();
     let path = format!("/v1/sessions/{id}/archive/tmp/%2E%2E/etc");
-    let answers = tokio::task::spawn_blocking(move || refused_upload_then_readyz(&addr, &path))
+    let answers = tokio::task::spawn_blocking(move || refused_upload_then_healthz(&addr, &path))
         .await
         .unwrap();
     let (first, second) = answers.unwrap_or_else(|e| panic!("the connection broke: {e}"));
@@ -423,9 +423,9 @@ max = 1
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
 }
 
-/// On one keep-alive connection: a PUT of 4 MiB to `path`, then `GET /readyz`; returns both
+/// On one keep-alive connection: a PUT of 4 MiB to `path`, then `GET /healthz`; returns both
 /// answers (status line, headers and body), or what broke.
-fn refused_upload_then_readyz(addr: &str, path: &str) -> Result<(String, String), String> {
+fn refused_upload_then_healthz(addr: &str, path: &str) -> Result<(String, String), String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -464,7 +464,7 @@ fn refused_upload_then_readyz(addr: &str, path: &str) -> Result<(String, String)
         Ok(head + &String::from_utf8_lossy(&body))
     };
     let first = read_answer(&mut s)?;
-    write!(s, "GET /readyz HTTP/1.1\r\nhost: t\r\n\r\n")
+    write!(s, "GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
         .map_err(|e| format!("writing the second request: {e}"))?;
     let second = read_answer(&mut s)?;
     Ok((first, second))
