@@ -180,25 +180,27 @@ fn declared_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
     }
 }
 
-/// Streams the body into a shim file command (`write-file` or `untar`; `Err` when the
-/// request was refused before that, such as an invalid path); answers the bytes. Every
-/// refusal reads the body first ([`drain`]).
+/// Streams the body into the shim file command `command` (`write-file` or `untar`) run on
+/// `path` (the raw path of the URL, checked by [`absolute`]); answers the absolute path and
+/// the bytes. Every refusal, an invalid path included, reads the body first ([`drain`]).
 async fn upload(
     state: &AppState,
     id: &str,
     headers: &HeaderMap,
-    argv: Result<Vec<String>, ApiError>,
+    command: &str,
+    path: &str,
     body: Body,
-) -> Result<u64, ApiError> {
+) -> Result<(String, u64), ApiError> {
     let max = state.max_body as u64;
     let mut body = body.into_data_stream();
-    let argv = match argv {
-        Ok(argv) => argv,
+    let path = match absolute(path) {
+        Ok(path) => path,
         Err(e) => {
             drain(&mut body).await;
             return Err(e);
         }
     };
+    let argv = vec![SHIM_IN_CONTAINER.into(), command.into(), path.clone()];
     if let Err(e) = declared_length(headers, max) {
         drain(&mut body).await;
         return Err(e);
@@ -222,7 +224,7 @@ async fn upload(
     }
     // Whatever was written counts, a failed upload's part too.
     state.supervisor.sessions.after_upload(id).await;
-    result.map_err(failure)
+    result.map(|bytes| (path, bytes)).map_err(failure)
 }
 
 /// How much of a refused upload is read (and dropped) before the answer. A body left
@@ -295,16 +297,8 @@ pub(super) async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // A bad path is refused by `upload`, which reads the body first.
-    let (path, argv) = match absolute(&path) {
-        Ok(p) => (
-            p.clone(),
-            Ok(vec![SHIM_IN_CONTAINER.into(), "write-file".into(), p]),
-        ),
-        Err(e) => (String::new(), Err(e)),
-    };
-    let size = upload(&state, &id, &headers, argv, body).await?;
-    Ok(Json(FileWritten { path, bytes: size }).into_response())
+    let (path, bytes) = upload(&state, &id, &headers, "write-file", &path, body).await?;
+    Ok(Json(FileWritten { path, bytes }).into_response())
 }
 
 /// `GET /v1/sessions/{id}/files/{path}`: the file's bytes (`application/octet-stream`),
@@ -377,15 +371,7 @@ pub(super) async fn put_archive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // A bad path is refused by `upload`, which reads the body first.
-    let (dir, argv) = match absolute(&dir) {
-        Ok(d) => (
-            d.clone(),
-            Ok(vec![SHIM_IN_CONTAINER.into(), "untar".into(), d]),
-        ),
-        Err(e) => (String::new(), Err(e)),
-    };
-    upload(&state, &id, &headers, argv, body).await?;
+    let (dir, _) = upload(&state, &id, &headers, "untar", &dir, body).await?;
     Ok(Json(ArchiveWritten { dir }).into_response())
 }
 

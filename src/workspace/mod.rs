@@ -378,9 +378,10 @@ impl Store {
     /// old one, and the directory synced. After a crash or a power loss the record is the old
     /// one or the new one, never empty or cut short (a rename without the sync can leave an
     /// empty file on some filesystems, XFS among them), and a record whose write returned
-    /// stays written (but for the first ones after `store/` itself was made: that directory's
-    /// own entry is not synced). Each costs two fsyncs (about 0.1 ms each on the test VM's disk, more on a
-    /// slow or busy one); records are written per claim and release, not per task.
+    /// stays written (but for the first ones after `store/` itself was made: that
+    /// directory's own entry is not synced). Each costs two fsyncs (about 0.1 ms each on the
+    /// test VM's disk, more on a slow or busy one); records are written per claim and
+    /// release, not per task.
     ///
     /// Errors name the file and the step. One after the rename (the directory's sync) says
     /// that the new record is in place but may not survive a crash.
